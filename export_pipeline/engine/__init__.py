@@ -1,0 +1,1 @@
+"""The export engine: request -> plan -> DuckDB selection -> files -> published export."""

@@ -1,0 +1,76 @@
+"""manifest.json (W6): what an export holds, with checksums, written last."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from export_pipeline.engine.plan import ExportPlan
+
+MANIFEST_NAME = "manifest.json"
+
+
+class OutputFile(BaseModel):
+    """One finished file in scratch space."""
+
+    role: str  # "documents" or "vectors"
+    name: str
+    path: Path
+    content_type: str
+    rows: int
+    bytes: int
+    sha256: str
+    columns: list[dict[str, str]]
+
+
+class Outputs(BaseModel):
+    """Everything the write step produced, small enough to pass between steps."""
+
+    document_count: int
+    files: list[OutputFile]
+    warnings: list[str]
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def build_manifest(
+    plan: ExportPlan, outputs: Outputs, keys: dict[str, str], exported_at: datetime
+) -> dict[str, Any]:
+    """The manifest document: request, counts, files with sizes and checksums, warnings."""
+    return {
+        "export_id": plan.export_id,
+        "namespace": {"id": plan.namespace.id, "name": plan.namespace.name},
+        "collection": {
+            "id": plan.collection.id,
+            "name": plan.collection.name,
+            "version": plan.collection.version,
+        },
+        "request": plan.request.model_dump(mode="json", exclude_unset=True),
+        "format": plan.request.format,
+        "document_count": outputs.document_count,
+        "sample_seed": plan.sample_seed,
+        "files": [
+            {
+                "role": f.role,
+                "name": f.name,
+                "key": keys[f.name],
+                "content_type": f.content_type,
+                "rows": f.rows,
+                "bytes": f.bytes,
+                "sha256": f.sha256,
+                "columns": f.columns,
+            }
+            for f in outputs.files
+        ],
+        "warnings": outputs.warnings,
+        "planned_at": plan.planned_at.isoformat(),
+        "exported_at": exported_at.isoformat(),
+    }

@@ -1,0 +1,80 @@
+"""Request -> ExportPlan: everything decided before any document is read."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticError
+
+from export_pipeline.contract import ExportRequest
+from export_pipeline.errors import from_pydantic
+from export_pipeline.filters import compile_filter
+from export_pipeline.paths import drop_covered
+from export_pipeline.store import Collection, Namespace, Store
+from export_pipeline.store.catalog import new_id
+
+
+class ExportPlan(BaseModel):
+    """A resolved, validated export; small and serialisable, so it can pass between steps."""
+
+    export_id: str
+    namespace: Namespace
+    collection: Collection
+    request: ExportRequest
+    select_paths: list[str] | None
+    filter_sql: str
+    filter_params: list[Any]
+    sample_seed: int | None
+    scratch_dir: Path
+    planned_at: datetime
+
+    @property
+    def documents_name(self) -> str:
+        """W1: the documents file name."""
+        return f"documents.{self.request.format}"
+
+    @property
+    def vectors_name(self) -> str:
+        """W1: the vectors file name."""
+        return f"{self.collection.name}_vectors.{self.request.format}"
+
+
+def plan_export(
+    store: Store, namespace: str, collection: str, request: ExportRequest | dict[str, Any]
+) -> ExportPlan:
+    """Validate the request, resolve namespace and collection, and fix the snapshot to read."""
+    if not isinstance(request, ExportRequest):
+        request = parse_request(request)
+    found_ns, found = store.resolve(namespace, collection)
+    compiled = compile_filter(request.filters)
+    seed = request.sample_seed
+    if request.sample_size is not None and seed is None:
+        seed = secrets.randbelow(2**63)  # O2: drawn, then reported in the manifest
+    select = None
+    if request.select_fields is not None:
+        select = drop_covered(["document_id", *request.select_fields])
+    export_id = new_id("exp_", 16)
+    return ExportPlan(
+        export_id=export_id,
+        namespace=found_ns,
+        collection=found,
+        request=request,
+        select_paths=select,
+        filter_sql=compiled.sql,
+        filter_params=compiled.params,
+        sample_seed=seed,
+        scratch_dir=store.settings.scratch_dir / export_id,
+        planned_at=datetime.now(UTC),
+    )
+
+
+def parse_request(body: dict[str, Any] | None) -> ExportRequest:
+    """R1-R8: an ExportRequest, or a ValidationError naming each problem's location."""
+    try:
+        return ExportRequest.model_validate(body or {})
+    except PydanticError as exc:
+        raise from_pydantic(exc) from None

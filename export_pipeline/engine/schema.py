@@ -1,0 +1,152 @@
+"""The shape of the exported documents: parquet types (W4), csv columns (W3), warnings (S3)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from export_pipeline import duck
+from export_pipeline.paths import json_path
+
+JSON_TEXT = "JSON"
+_SCALARS = {
+    "VARCHAR": "VARCHAR",
+    "BOOLEAN": "BOOLEAN",
+    "DOUBLE": "DOUBLE",
+    # Ingest keeps integers within int64 (D4), whatever width DuckDB infers.
+    "BIGINT": "BIGINT",
+    "UBIGINT": "BIGINT",
+    "HUGEINT": "BIGINT",
+    # A field that is only ever null (or an array of nulls) becomes a string column of nulls.
+    "NULL": "VARCHAR",
+}
+
+Structure = dict[str, Any] | list[Any] | str
+Path_ = tuple[str, ...]
+
+
+@dataclass
+class Shape:
+    """What one pass over the selected documents learned."""
+
+    structure: dict[str, Any]
+    missing_paths: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def inspect(con: duckdb.DuckDBPyConnection, table: str, select: list[str] | None) -> Shape:
+    """One pass: the merged JSON structure, and which selected paths no document has (S3)."""
+    counts = [f"count(json_extract(doc, {duck.literal(json_path(path))}))" for path in select or []]
+    row = con.execute(
+        f"SELECT json_group_structure(doc::JSON){''.join(', ' + c for c in counts)} FROM {table}"
+    ).fetchall()[0]
+    structure = json.loads(row[0]) if row[0] else {"document_id": "VARCHAR"}
+    missing = [path for path, count in zip(select or [], row[1:], strict=True) if count == 0]
+    warnings = [
+        f"selected field {path!r} is not present in any exported document (S3)" for path in missing
+    ]
+    return Shape(structure=structure, missing_paths=missing, warnings=warnings)
+
+
+def ordered(structure: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
+    """Keys in a stable order: document_id first, then listed order (S2) or lexicographic."""
+    if select is None:
+        return _sorted(structure, top=True)
+    rank: dict[Path_, int] = {}
+    for number, path in enumerate(select):
+        parts = tuple(path.split("."))
+        for depth in range(1, len(parts) + 1):
+            rank.setdefault(parts[:depth], number)
+    return _ranked(structure, (), rank)
+
+
+def _sorted(node: Structure, top: bool = False) -> Structure:
+    if isinstance(node, dict):
+        keys = sorted(node, key=lambda k: (not (top and k == "document_id"), k.encode()))
+        return {key: _sorted(node[key]) for key in keys}
+    if isinstance(node, list):
+        return [_sorted(node[0])]
+    return node
+
+
+def _ranked(node: Structure, prefix: Path_, rank: dict[Path_, int]) -> Structure:
+    if not isinstance(node, dict):
+        return _sorted(node)
+    keys = sorted(node, key=lambda k: (rank.get((*prefix, k), len(rank)), k.encode()))
+    return {key: _ranked(node[key], (*prefix, key), rank) for key in keys}
+
+
+def parquet_structure(structure: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """W4: a from_json structure for typed columns, the top-level keys that must be read on
+    their own (case collisions), and the fields written as JSON text."""
+    as_text: list[str] = []
+    typed: dict[str, Any] = {}
+    apart: list[str] = []
+    seen: set[str] = set()
+    for key, node in structure.items():
+        if key.lower() in seen or not key:
+            apart.append(key)  # DuckDB column names are case-insensitive
+            as_text.append(key)
+            continue
+        seen.add(key.lower())
+        typed[key] = _typed(node, key, as_text)
+    return typed, apart, as_text
+
+
+def _typed(node: Structure, where: str, as_text: list[str]) -> Structure:
+    if isinstance(node, list):
+        return [_typed(node[0], where + "[]", as_text)]
+    if isinstance(node, dict):
+        lowered = [key.lower() for key in node]
+        if not node or "" in node or len(set(lowered)) != len(lowered):
+            as_text.append(where)  # parquet cannot name these struct fields
+            return JSON_TEXT
+        return {key: _typed(child, f"{where}.{key}", as_text) for key, child in node.items()}
+    if node == JSON_TEXT:
+        as_text.append(where)
+        return JSON_TEXT
+    return _SCALARS.get(node, JSON_TEXT)
+
+
+def leaf_paths(structure: Structure, prefix: Path_ = ()) -> list[Path_]:
+    """W3: the paths to every non-object value, objects walked, arrays kept whole."""
+    if not isinstance(structure, dict) or not structure:
+        return [prefix]
+    paths: list[Path_] = []
+    for key, child in structure.items():
+        paths.extend(leaf_paths(child, (*prefix, key)))
+    return paths
+
+
+def csv_columns(structure: dict[str, Any], select: list[str] | None) -> list[Path_]:
+    """W3 columns: listed paths (objects expanded to leaves), or all leaves sorted."""
+    if select is None:
+        rest = sorted(
+            (p for p in leaf_paths(structure) if p != ("document_id",)),
+            key=lambda p: ".".join(p).encode(),
+        )
+        return [("document_id",), *rest]
+    columns: list[Path_] = []
+    for path in select:
+        parts = tuple(path.split("."))
+        node: Any = structure
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+        columns.extend(leaf_paths(node, parts) if isinstance(node, dict) and node else [parts])
+    return columns
+
+
+def pointer(path: Path_) -> str:
+    """A JSON pointer (RFC 6901) for any keys, including ones outside the P1 grammar."""
+    return "".join("/" + key.replace("~", "~0").replace("/", "~1") for key in path)
+
+
+def text_value_sql(expression: str) -> str:
+    """W3 cell text: strings as is, null/missing empty, everything else as JSON text."""
+    return (
+        f"CASE json_type({expression}) WHEN 'VARCHAR' THEN {expression} ->> '$'"
+        f" WHEN 'NULL' THEN NULL ELSE CAST({expression} AS VARCHAR) END"
+    )

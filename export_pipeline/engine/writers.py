@@ -1,0 +1,205 @@
+"""Selected rows -> files, streamed in Arrow record batches (W1-W5)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from export_pipeline import duck
+from export_pipeline.engine.schema import (
+    Shape,
+    csv_columns,
+    ordered,
+    parquet_structure,
+    pointer,
+    text_value_sql,
+)
+from export_pipeline.engine.selection import SELECTED
+from export_pipeline.store import VectorIndex
+
+BATCH_ROWS = 16_384
+PARQUET_COMPRESSION = "zstd"
+CONTENT_TYPES = {
+    "json": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+@dataclass
+class Written:
+    """A finished output file and what it holds."""
+
+    path: Path
+    rows: int
+    columns: list[dict[str, str]]
+    warnings: list[str] = field(default_factory=list)
+
+
+Query = tuple[str, list[Any]]
+
+
+def write_documents(
+    con: duckdb.DuckDBPyConnection, fmt: str, shape: Shape, select: list[str] | None, path: Path
+) -> Written:
+    """The documents file in `fmt`, rows ordered by document_id (O3)."""
+    structure = ordered(shape.structure, select)
+    if fmt == "json":
+        query = (f"SELECT doc FROM {SELECTED} ORDER BY document_id", [])
+        return write_lines(con, query, path, list(structure))
+    if fmt == "csv":
+        columns = csv_columns(structure, select)
+        cells = ", ".join(
+            f"{text_value_sql(f'json_extract(doc, {duck.literal(pointer(c))})')}"
+            f" AS {duck.identifier('.'.join(c))}"
+            for c in columns
+        )
+        return write_csv(con, (f"SELECT {cells} FROM {SELECTED} ORDER BY document_id", []), path)
+    typed, apart, as_text = parquet_structure(structure)
+    extra = "".join(
+        f", CAST(json_extract(s.doc, {duck.literal(pointer((key,)))}) AS VARCHAR)"
+        f" AS {duck.identifier(f'{key} ({number})')}"
+        for number, key in enumerate(apart, start=2)
+    )
+    query = (
+        f"SELECT unnest(from_json(s.doc, ?)){extra} FROM {SELECTED} s ORDER BY s.document_id",
+        [json.dumps(typed)],
+    )
+    written = write_parquet(con, query, path)
+    written.warnings = [
+        f"field {name!r} holds values that parquet cannot type as one column; written as JSON text"
+        " (W4)"
+        for name in as_text
+    ]
+    return written
+
+
+def vector_text_sql(index: VectorIndex, column: str) -> str:
+    """A vector as JSON text, float32 values in their shortest round-trip form; NULL if none."""
+    floats = "array_to_string(list_transform({}, lambda x: CAST(x AS VARCHAR)), ',')"
+    if index.type == "dense":
+        return "'[' || " + floats.format(f"CAST({column} AS FLOAT[])") + " || ']'"
+    return (
+        f"""'{{"indices":' || CAST(to_json({column}.indices) AS VARCHAR) || ',"values":[' || """
+        + floats.format(f"{column}.values")
+        + " || ']}'"
+    )
+
+
+def write_vectors(
+    con: duckdb.DuckDBPyConnection,
+    fmt: str,
+    source_sql: str,
+    indexes: list[VectorIndex],
+    path: Path,
+) -> Written:
+    """W1: document_id plus one column/key per vector index, same rows and order as documents."""
+    names = [(index, duck.identifier(index.name)) for index in indexes]
+    order = " ORDER BY document_id"
+    if fmt == "json":
+        members = "".join(
+            f""" || ',"{index.name}":' || coalesce({vector_text_sql(index, name)}, 'null')"""
+            for index, name in names
+        )
+        line = f"""'{{"document_id":' || CAST(to_json(document_id) AS VARCHAR){members} || '}}'"""
+        keys = ["document_id", *(index.name for index in indexes)]
+        return write_lines(con, (f"SELECT {line} FROM ({source_sql}){order}", []), path, keys)
+    if fmt == "csv":
+        cells = "".join(f", {vector_text_sql(index, name)} AS {name}" for index, name in names)
+        return write_csv(con, (f"SELECT document_id{cells} FROM ({source_sql}){order}", []), path)
+    query = (f"SELECT * FROM ({source_sql}){order}", [])
+    return write_parquet(con, query, path, _vector_schema(indexes))
+
+
+def _vector_schema(indexes: list[VectorIndex]) -> pa.Schema:
+    from export_pipeline.store.jsonl import vector_type
+
+    fields = [pa.field(index.name, vector_type(index)) for index in indexes]
+    return pa.schema([pa.field("document_id", pa.string()), *fields])
+
+
+def _stream(
+    con: duckdb.DuckDBPyConnection,
+    query: Query,
+    path: Path,
+    open_sink: Callable[[pa.Schema], Any],
+    schema: pa.Schema | None = None,
+) -> Written:
+    sql, params = query
+    reader = con.sql(sql, params=params or None).to_arrow_reader(BATCH_ROWS)
+    target = schema or reader.schema
+    rows = 0
+    with open_sink(target) as sink:
+        for batch in reader:
+            if schema is not None:
+                batch = batch.cast(schema)
+            sink.write_batch(batch)
+            rows += batch.num_rows
+    columns = [{"name": f.name, "type": str(f.type)} for f in target]
+    return Written(path=path, rows=rows, columns=columns)
+
+
+_EMPTY = pa.scalar("", pa.large_string())
+_NEWLINE = pa.scalar("\n", pa.large_string())
+
+
+class _LineSink:
+    """Writes a one-string-column batch as newline-terminated lines (W2), no per-row Python."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by __exit__
+
+    def __enter__(self) -> _LineSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        text = batch.column(0).cast(pa.large_string())
+        lines = pc.binary_join_element_wise(text, _EMPTY, _NEWLINE)
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
+        start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]
+        self.file.write(memoryview(lines.buffers()[2])[start:end])
+
+
+def write_lines(
+    con: duckdb.DuckDBPyConnection, query: Query, path: Path, keys: list[str]
+) -> Written:
+    """JSON lines from a query's single text column; `keys` are the top-level keys."""
+    written = _stream(con, query, path, lambda schema: _LineSink(path))
+    written.columns = [{"name": key, "type": "json"} for key in keys]
+    return written
+
+
+def write_csv(con: duckdb.DuckDBPyConnection, query: Query, path: Path) -> Written:
+    """RFC 4180 CSV (CRLF line ends, quoted only where needed; "" is an empty string)."""
+    options = pacsv.WriteOptions(
+        include_header=True, quoting_style="needed", quoting_header="needed", eol="\r\n"
+    )
+    return _stream(
+        con, query, path, lambda schema: pacsv.CSVWriter(path, schema, write_options=options)
+    )
+
+
+def write_parquet(
+    con: duckdb.DuckDBPyConnection, query: Query, path: Path, schema: pa.Schema | None = None
+) -> Written:
+    """Parquet, zstd, streamed batch by batch."""
+    return _stream(
+        con,
+        query,
+        path,
+        lambda target: pq.ParquetWriter(path, target, compression=PARQUET_COMPRESSION),
+        schema,
+    )

@@ -1,0 +1,49 @@
+"""The storage seam: publish an export's files atomically and hand out links to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A finished file in scratch space, to be published under `name`."""
+
+    name: str
+    path: Path
+    content_type: str
+
+
+@dataclass(frozen=True)
+class PublishedObject:
+    """Where a published file lives (`uri`, the A1 `s3_path`) and its key under the root."""
+
+    name: str
+    key: str
+    uri: str
+
+
+class Storage(Protocol):
+    """Publishes files at final keys, all or nothing, and presigns download URLs."""
+
+    def publish(self, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
+        """Put every file under `prefix`, the last one (the manifest) last; atomic for readers.
+
+        On failure nothing is left at the final keys and the error is raised.
+        """
+        ...
+
+    def download_url(self, key: str, ttl_seconds: int) -> str:
+        """A URL a plain HTTP client (or a browser) can fetch the object from."""
+        ...
+
+    def read(self, key: str) -> bytes:
+        """The bytes of a published object (manifests, tests)."""
+        ...
+
+
+def export_prefix(namespace_id: str, collection_id: str, export_id: str) -> str:
+    """W6: every export has its own folder under the storage root."""
+    return f"{namespace_id}/exports/{collection_id}/{export_id}"

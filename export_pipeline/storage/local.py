@@ -1,0 +1,53 @@
+"""file:// storage, the embedded default: one folder per export, renamed into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from export_pipeline.errors import ExportPipelineError
+from export_pipeline.storage.base import LocalFile, PublishedObject
+
+
+class LocalStorage:
+    """Publishes into a local folder; a rename makes each export's folder appear whole (W7)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+
+    @classmethod
+    def from_uri(cls, uri: str) -> LocalStorage:
+        """`file:///abs/path` or a plain path."""
+        parsed = urlparse(uri)
+        return cls(Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri))
+
+    def publish(self, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
+        """Copy the files into a staging folder beside the root, then rename it into place."""
+        final = self.root / prefix
+        if final.exists():
+            raise ExportPipelineError(f"export folder {prefix} already exists")
+        staging = self.root / ".staging" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            for file in files:
+                shutil.move(file.path, staging / file.name)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return [
+            PublishedObject(name=f.name, key=f"{prefix}/{f.name}", uri=(final / f.name).as_uri())
+            for f in files
+        ]
+
+    def download_url(self, key: str, ttl_seconds: int) -> str:
+        """A file:// URL; local files do not expire."""
+        return (self.root / key).as_uri()
+
+    def read(self, key: str) -> bytes:
+        """The bytes of a published file."""
+        return (self.root / key).read_bytes()

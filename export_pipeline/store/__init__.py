@@ -1,0 +1,32 @@
+"""The embedded collection store: a SQLite catalog plus parquet document segments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export_pipeline.settings import Settings
+from export_pipeline.store.catalog import Catalog, Collection, Namespace, VectorIndex
+from export_pipeline.store.documents import DocumentStore, IngestResult
+
+__all__ = ["Collection", "IngestResult", "Namespace", "Store", "VectorIndex"]
+
+
+class Store:
+    """Namespaces, collections and their documents under one home directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings.home_dir)
+        self.documents = DocumentStore(self.catalog, settings)
+
+    def resolve(self, namespace: str, collection: str) -> tuple[Namespace, Collection]:
+        """Look up a namespace by id or name, then a collection inside it by id or name."""
+        found = self.catalog.namespace(namespace)
+        return found, self.catalog.collection(found, collection)
+
+    def ingest(
+        self, namespace: str, collection: str, source: Path, *, upsert: bool = False
+    ) -> IngestResult:
+        """Ingest a JSONL file into a collection (all or nothing)."""
+        _, found = self.resolve(namespace, collection)
+        return self.documents.ingest(found, source, upsert=upsert)

@@ -1,0 +1,218 @@
+"""Namespaces and collections (CONTRACT D1, D2), kept in one SQLite file under home."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
+
+NAME = re.compile(r"[A-Za-z0-9_-]{3,100}")
+INDEX_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
+NAMESPACE_ID = re.compile(r"ns_[a-z0-9]{12}")
+COLLECTION_ID = re.compile(r"col_[a-z0-9]{10}")
+MAX_DIMENSIONS = 65_536
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS namespaces (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (
+    id TEXT PRIMARY KEY,
+    namespace_id TEXT NOT NULL REFERENCES namespaces(id),
+    name TEXT NOT NULL,
+    vector_indexes TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    segments TEXT NOT NULL DEFAULT '[]',
+    document_count INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (namespace_id, name));
+CREATE TABLE IF NOT EXISTS retired_segments (path TEXT PRIMARY KEY, retired_at REAL NOT NULL);
+"""
+
+
+def new_id(prefix: str, length: int) -> str:
+    """`prefix` + `length` random lowercase alphanumerics."""
+    alphabet = string.ascii_lowercase + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def utc_now() -> str:
+    """Fixed-width ISO-8601 UTC timestamp with microseconds, e.g. 2026-11-28T18:58:19.123456Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class VectorIndex(BaseModel):
+    """A collection's vector index (D2)."""
+
+    name: str
+    dimensions: int = Field(ge=1, le=MAX_DIMENSIONS)
+    type: Literal["dense", "sparse"] = "dense"
+    datatype: Literal["float32"] = "float32"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not INDEX_NAME.fullmatch(value):
+            raise ValueError("vector index names match [A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
+        return value
+
+
+class Namespace(BaseModel):
+    """D1: every collection, document and export lives in exactly one namespace."""
+
+    id: str
+    name: str
+
+
+class Collection(BaseModel):
+    """D2 plus the current snapshot of its stored segments."""
+
+    id: str
+    name: str
+    namespace_id: str
+    vector_indexes: list[VectorIndex]
+    version: int
+    segments: list[str]
+    document_count: int
+
+
+class Catalog:
+    """CRUD over namespaces and collections; SQLite serialises concurrent writers."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.path = home / "catalog.sqlite"
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.row_factory = sqlite3.Row
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locked) transaction, committed on success."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def create_namespace(self, name: str) -> Namespace:
+        """Create a namespace with a unique name."""
+        _check_name("namespace", name, NAMESPACE_ID)
+        namespace = Namespace(id=new_id("ns_", 12), name=name)
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO namespaces VALUES (?, ?, ?)",
+                    (namespace.id, name, utc_now()),
+                )
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"namespace {name!r} already exists") from None
+        return namespace
+
+    def namespace(self, identifier: str) -> Namespace:
+        """The namespace with this id or name."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id, name FROM namespaces WHERE id = ? OR name = ? ORDER BY id = ? DESC",
+                (identifier, identifier, identifier),
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"namespace {identifier!r} not found")
+        return Namespace(id=row["id"], name=row["name"])
+
+    def namespaces(self) -> list[Namespace]:
+        """All namespaces, by name."""
+        with self._connect() as db:
+            rows = db.execute("SELECT id, name FROM namespaces ORDER BY name").fetchall()
+        return [Namespace(id=row["id"], name=row["name"]) for row in rows]
+
+    def create_collection(
+        self, namespace: Namespace, name: str, vector_indexes: list[VectorIndex]
+    ) -> Collection:
+        """Create a collection, its name unique within the namespace."""
+        _check_name("collection", name, COLLECTION_ID)
+        names = [index.name for index in vector_indexes]
+        if len(set(names)) != len(names):
+            raise ValidationError("vector index names must be unique within a collection")
+        now = utc_now()
+        collection_id = new_id("col_", 10)
+        indexes_json = json.dumps([index.model_dump() for index in vector_indexes])
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO collections (id, namespace_id, name, vector_indexes,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (collection_id, namespace.id, name, indexes_json, now, now),
+                )
+        except sqlite3.IntegrityError:
+            raise ConflictError(
+                f"collection {name!r} already exists in namespace {namespace.name!r}"
+            ) from None
+        return self.collection(namespace, collection_id)
+
+    def collection(self, namespace: Namespace, identifier: str) -> Collection:
+        """The collection with this id or name, looked up inside `namespace` only."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM collections WHERE namespace_id = ? AND (id = ? OR name = ?)"
+                " ORDER BY id = ? DESC",
+                (namespace.id, identifier, identifier, identifier),
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"collection {identifier!r} not found in namespace {namespace.name!r}"
+            )
+        return _collection(row)
+
+    def collections(self, namespace: Namespace) -> list[Collection]:
+        """The namespace's collections, by name."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM collections WHERE namespace_id = ? ORDER BY name", (namespace.id,)
+            ).fetchall()
+        return [_collection(row) for row in rows]
+
+
+def _collection(row: sqlite3.Row) -> Collection:
+    return Collection(
+        id=row["id"],
+        name=row["name"],
+        namespace_id=row["namespace_id"],
+        vector_indexes=[VectorIndex(**index) for index in json.loads(row["vector_indexes"])],
+        version=row["version"],
+        segments=json.loads(row["segments"]),
+        document_count=row["document_count"],
+    )
+
+
+def _check_name(kind: str, name: str, id_pattern: re.Pattern[str]) -> None:
+    if not NAME.fullmatch(name):
+        raise ValidationError(f"{kind} names match [A-Za-z0-9_-]{{3,100}}, got {name!r}")
+    if id_pattern.fullmatch(name):
+        # A name shaped like an id would make `id or name` lookups ambiguous.
+        raise ValidationError(f"{kind} name {name!r} looks like a {kind} id; choose another")
