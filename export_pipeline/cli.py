@@ -1,0 +1,166 @@
+"""The command line: one JSON object on stdout per command, errors as `{"error": ...}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
+from export_pipeline.errors import ConflictError, ExportPipelineError, ValidationError
+from export_pipeline.export import run_export
+from export_pipeline.settings import Settings
+from export_pipeline.store import Store, VectorIndex
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValidationError(f"{self.prog}: {message}")
+
+
+def _vector_index(spec: str) -> VectorIndex:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise ValidationError(f"--vector-index takes NAME:DIMS[:dense|sparse], got {spec!r}")
+    try:
+        return VectorIndex(name=parts[0], dimensions=int(parts[1]), type=[*parts, "dense"][2])
+    except ValueError as exc:
+        raise ValidationError(f"invalid --vector-index {spec!r}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `export-pipeline` argument parser."""
+    parser = _Parser(prog="export-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    namespace = commands.add_parser("namespace", help="manage namespaces")
+    ns_commands = namespace.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ns_commands.add_parser("create", help="create a namespace").add_argument("name")
+
+    collection = commands.add_parser("collection", help="manage collections")
+    col_commands = collection.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    create = col_commands.add_parser("create", help="create a collection")
+    create.add_argument("name")
+    create.add_argument("-n", "--namespace", required=True)
+    create.add_argument(
+        "--vector-index", action="append", default=[], metavar="NAME:DIMS[:dense|sparse]"
+    )
+
+    ingest = commands.add_parser("ingest", help="ingest a JSONL file (all or nothing)")
+    ingest.add_argument("collection")
+    ingest.add_argument("file", type=Path)
+    ingest.add_argument("-n", "--namespace", required=True)
+    ingest.add_argument("--upsert", action="store_true", help="replace documents with the same id")
+
+    export = commands.add_parser("export", help="export a collection")
+    export.add_argument("collection")
+    export.add_argument("-n", "--namespace", required=True)
+    export.add_argument("--request", help="the HTTP request body as a JSON file, or - for stdin")
+    export.add_argument("--format", choices=["json", "csv", "parquet"])
+    export.add_argument("--select-fields", help="comma-separated field paths")
+    export.add_argument("--sample-size", type=int)
+    export.add_argument("--sample-seed", type=int)
+    export.add_argument("--include-vectors", action="store_true", default=None)
+
+    commands.add_parser("demo", help="build a demo collection and export it")
+    return parser
+
+
+def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The export request: the --request body, with explicit flags layered on top."""
+    body: Any = {}
+    if args.request:
+        text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+        try:
+            body = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"--request is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValidationError("--request must hold a JSON object")
+    flags = {
+        "format": args.format,
+        "select_fields": args.select_fields.split(",") if args.select_fields else None,
+        "sample_size": args.sample_size,
+        "sample_seed": args.sample_seed,
+        "include_vectors": args.include_vectors,
+    }
+    return body | {key: value for key, value in flags.items() if value is not None}
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Carry out one parsed command and return its JSON result."""
+    store = Store(settings)
+    if args.command == "namespace":
+        created = store.catalog.create_namespace(args.name)
+        return {"namespace_id": created.id, "namespace_name": created.name}
+    if args.command == "collection":
+        namespace = store.catalog.namespace(args.namespace)
+        indexes = [_vector_index(spec) for spec in args.vector_index]
+        made = store.catalog.create_collection(namespace, args.name, indexes)
+        return {
+            "collection_id": made.id,
+            "collection_name": made.name,
+            "namespace_id": namespace.id,
+            "vector_indexes": [index.model_dump() for index in made.vector_indexes],
+        }
+    if args.command == "ingest":
+        if not args.file.is_file():
+            raise ValidationError(f"no such file: {args.file}")
+        result = store.ingest(args.namespace, args.collection, args.file, upsert=args.upsert)
+        return {
+            "ingested": result.ingested,
+            "replaced": result.replaced,
+            "document_count": result.document_count,
+            "version": result.version,
+        }
+    if args.command == "export":
+        body = request_body(args)
+        result = run_export(args.namespace, args.collection, body, settings=settings, store=store)
+        return result.response.model_dump(mode="json")
+    return demo(store, settings)
+
+
+def demo(store: Store, settings: Settings) -> dict[str, Any]:
+    """Create (or refresh) the demo collection, export a sample, say where the files are."""
+    try:
+        namespace = store.catalog.create_namespace("demo")
+    except ConflictError:
+        namespace = store.catalog.namespace("demo")
+    try:
+        collection = store.catalog.create_collection(namespace, "articles", DEMO_INDEXES)
+    except ConflictError:
+        collection = store.catalog.collection(namespace, "articles")
+    with tempfile.TemporaryDirectory() as folder:
+        source = write_jsonl(demo_documents(1000), Path(folder) / "articles.jsonl")
+        store.documents.ingest(collection, source, upsert=True)
+    result = run_export("demo", "articles", DEMO_REQUEST, settings=settings, store=store)
+    return {
+        "request": DEMO_REQUEST,
+        "response": result.response.model_dump(mode="json"),
+        "files": [file["key"] for file in result.manifest["files"]],
+        "storage": settings.storage_uri,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `export-pipeline` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        output = run(args, Settings())
+    except ExportPipelineError as exc:
+        print(json.dumps({"error": exc.to_dict()}))
+        return exc.exit_code
+    except Exception as exc:  # the contract: one JSON error object, never a bare traceback
+        print(
+            json.dumps({"error": {"type": "InternalError", "message": str(exc), "details": None}})
+        )
+        return 1
+    print(json.dumps(output, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
