@@ -43,12 +43,24 @@ def inspect(con: duckdb.DuckDBPyConnection, table: str, select: list[str] | None
     row = con.execute(
         f"SELECT json_group_structure(doc::JSON){''.join(', ' + c for c in counts)} FROM {table}"
     ).fetchall()[0]
-    structure = json.loads(row[0]) if row[0] else {"document_id": "VARCHAR"}
+    structure = json.loads(row[0]) if row[0] else _empty_structure(select)
     missing = [path for path, count in zip(select or [], row[1:], strict=True) if count == 0]
     warnings = [
         f"selected field {path!r} is not present in any exported document (S3)" for path in missing
     ]
     return Shape(structure=structure, missing_paths=missing, warnings=warnings)
+
+
+def _empty_structure(select: list[str] | None) -> dict[str, Any]:
+    """W5: with no documents, the columns still follow the request: document_id (+ listed)."""
+    structure: dict[str, Any] = {"document_id": "VARCHAR"}
+    for path in select or []:
+        node = structure
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, "NULL")
+    return structure
 
 
 def ordered(structure: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
