@@ -217,15 +217,15 @@ def check_filter_size(raw: Any) -> None:
             continue
         if "field" in node:
             conditions += 1
-            continue
-        if depth > MAX_DEPTH:
+        elif depth > MAX_DEPTH:
             raise ValueError(f"filters nest deeper than {MAX_DEPTH} levels")
-        for key, value in node.items():
-            if key in ("AND", "OR", "NOT"):
-                items = value if isinstance(value, list) else [value]
-                stack.extend((item, depth + 1) for item in items)
-            elif key != "case_sensitive":
-                conditions += 1
+        else:
+            for key, value in node.items():
+                if key in ("AND", "OR", "NOT"):
+                    items = value if isinstance(value, list) else [value]
+                    stack.extend((item, depth + 1) for item in items)
+                elif key != "case_sensitive":
+                    conditions += 1
         if conditions > MAX_CONDITIONS:
             raise ValueError(f"filters hold more than {MAX_CONDITIONS} conditions")
 

@@ -44,7 +44,11 @@ def inspect(con: duckdb.DuckDBPyConnection, table: str, select: list[str] | None
         f"SELECT json_group_structure(doc::JSON){''.join(', ' + c for c in counts)} FROM {table}"
     ).fetchall()[0]
     structure = json.loads(row[0]) if row[0] else _empty_structure(select)
-    missing = [path for path, count in zip(select or [], row[1:], strict=True) if count == 0]
+    missing = [
+        path
+        for path, count in zip(select or [], row[1:], strict=True)
+        if count == 0 and path != "document_id"  # always exported, even with no documents
+    ]
     warnings = [
         f"selected field {path!r} is not present in any exported document (S3)" for path in missing
     ]
@@ -91,20 +95,22 @@ def _ranked(node: Structure, prefix: Path_, rank: dict[Path_, int]) -> Structure
     return {key: _ranked(node[key], (*prefix, key), rank) for key in keys}
 
 
-def parquet_structure(structure: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
-    """W4: a from_json structure for typed columns, the top-level keys that must be read on
-    their own (case collisions), and the fields written as JSON text."""
+def parquet_structure(
+    structure: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Structure], list[str]]:
+    """W4: from_json structures for the typed columns, and the fields written as JSON text.
+
+    Top-level keys that DuckDB cannot hold in one struct (the empty key, and a key equal to
+    an earlier one but for letter case) come back apart, each to be read on its own.
+    """
     as_text: list[str] = []
     typed: dict[str, Any] = {}
-    apart: list[str] = []
+    apart: dict[str, Structure] = {}
     seen: set[str] = set()
     for key, node in structure.items():
-        if key.lower() in seen or not key:
-            apart.append(key)  # DuckDB column names are case-insensitive
-            as_text.append(key)
-            continue
+        target = apart if key.lower() in seen or not key else typed
         seen.add(key.lower())
-        typed[key] = _typed(node, key, as_text)
+        target[key] = _typed(node, key, as_text)
     return typed, apart, as_text
 
 

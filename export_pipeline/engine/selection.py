@@ -35,11 +35,14 @@ def select_documents(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: St
     matches = f"SELECT document_id, doc FROM {source} WHERE {plan.filter_sql}"
     params = list(plan.filter_params)
     if plan.request.sample_size is not None:
-        # O2: rank ids by a seeded hash and keep the first N; only ids are sorted, so the
-        # documents (and vectors) are never dragged through a reservoir.
+        # O2: rank ids by a hash of seed and id and keep the first N. Hashing the joined
+        # text (combining two hashes only mixes them weakly) gives each seed its own
+        # pseudo-random order. Only ids are sorted: documents and vectors never pass
+        # through a reservoir.
         con.execute(
             "CREATE TABLE sample_ids AS SELECT document_id FROM "
-            f"({matches}) ORDER BY hash(document_id, ?::BIGINT), document_id LIMIT ?",
+            f"({matches}) ORDER BY hash(CAST(? AS VARCHAR) || ':' || document_id), document_id"
+            " LIMIT ?",
             [*params, plan.sample_seed, plan.request.sample_size],
         )
         matches = f"SELECT document_id, doc FROM {source} SEMI JOIN sample_ids USING (document_id)"

@@ -59,23 +59,25 @@ def write_documents(
         return write_lines(con, query, path, list(structure))
     if fmt == "csv":
         columns = csv_columns(structure, select)
+        # Headers may be any text (even empty), so SQL names columns by position only.
         cells = ", ".join(
-            f"{text_value_sql(f'json_extract(doc, {duck.literal(pointer(c))})')}"
-            f" AS {duck.identifier('.'.join(c))}"
-            for c in columns
+            f"{text_value_sql(f'json_extract(doc, {duck.literal(pointer(c))})')} AS c{number}"
+            for number, c in enumerate(columns)
         )
-        return write_csv(con, (f"SELECT {cells} FROM {SELECTED} ORDER BY document_id", []), path)
+        query = (f"SELECT {cells} FROM {SELECTED} ORDER BY document_id", [])
+        return write_csv(con, query, path, [".".join(c) for c in columns])
     typed, apart, as_text = parquet_structure(structure)
     extra = "".join(
-        f", CAST(json_extract(s.doc, {duck.literal(pointer((key,)))}) AS VARCHAR)"
-        f" AS {duck.identifier(f'{key} ({number})')}"
-        for number, key in enumerate(apart, start=2)
+        f", from_json(json_extract(s.doc, {duck.literal(pointer((key,)))}), ?) AS x{number}"
+        for number, key in enumerate(apart)
     )
     query = (
         f"SELECT unnest(from_json(s.doc, ?)){extra} FROM {SELECTED} s ORDER BY s.document_id",
-        [json.dumps(typed)],
+        [json.dumps(typed), *(json.dumps(node) for node in apart.values())],
     )
-    written = write_parquet(con, query, path)
+    produced = [*typed, *apart]
+    order = [produced.index(key) for key in structure]
+    written = write_parquet(con, query, path, names=list(structure), order=order)
     written.warnings = [
         f"field {name!r} holds values that parquet cannot type as one column; written as JSON text"
         " (W4)"
@@ -115,8 +117,9 @@ def write_vectors(
         keys = ["document_id", *(index.name for index in indexes)]
         return write_lines(con, (f"SELECT {line} FROM ({source_sql}){order}", []), path, keys)
     if fmt == "csv":
-        cells = "".join(f", {vector_text_sql(index, name)} AS {name}" for index, name in names)
-        return write_csv(con, (f"SELECT document_id{cells} FROM ({source_sql}){order}", []), path)
+        cells = "".join(f", {vector_text_sql(index, name)}" for index, name in names)
+        query = (f"SELECT document_id{cells} FROM ({source_sql}){order}", [])
+        return write_csv(con, query, path, ["document_id", *(index.name for index in indexes)])
     query = (f"SELECT * FROM ({source_sql}){order}", [])
     return write_parquet(con, query, path, _vector_schema(indexes))
 
@@ -134,13 +137,24 @@ def _stream(
     path: Path,
     open_sink: Callable[[pa.Schema], Any],
     schema: pa.Schema | None = None,
+    names: list[str] | None = None,
+    order: list[int] | None = None,
 ) -> Written:
+    """Run `query` and feed its batches to a sink; columns may be reordered (by position)
+    and renamed, or cast to `schema`."""
     sql, params = query
     reader = con.sql(sql, params=params or None).to_arrow_reader(BATCH_ROWS)
-    target = schema or reader.schema
+    fields = list(reader.schema)
+    if order is not None:
+        fields = [fields[i] for i in order]
+    if names is not None:
+        fields = [f.with_name(name) for f, name in zip(fields, names, strict=True)]
+    target = schema or pa.schema(fields)
     rows = 0
     with open_sink(target) as sink:
         for batch in reader:
+            columns = batch.columns if order is None else [batch.column(i) for i in order]
+            batch = pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
             if schema is not None:
                 batch = batch.cast(schema)
             sink.write_batch(batch)
@@ -182,24 +196,31 @@ def write_lines(
     return written
 
 
-def write_csv(con: duckdb.DuckDBPyConnection, query: Query, path: Path) -> Written:
-    """RFC 4180 CSV (CRLF line ends, quoted only where needed; "" is an empty string)."""
+def write_csv(
+    con: duckdb.DuckDBPyConnection, query: Query, path: Path, header: list[str]
+) -> Written:
+    """RFC 4180 CSV with CRLF line ends; every string is quoted, so "" differs from null."""
     options = pacsv.WriteOptions(
         include_header=True, quoting_style="needed", quoting_header="needed", eol="\r\n"
     )
-    return _stream(
-        con, query, path, lambda schema: pacsv.CSVWriter(path, schema, write_options=options)
-    )
+
+    def open_sink(schema: pa.Schema) -> pacsv.CSVWriter:
+        return pacsv.CSVWriter(path, schema, write_options=options)
+
+    return _stream(con, query, path, open_sink, names=header)
 
 
 def write_parquet(
-    con: duckdb.DuckDBPyConnection, query: Query, path: Path, schema: pa.Schema | None = None
+    con: duckdb.DuckDBPyConnection,
+    query: Query,
+    path: Path,
+    schema: pa.Schema | None = None,
+    names: list[str] | None = None,
+    order: list[int] | None = None,
 ) -> Written:
     """Parquet, zstd, streamed batch by batch."""
-    return _stream(
-        con,
-        query,
-        path,
-        lambda target: pq.ParquetWriter(path, target, compression=PARQUET_COMPRESSION),
-        schema,
-    )
+
+    def open_sink(target: pa.Schema) -> pq.ParquetWriter:
+        return pq.ParquetWriter(path, target, compression=PARQUET_COMPRESSION)
+
+    return _stream(con, query, path, open_sink, schema, names, order)

@@ -285,11 +285,11 @@ def _copy(con: duckdb.DuckDBPyConnection, collection: Collection, sql: str, targ
 def _line_of(source: Path, document_id: str, occurrence: int) -> int:
     """The line number of the n-th occurrence of a document id (error path only)."""
     seen = 0
-    needle = orjson.dumps(document_id)
     with open(source, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
-            if needle not in raw:
+            if not raw.strip():
                 continue
+            # The id may be spelled with escapes in the file, so compare parsed values.
             if orjson.loads(raw).get("document_id") == document_id:
                 seen += 1
                 if seen == occurrence:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -65,6 +66,13 @@ def _checked_int(text: str) -> int:
     return value
 
 
+def _checked_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range for a double")
+    return value
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -74,7 +82,12 @@ def parse_line(raw: bytes, line: int) -> dict[str, Any]:
     try:
         if _LONG_RUN in raw.translate(_DIGITS_TO_ZERO):
             # orjson silently turns integers beyond 64 bits into floats; check them exactly.
-            document = json.loads(raw, parse_int=_checked_int, parse_constant=_reject_constant)
+            document = json.loads(
+                raw,
+                parse_int=_checked_int,
+                parse_float=_checked_float,
+                parse_constant=_reject_constant,
+            )
         else:
             document = orjson.loads(raw)
     except (ValueError, orjson.JSONDecodeError) as exc:
@@ -164,11 +177,14 @@ def _floats(values: list[Any], line: int, where: str, may_hold_bools: bool) -> n
     if may_hold_bools and any(isinstance(v, bool) for v in values):
         raise LineError(line, f"{where} must hold numbers, not booleans")
     try:
-        with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
-            array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError):
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # ragged nesting
         raise LineError(line, f"{where} must hold numbers") from None
-    if array.ndim != 1 or not np.isfinite(array).all():
+    if array.ndim != 1 or array.dtype.kind not in "iuf":
+        raise LineError(line, f"{where} must hold numbers")
+    with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
+        array = array.astype(np.float32)
+    if not np.isfinite(array).all():
         raise LineError(line, f"{where} must hold finite float32 numbers")
     return array
 

@@ -1,0 +1,107 @@
+"""Small helpers shared by the test files: the seed's example, reading exported files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_e9b29afa5f7a4441.txt"
+
+# Copied verbatim from the seed's curl example (test_contract_models checks the copy).
+SEED_REQUEST: dict[str, Any] = {
+    "format": "parquet",
+    "include_vectors": False,
+    "select_fields": ["document_id", "metadata.title", "metadata.category"],
+    "filters": {
+        "AND": [
+            {"field": "name", "operator": "eq", "value": "John"},
+            {"field": "age", "operator": "gte", "value": 30},
+        ],
+        "OR": [
+            {"field": "status", "operator": "eq", "value": "active"},
+            {"field": "role", "operator": "eq", "value": "admin"},
+        ],
+        "NOT": [
+            {"field": "department", "operator": "eq", "value": "HR"},
+            {"field": "location", "operator": "eq", "value": "remote"},
+        ],
+        "case_sensitive": True,
+    },
+    "sample_size": 500000,
+}
+SEED_RESPONSE_FIELDS = {
+    "download_url",
+    "s3_path",
+    "format",
+    "document_count",
+    "file_size_bytes",
+    "exported_at",
+    "vectors_download_url",
+    "vectors_s3_path",
+}
+
+
+def parse_seed(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The example request body and example response object of the seed page."""
+    start = text.index("--data '") + len("--data '")
+    end = text.index("'\n", start)
+    request = json.loads(text[start:end])
+    response, _ = json.JSONDecoder().raw_decode(text, text.index("{", end))
+    return request, response
+
+
+def local_path(uri: str) -> Path:
+    """The local file behind a file:// URI."""
+    parsed = urlparse(uri)
+    assert parsed.scheme == "file", uri
+    return Path(unquote(parsed.path))
+
+
+def read_json_lines(uri: str) -> list[dict[str, Any]]:
+    """Every line of a json export, parsed; the file must end each line with a bare \\n."""
+    data = local_path(uri).read_bytes()
+    assert b"\r" not in data
+    assert data == b"" or data.endswith(b"\n")
+    return [json.loads(line) for line in data.decode("utf-8").split("\n")[:-1]]
+
+
+def read_csv(uri: str) -> list[list[str]]:
+    """All rows of a csv export (header first), parsed by Python's csv module."""
+    text = local_path(uri).read_bytes().decode("utf-8")
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def read_parquet(uri: str) -> pa.Table:
+    """A parquet export as an Arrow table."""
+    return pq.read_table(local_path(uri))
+
+
+def ids_of(uri: str, fmt: str) -> list[str]:
+    """The document_id column of an exported file, in file order."""
+    if fmt == "json":
+        return [row["document_id"] for row in read_json_lines(uri)]
+    if fmt == "csv":
+        header, *rows = read_csv(uri)
+        return [row[header.index("document_id")] for row in rows]
+    return read_parquet(uri).column("document_id").to_pylist()
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values with kinds kept apart: 1 is not 1.0, True is not 1, -0.0 is not 0.0."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return a == b
