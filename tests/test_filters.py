@@ -1,0 +1,621 @@
+"""The filter compiler against CONTRACT F1-F7/P2: examples per rule, a property test, security."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import matches
+
+from export_pipeline.contract import LogicalOperator
+from export_pipeline.filters import CompiledFilter, compile_filter, install_macros, iso_micros
+
+ABSENT: Any = object()  # a document without the key, or a condition without a value
+
+
+@pytest.fixture(scope="module")
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
+    connection = duckdb.connect()
+    install_macros(connection)
+    connection.execute("CREATE TABLE docs(doc VARCHAR)")
+    yield connection
+    connection.close()
+
+
+def run(
+    con: duckdb.DuckDBPyConnection, docs: list[dict[str, Any]], filters: Any
+) -> tuple[set[str], set[str]]:
+    """Matching ids by the compiled SQL and by the reference evaluator."""
+    model = None if filters is None else LogicalOperator.model_validate(filters)
+    compiled = compile_filter(model)
+    assert compiled.sql.count("?") == len(compiled.params)
+    con.execute("DELETE FROM docs")
+    con.execute(
+        "INSERT INTO docs SELECT unnest(CAST(? AS VARCHAR[]))", [[json.dumps(d) for d in docs]]
+    )
+    rows = con.execute(
+        f"SELECT doc->>'$.document_id' FROM docs WHERE {compiled.sql}", compiled.params
+    ).fetchall()
+    return {row[0] for row in rows}, {d["document_id"] for d in docs if matches(d, model)}
+
+
+def docs_with(*values: Any, key: str = "a") -> list[dict[str, Any]]:
+    """Documents d0, d1, ... with `key` set to each value (left out for ABSENT)."""
+    return [
+        {"document_id": f"d{i}", **({} if value is ABSENT else {key: value})}
+        for i, value in enumerate(values)
+    ]
+
+
+def where(field: str, operator: str, value: Any = ABSENT, **group: Any) -> dict[str, Any]:
+    condition = {"field": field, "operator": operator}
+    if value is not ABSENT:
+        condition["value"] = value
+    return {"AND": [condition], **group}
+
+
+def check(
+    con: duckdb.DuckDBPyConnection, docs: list[dict[str, Any]], filters: Any, ids: str
+) -> None:
+    """Both the SQL and the reference select exactly `ids` (space-separated)."""
+    got_sql, got_ref = run(con, docs, filters)
+    expected = set(ids.split())
+    assert got_sql == expected, ("sql", filters)
+    assert got_ref == expected, ("reference", filters)
+
+
+# F1 / F2: groups and shorthand
+
+
+def test_F1_and_or_not(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(1, 2, 3, 4)
+    one_or_two = [{"field": "a", "value": 1}, {"field": "a", "value": 2}]
+    check(con, docs, {"OR": one_or_two}, "d0 d1")
+    check(con, docs, {"NOT": one_or_two}, "d2 d3")
+    check(
+        con, docs, {"AND": [{"field": "a", "operator": "gt", "value": 1}], "OR": one_or_two}, "d1"
+    )
+
+
+def test_F1_empty_null_and_absent_groups_match_everything(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(1, ABSENT)
+    for filters in (None, {}, {"AND": [], "OR": [], "NOT": []}, {"AND": None, "OR": None}):
+        check(con, docs, filters, "d0 d1")
+    assert compile_filter(None) == CompiledFilter("TRUE", [])
+    assert compile_filter({}) == CompiledFilter("TRUE", [])
+    assert compile_filter(LogicalOperator()) == CompiledFilter("TRUE", [])
+
+
+def test_F1_not_accepts_a_single_item(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(1, 2, ABSENT)
+    check(con, docs, {"NOT": {"field": "a", "value": 1}}, "d1 d2")
+    check(con, docs, {"NOT": {"OR": [{"field": "a", "value": 1}, {"a": 2}]}}, "d2")
+
+
+def test_F1_nested_groups(con: duckdb.DuckDBPyConnection) -> None:
+    docs = [
+        {"document_id": "d0", "a": 1, "b": "x"},
+        {"document_id": "d1", "a": 1, "b": "y"},
+        {"document_id": "d2", "a": 2, "b": "x"},
+    ]
+    filters = {"OR": [{"AND": [{"a": 1}, {"NOT": [{"b": "x"}]}]}, {"a": 2}]}
+    check(con, docs, filters, "d1 d2")
+
+
+def test_F2_shorthand_is_anded_eq(con: duckdb.DuckDBPyConnection) -> None:
+    docs = [
+        {"document_id": "d0", "metadata": {"title": "X"}, "n": 1},
+        {"document_id": "d1", "metadata": {"title": "x"}, "n": 2},
+        {"document_id": "d2", "metadata": {"title": "y"}, "n": 1},
+    ]
+    check(con, docs, {"metadata.title": "x"}, "d0 d1")
+    check(con, docs, {"metadata.title": "x", "n": 1}, "d0")
+    check(con, docs, {"metadata.title": "x", "AND": [{"field": "n", "value": 2}]}, "d1")
+    check(con, docs, {"metadata.title": None}, "")
+
+
+# F3: case sensitivity
+
+
+def test_F3_string_matching_is_case_insensitive_by_default(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("Hello World", "hello", "HELLO", ["HeLLo", "x"], "other")
+    check(con, docs, where("a", "eq", "hello"), "d1 d2 d3")
+    check(con, docs, where("a", "ne", "hello"), "d0 d4")
+    check(con, docs, where("a", "in", ["HELLO WORLD", "zzz"]), "d0")
+    check(con, docs, where("a", "nin", ["HELLO WORLD", "HELLO"]), "d4")
+    check(con, docs, where("a", "contains", "LO W"), "d0")
+    check(con, docs, where("a", "contains", "hello"), "d0 d1 d2 d3")
+    check(con, docs, where("a", "starts_with", "HEL"), "d0 d1 d2 d3")
+    check(con, docs, where("a", "ends_with", "WORLD"), "d0")
+    check(con, docs, where("a", "regex", "^hel+o$"), "d1 d2 d3")
+
+
+def test_F3_case_sensitive_true(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("Hello World", "hello", "HELLO", ["HeLLo", "x"], "other")
+    cs = {"case_sensitive": True}
+    check(con, docs, where("a", "eq", "hello", **cs), "d1")
+    check(con, docs, where("a", "ne", "hello", **cs), "d0 d2 d3 d4")
+    check(con, docs, where("a", "in", ["HELLO", "HeLLo"], **cs), "d2 d3")
+    check(con, docs, where("a", "nin", ["HELLO", "HeLLo"], **cs), "d0 d1 d4")
+    check(con, docs, where("a", "contains", "lo W", **cs), "d0")
+    check(con, docs, where("a", "contains", "hello", **cs), "d1")
+    check(con, docs, where("a", "starts_with", "HEL", **cs), "d2")
+    check(con, docs, where("a", "ends_with", "World", **cs), "d0")
+    check(con, docs, where("a", "regex", "^hel+o$", **cs), "d1")
+
+
+def test_F3_nested_group_inherits_case_sensitivity(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("abc", "ABC")
+    inner = {"OR": [{"field": "a", "value": "abc"}]}
+    check(con, docs, {"case_sensitive": True, "AND": [inner]}, "d0")
+    check(con, docs, {"case_sensitive": True, "AND": [{"AND": [inner]}]}, "d0")
+    check(con, docs, {"AND": [inner]}, "d0 d1")
+    # a nested group's own setting wins over its parent's
+    check(con, docs, {"case_sensitive": True, "AND": [{**inner, "case_sensitive": False}]}, "d0 d1")
+    check(con, docs, {"case_sensitive": False, "NOT": {**inner, "case_sensitive": True}}, "d1")
+
+
+def test_F3_ordering_and_text_ignore_case_sensitivity(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("B", "a", "b")
+    # code point order: "B" < "a" < "b", whatever case_sensitive says
+    for cs in (True, False):
+        check(con, docs, where("a", "gt", "B", case_sensitive=cs), "d1 d2")
+        check(con, docs, where("a", "lt", "a", case_sensitive=cs), "d0")
+    docs = docs_with("Quick Brown", "quick")
+    check(con, docs, where("a", "text", "QUICK brown", case_sensitive=True), "d0")
+
+
+# F5: arrays
+
+
+def test_F5_array_any_element_eq(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(["a", 1], [2, "b"], [], "a", [None])
+    check(con, docs, where("a", "eq", "a"), "d0 d3")
+    check(con, docs, where("a", "eq", 2), "d1")
+    check(con, docs, where("a", "eq", None), "d4")
+    check(con, docs, where("a", "in", [1, "b"]), "d0 d1")
+    check(con, docs, where("a", "gte", 2), "d1")
+    check(con, docs, where("a", "starts_with", "b"), "d1")
+
+
+def test_F5_array_rule_is_one_level_only(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with([[1]], [{"x": 1}], [[1], 1])
+    check(con, docs, where("a", "eq", 1), "d2")
+    check(con, docs, where("a", "gt", 0), "d2")
+    check(con, docs, where("a", "contains", 1), "d2")
+    check(con, docs, where("a", "ne", 1), "d0 d1")
+
+
+def test_F5_ne_and_nin_negate_the_array_rule(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with([1, 2], [3], [], 1)
+    check(con, docs, where("a", "ne", 1), "d1 d2")
+    check(con, docs, where("a", "nin", [2, 3]), "d2 d3")
+
+
+def test_F5_contains_array_element_or_substring(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(["red", "Blue"], "bluebird", ["bluebird"], 12, [1, 2], "12", [True])
+    check(con, docs, where("a", "contains", "blue"), "d0 d1")
+    check(con, docs, where("a", "contains", "blue", case_sensitive=True), "d1")
+    check(con, docs, where("a", "contains", 1), "d4")
+    check(con, docs, where("a", "contains", "1"), "d5")
+    check(con, docs, where("a", "contains", True), "d6")
+
+
+# F6: kinds never coerce
+
+
+def test_F6_number_equals_number(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(1, 1.0, "1", True, [1.0], 1.5)
+    check(con, docs, where("a", "eq", 1), "d0 d1 d4")
+    check(con, docs, where("a", "eq", 1.0), "d0 d1 d4")
+    check(con, docs, where("a", "in", [1.5, 7]), "d5")
+    check(con, docs, where("a", "lte", 1.2), "d0 d1 d4")
+
+
+def test_F6_string_and_boolean_are_not_numbers(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(1, "1", True, False, 0, "true")
+    check(con, docs, where("a", "eq", "1"), "d1")
+    check(con, docs, where("a", "eq", True), "d2")
+    check(con, docs, where("a", "eq", False), "d3")
+    check(con, docs, where("a", "ne", 1), "d1 d2 d3 d4 d5")
+    check(con, docs, where("a", "in", [True, 0]), "d2 d4")
+    check(con, docs, where("a", "gt", "0"), "d1 d5")
+    check(con, docs, where("a", "gte", 0), "d0 d4")
+
+
+def test_F6_big_integers_compare_exactly(con: duckdb.DuckDBPyConnection) -> None:
+    big = 2**63 - 1
+    docs = docs_with(big, big - 1, 2**64 - 1, -(2**63), 2**53 + 1)
+    check(con, docs, where("a", "eq", big), "d0")
+    check(con, docs, where("a", "gt", big - 1), "d0 d2")
+    check(con, docs, where("a", "lt", -(2**63) + 1), "d3")
+    check(con, docs, where("a", "in", [big - 1, 2**53]), "d1")
+    check(con, docs, where("a", "eq", 2**53), "")
+
+
+# F7: missing and null
+
+
+def test_F7_missing_and_null_fail_every_operator_but_a_few(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(ABSENT, None)
+    for operator, value in [
+        ("eq", 1),
+        ("eq", "x"),
+        ("gt", 0),
+        ("lt", "z"),
+        ("in", [1, "x"]),
+        ("contains", "x"),
+        ("starts_with", ""),
+        ("ends_with", ""),
+        ("regex", ".*"),
+        ("text", "x"),
+    ]:
+        check(con, docs, where("a", operator, value), "")
+    check(con, docs, where("a", "in", [1, None]), "d0 d1")
+    check(con, docs, where("a", "nin", [1, None]), "")
+
+
+def test_F7_missing_ne_is_true(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(ABSENT, None, 1)
+    check(con, docs, where("a", "ne", 1), "d0 d1")
+    check(con, docs, where("a", "nin", [1, "x"]), "d0 d1")
+    check(con, docs, where("a", "ne", None), "d2")
+
+
+def test_F7_eq_null_holds_for_missing_or_null(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(ABSENT, None, 0, "", False, [])
+    check(con, docs, where("a", "eq", None), "d0 d1")
+    check(con, docs, {"a": None}, "d0 d1")
+
+
+def test_exists_is_true_for_present_null(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(ABSENT, None, 0, [])
+    check(con, docs, where("a", "exists"), "d1 d2 d3")
+    check(con, docs, where("a", "exists", True), "d1 d2 d3")
+    check(con, docs, where("a", "exists", False), "d0")
+
+
+def test_is_null_is_missing_or_null(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(ABSENT, None, 0, [None])
+    check(con, docs, where("a", "is_null"), "d0 d1")
+    check(con, docs, where("a", "is_null", False), "d2 d3")
+
+
+# P2: paths
+
+
+def test_P2_path_through_an_array_is_missing(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with({"x": 1}, [{"x": 1}], {"0": 1}, [1], 5)
+    check(con, docs, where("a.x", "eq", 1), "d0")
+    check(con, docs, where("a.x", "exists"), "d0")
+    check(con, docs, where("a.0", "exists"), "d2")
+    check(con, docs, where("a.x", "is_null"), "d1 d2 d3 d4")
+
+
+def test_P2_nested_paths_and_special_key_characters(con: duckdb.DuckDBPyConnection) -> None:
+    docs = [
+        {"document_id": "d0", "m": {"k-1": {"_z": "v"}}},
+        {"document_id": "d1", "m": {"k-1": "v"}},
+    ]
+    check(con, docs, where("m.k-1._z", "eq", "v"), "d0")
+    check(con, docs, where("m.k-1", "eq", "v"), "d1")
+
+
+# ordering operators
+
+
+def test_ordering_numbers_and_code_points(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(-1, 0, 2.5, 10, "10", "9", "é", "z", "\U0001d538", "\uffff")
+    check(con, docs, where("a", "gt", 0), "d2 d3")
+    check(con, docs, where("a", "gte", 0), "d1 d2 d3")
+    check(con, docs, where("a", "lt", 2.5), "d0 d1")
+    check(con, docs, where("a", "lte", -1), "d0")
+    # strings by code point: "10" < "9" < "z" < "é" < U+FFFF < U+1D538 (not UTF-16 order)
+    check(con, docs, where("a", "gt", "9"), "d6 d7 d8 d9")
+    check(con, docs, where("a", "lt", "9"), "d4")
+    check(con, docs, where("a", "gt", "\uffff"), "d8")
+
+
+def test_ordering_iso8601_is_chronological(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(
+        "2024-01-02T03:00:00+01:00",  # 02:00Z
+        "2024-01-02T02:30:00Z",
+        "2024-01-02 01:00:00",  # no offset: UTC
+        "2024-01-02",  # midnight UTC
+        "2024-01-01T23:30:00-01:00",  # 2024-01-02 00:30Z
+        "2024-01-02T02:00:00.0000009Z",  # fraction truncated to microseconds
+    )
+    check(con, docs, where("a", "gt", "2024-01-02T02:00:00Z"), "d1")
+    check(con, docs, where("a", "gte", "2024-01-02T02:00:00Z"), "d0 d1 d5")
+    check(con, docs, where("a", "lt", "2024-01-02T01:00:00+00:00"), "d3 d4")
+    check(con, docs, where("a", "lte", "2024-01-02"), "d3")
+    check(con, docs, where("a", "gt", "2024-01-02T01:59:59.999999Z"), "d0 d1 d5")
+
+
+def test_ordering_non_iso_strings_compare_by_code_point(con: duckdb.DuckDBPyConnection) -> None:
+    # Feb 30, hour 24, "2024-1-5" and a " UTC" suffix are not ISO-8601: compared as text
+    docs = docs_with(
+        "2024-02-30",
+        "2024-03-01",
+        "2024-01-01T24:00:00",
+        "2024-1-5",
+        "2024-01-01T20:00:00Z",
+        "2024-01-01T20:00:00 UTC",
+    )
+    check(con, docs, where("a", "gt", "2024-02-29"), "d0 d1 d3")
+    check(con, docs, where("a", "lt", "2024-02-30"), "d2 d4 d5")
+    # 2024-01-01T19:00Z: later in time for d4, smaller by code point for d5
+    check(con, docs, where("a", "gt", "2024-01-02T00:00:00+05:00"), "d0 d1 d3 d4")
+
+
+def test_ordering_iso8601_extreme_years_and_offsets(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("0001-01-01T00:30:00+01:00", "0001-01-01", "9999-12-31T23:59:59-23:59")
+    check(con, docs, where("a", "lt", "0001-01-01T00:00:00Z"), "d0")
+    check(con, docs, where("a", "gt", "9999-12-31T23:59:59Z"), "d2")
+    check(con, docs, where("a", "gte", "0000-12-31"), "d0 d1 d2")
+
+
+def test_iso_micros_python_and_sql_agree(con: duckdb.DuckDBPyConnection) -> None:
+    samples = [
+        "1970-01-01",
+        "1969-12-31T23:59:59.999999Z",
+        "0099-05-06",
+        "2024-02-29",
+        "2023-02-29",
+        "2024-01-02T03:04:05.123456789+05:30",
+        "2024-01-02 03:04:05-00:01",
+        "0001-01-01T00:00:00+23:59",
+        "9999-12-31T23:59:59.999999-23:59",
+        "2024-01-02T03:04:05z",
+        "2024-01-02T24:00:00",
+        "2024-01-02T03:04:60",
+        "2024-01-02T03:04:05+24:00",
+        "2024-01-02T03:04",
+        "0000-01-01",
+        "2024-01-02\n",
+    ]
+    for text in samples:
+        (got,) = con.execute("SELECT xf_ts(?)", [text]).fetchone()
+        assert got == iso_micros(text), text
+    assert iso_micros("1970-01-01T00:00:01+00:01") == -59_000_000
+    assert iso_micros("2023-02-29") is None
+
+
+# string operators
+
+
+def test_regex_is_a_search_not_a_full_match(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("xx abc yy", "abc", "ABC", ["q", "zabcz"], 5)
+    check(con, docs, where("a", "regex", "abc"), "d0 d1 d2 d3")
+    check(con, docs, where("a", "regex", "^abc$"), "d1 d2")
+    check(con, docs, where("a", "regex", "b.", case_sensitive=True), "d0 d1 d3")
+    check(con, docs, where("a", "regex", r"\d"), "")
+
+
+def test_starts_with_and_ends_with_are_string_only(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("prefix-x", 123, ["a", "prefix"], "x-prefix")
+    check(con, docs, where("a", "starts_with", "prefix"), "d0 d2")
+    check(con, docs, where("a", "ends_with", "prefix"), "d2 d3")
+    check(con, docs, where("a", "starts_with", "12"), "")
+
+
+def test_text_matches_every_word(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(
+        "The quick, brown fox!", "quickbrown fox", "Brown-quick", ["fox", "brown quick"], "Café 42"
+    )
+    check(con, docs, where("a", "text", "quick brown"), "d0 d2 d3")
+    check(con, docs, where("a", "text", "BROWN"), "d0 d2 d3")
+    check(con, docs, where("a", "text", "fox quick"), "d0")
+    check(con, docs, where("a", "text", "café"), "d4")
+    check(con, docs, where("a", "text", "42!"), "d4")
+    check(con, docs, where("a", "text", "qui"), "")
+
+
+def test_in_mixes_kinds_and_null(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with("A", 1, 2.5, True, None, ABSENT, "1", [False, "z"])
+    values = ["a", 1, 2.5, True, None]
+    check(con, docs, where("a", "in", values), "d0 d1 d2 d3 d4 d5")
+    check(con, docs, where("a", "nin", values), "d6 d7")
+    check(con, docs, where("a", "in", [False]), "d7")
+
+
+# security: values are always bound
+
+
+HOSTILE = [
+    "'",
+    '"',
+    "--",
+    "'; DROP TABLE docs; --",
+    "\\",
+    "\\'",
+    'O\'Brien "x" -- \\n',
+    "$.a",
+    "%_",
+    "?",
+    "{}",
+]
+
+
+def test_values_are_bound_parameters_never_sql_text(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(*HOSTILE, key="s")
+    for i, value in enumerate(HOSTILE):
+        for operator in ("eq", "ne", "in", "contains", "starts_with", "ends_with", "gt", "text"):
+            if operator == "text" and not any(c.isalnum() for c in value):
+                continue
+            wrap = (lambda v: [v, "zz"]) if operator == "in" else (lambda v: v)
+            compiled = compile_filter(where("s", operator, wrap(value)))
+            # the SQL text does not depend on the value at all; the value is a parameter
+            assert compiled.sql == compile_filter(where("s", operator, wrap("x"))).sql
+            assert wrap(value) in compiled.params or value in compiled.params
+        check(con, docs, where("s", "eq", value, case_sensitive=True), f"d{i}")
+        check(con, docs, where("s", "in", [value, "zz"], case_sensitive=True), f"d{i}")
+        for operator in ("starts_with", "ends_with", "contains"):
+            got_sql, got_ref = run(con, docs, where("s", operator, value))
+            assert f"d{i}" in got_sql
+            assert got_sql == got_ref
+    assert con.execute("SELECT count(*) FROM docs").fetchone() == (len(HOSTILE),)
+
+
+def test_column_name_is_validated_and_quoted() -> None:
+    assert '"t"."doc"' in compile_filter({"a": 1}, column="t.doc").sql
+    for bad in ('doc"; DROP TABLE docs; --', "doc doc", "", "1doc"):
+        with pytest.raises(ValueError):
+            compile_filter({"a": 1}, column=bad)
+
+
+def test_install_macros_is_repeatable_and_refuses_a_nocase_collation() -> None:
+    with duckdb.connect() as connection:
+        install_macros(connection)
+        install_macros(connection)
+        connection.execute("SET default_collation = 'nocase'")
+        with pytest.raises(ValueError, match="collation"):
+            install_macros(connection)
+
+
+# property: the SQL agrees with the reference evaluator
+
+FIELDS = ["a", "a", "a", "b", "m", "m.x", "m.x", "tags", "tags", "tags.x", "nope"]
+ISO_SAMPLES = [
+    "2024-01-02",
+    "2024-01-02T03:04:05+01:00",
+    "2024-01-02T02:04:05Z",
+    "2024-01-02 03:04:05",
+    "2024-01-01T23:00:00-02:00",
+    "2024-01-02T02:04:05.5Z",
+    "2024-02-30",
+]
+REGEXES = ["a", "^a", "b$", "A.b", "[0-9]", "a|B", "^$", " ", "1+", "^[ab]+$", "B+a"]
+WORDS = ["", "a", "A", "ab", "aB", "Ab b", "b a", "B1", "1", "a.b"]
+
+# ASCII only, so Python's and DuckDB's lower() agree; the simplest branch comes first because
+# hypothesis draws it most
+strings = st.one_of(
+    st.sampled_from(WORDS), st.text(alphabet="aAbB1 .", max_size=3), st.sampled_from(ISO_SAMPLES)
+)
+numbers = st.one_of(st.integers(-3, 3), st.sampled_from([1.0, 2.5, -0.5, 0.0]))
+scalars = st.one_of(strings, numbers, st.none(), st.booleans())
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["x", "y"]), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+documents = st.lists(
+    st.fixed_dictionaries(
+        {"a": st.one_of(json_values, st.just(ABSENT))},
+        optional={
+            "b": scalars,
+            "m": st.one_of(json_values, st.fixed_dictionaries({"x": json_values})),
+            "tags": st.lists(scalars, max_size=3),
+        },
+    ).map(lambda doc: {k: v for k, v in doc.items() if v is not ABSENT}),
+    min_size=4,
+    max_size=8,
+)
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def _pick(pool: list[Any], fallback: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly values the documents hold, so conditions often split them."""
+    return st.one_of(st.sampled_from(pool), fallback) if pool else fallback
+
+
+def _condition(field: str, operator: str, value: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"field": field}
+    if operator != "eq" or value is None:  # eq is also the default operator
+        raw["operator"] = operator
+    if value is not ABSENT:
+        raw["value"] = value
+    return raw
+
+
+def conditions(pool: list[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    texts = [v for v in pool if isinstance(v, str)]
+    any_ = _pick(pool, scalars)
+    text = _pick(texts, strings)
+    number = _pick(
+        [v for v in pool if isinstance(v, int | float) and not isinstance(v, bool)], numbers
+    )
+    words = _pick(
+        [v for v in texts if any(c.isalnum() for c in v)],
+        st.text(alphabet="aAbB1 .", min_size=1, max_size=4).filter(
+            lambda v: any(c.isalnum() for c in v)
+        ),
+    )
+    flag = st.one_of(st.booleans(), st.just(ABSENT))
+    values: dict[str, st.SearchStrategy[Any]] = {
+        "eq": any_,
+        "ne": any_,
+        "in": st.lists(any_, min_size=1, max_size=4),
+        "nin": st.lists(any_, min_size=1, max_size=4),
+        "contains": st.one_of(text, number, st.booleans()),
+        **dict.fromkeys(["gt", "gte", "lt", "lte"], st.one_of(text, number)),
+        **dict.fromkeys(["starts_with", "ends_with"], text),
+        "regex": st.sampled_from(REGEXES),
+        "text": words,
+        "exists": flag,
+        "is_null": flag,
+    }
+    return st.sampled_from(list(values)).flatmap(
+        lambda op: st.builds(_condition, st.sampled_from(FIELDS), st.just(op), values[op])
+    )
+
+
+def groups(pool: list[Any], depth: int) -> st.SearchStrategy[dict[str, Any]]:
+    """LogicalOperators `depth` levels deep at most below this one."""
+    item = conditions(pool)
+    if depth:
+        item = st.one_of(item, groups(pool, depth - 1))
+    maybe = st.one_of(st.just(ABSENT), st.none(), st.lists(item, max_size=2))
+    return st.builds(
+        lambda and_, or_, not_, cs, short: {
+            k: v
+            for k, v in {"AND": and_, "OR": or_, "NOT": not_, "case_sensitive": cs, **short}.items()
+            if v is not ABSENT
+        },
+        maybe,
+        maybe,
+        st.one_of(maybe, item),
+        st.sampled_from([ABSENT, None, True, False]),
+        st.dictionaries(st.sampled_from(FIELDS), _pick(pool, scalars), max_size=1),
+    )
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Any]:
+    docs = [{"document_id": f"d{i}", **doc} for i, doc in enumerate(draw(documents))]
+    pool = [
+        leaf
+        for doc in docs
+        for key, value in doc.items()
+        if key != "document_id"
+        for leaf in _leaves(value)
+    ]
+    single = st.builds(
+        lambda c, cs: {"AND": [c], "case_sensitive": cs}, conditions(pool), st.booleans()
+    )
+    return docs, draw(st.one_of(single, groups(pool, 2), st.none()))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_property_sql_agrees_with_reference(
+    con: duckdb.DuckDBPyConnection, case: tuple[list[dict[str, Any]], Any]
+) -> None:
+    docs, filters = case
+    got_sql, got_ref = run(con, docs, filters)
+    assert got_sql == got_ref
