@@ -443,6 +443,19 @@ def test_W1_vectors_file_name_and_location(
     assert local_path(result.response.vectors_download_url) == vectors_file
 
 
+# The `vectored` collection's vectors, in document_id order (W1, O3).
+VECTOR_ROWS = [
+    {
+        "document_id": "both",
+        "emb": [0.5, -1.0, 2.0],
+        "bag": {"indices": [7, 3], "values": [0.25, 1.0]},
+    },
+    {"document_id": "dense-only", "emb": [1.0, 2.0, 3.0], "bag": None},
+    {"document_id": "none", "emb": None, "bag": None},
+    {"document_id": "sparse-empty", "emb": None, "bag": {"indices": [], "values": []}},
+]
+
+
 def test_W1_W4_parquet_vector_types_and_nulls(
     store: Store, vectored: tuple[Namespace, Collection]
 ) -> None:
@@ -454,31 +467,13 @@ def test_W1_W4_parquet_vector_types_and_nulls(
     assert table.schema.field("bag").type == pa.struct(
         [("indices", pa.list_(pa.int32())), ("values", pa.list_(pa.float32()))]
     )
-    assert table.to_pylist() == [
-        {
-            "document_id": "both",
-            "emb": [0.5, -1.0, 2.0],
-            "bag": {"indices": [7, 3], "values": [0.25, 1.0]},
-        },
-        {"document_id": "dense-only", "emb": [1.0, 2.0, 3.0], "bag": None},
-        {"document_id": "none", "emb": None, "bag": None},
-        {"document_id": "sparse-empty", "emb": None, "bag": {"indices": [], "values": []}},
-    ]
+    assert table.to_pylist() == VECTOR_ROWS
 
 
 def test_W1_json_vectors_file(store: Store, vectored: tuple[Namespace, Collection]) -> None:
     ns, col = vectored
     result = run(store, ns, col, {"format": "json", "include_vectors": True})
-    assert read_json_lines(result.response.vectors_s3_path) == [
-        {
-            "document_id": "both",
-            "emb": [0.5, -1.0, 2.0],
-            "bag": {"indices": [7, 3], "values": [0.25, 1.0]},
-        },
-        {"document_id": "dense-only", "emb": [1.0, 2.0, 3.0], "bag": None},
-        {"document_id": "none", "emb": None, "bag": None},
-        {"document_id": "sparse-empty", "emb": None, "bag": {"indices": [], "values": []}},
-    ]
+    assert read_json_lines(result.response.vectors_s3_path) == VECTOR_ROWS
 
 
 def test_W1_W3_csv_vectors_file(store: Store, vectored: tuple[Namespace, Collection]) -> None:
