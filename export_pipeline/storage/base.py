@@ -39,10 +39,6 @@ class Storage(Protocol):
         """A URL a plain HTTP client (or a browser) can fetch the object from."""
         ...
 
-    def read(self, key: str) -> bytes:
-        """The bytes of a published object (manifests, tests)."""
-        ...
-
 
 def export_prefix(namespace_id: str, collection_id: str, export_id: str) -> str:
     """W6: every export has its own folder under the storage root."""

@@ -47,7 +47,3 @@ class LocalStorage:
     def download_url(self, key: str, ttl_seconds: int) -> str:
         """A file:// URL; local files do not expire."""
         return (self.root / key).as_uri()
-
-    def read(self, key: str) -> bytes:
-        """The bytes of a published file."""
-        return (self.root / key).read_bytes()

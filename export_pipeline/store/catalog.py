@@ -145,12 +145,6 @@ class Catalog:
             raise NotFoundError(f"namespace {identifier!r} not found")
         return Namespace(id=row["id"], name=row["name"])
 
-    def namespaces(self) -> list[Namespace]:
-        """All namespaces, by name."""
-        with self._connect() as db:
-            rows = db.execute("SELECT id, name FROM namespaces ORDER BY name").fetchall()
-        return [Namespace(id=row["id"], name=row["name"]) for row in rows]
-
     def create_collection(
         self, namespace: Namespace, name: str, vector_indexes: list[VectorIndex]
     ) -> Collection:
