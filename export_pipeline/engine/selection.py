@@ -12,6 +12,7 @@ from export_pipeline.filters import install_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
+from export_pipeline.store.jsonl import vector_column
 
 SELECTED = "selected"
 
@@ -80,8 +81,6 @@ def _object_sql(tree: dict[str, dict], prefix: list[str]) -> str:
 
 def selected_vectors_sql(plan: ExportPlan, store: Store) -> str:
     """W1: document_id plus one column per vector index, for the selected documents."""
-    from export_pipeline.store.jsonl import vector_column
-
     columns = ", ".join(
         f"{duck.identifier(vector_column(index.name))} AS {duck.identifier(index.name)}"
         for index in plan.collection.vector_indexes

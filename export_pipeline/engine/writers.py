@@ -26,6 +26,7 @@ from export_pipeline.engine.schema import (
 )
 from export_pipeline.engine.selection import SELECTED
 from export_pipeline.store import VectorIndex
+from export_pipeline.store.jsonl import vector_type
 
 BATCH_ROWS = 16_384
 PARQUET_COMPRESSION = "zstd"
@@ -125,8 +126,6 @@ def write_vectors(
 
 
 def _vector_schema(indexes: list[VectorIndex]) -> pa.Schema:
-    from export_pipeline.store.jsonl import vector_type
-
     fields = [pa.field(index.name, vector_type(index)) for index in indexes]
     return pa.schema([pa.field("document_id", pa.string()), *fields])
 
