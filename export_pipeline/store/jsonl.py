@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
+import simdjson
 
-from export_pipeline.contract import INT64
 from export_pipeline.errors import ValidationError
+from export_pipeline.store import lines
 from export_pipeline.store.catalog import Collection, VectorIndex
+from export_pipeline.store.lines import VECTORS_KEY
 
-VECTORS_KEY = "_vectors"
 SYSTEM_KEYS = ("collection_id", "_internal")  # set by the store, whatever the line says
 BATCH_ROWS = 4096
-# Every digit becomes "0", so one substring search finds any run of 19 digits (a regex
-# scan costs more than the JSON parse on vector-heavy lines).
-_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
-_LONG_RUN = b"0" * 19
 
 
 def vector_column(index_name: str) -> str:
@@ -59,44 +54,6 @@ class LineError(ValidationError):
         super().__init__(f"line {line}: {problem}", {"line": line, "problem": problem})
 
 
-def _checked_int(text: str) -> int:
-    value = int(text)
-    if not INT64[0] <= value <= INT64[1]:
-        raise ValueError(f"integer {text} does not fit in 64 bits")
-    return value
-
-
-def _checked_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range for a double")
-    return value
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_line(raw: bytes, line: int) -> dict[str, Any]:
-    """One JSON object, integers within 64 bits (D4), no NaN or Infinity."""
-    try:
-        if _LONG_RUN in raw.translate(_DIGITS_TO_ZERO):
-            # orjson silently turns integers beyond 64 bits into floats; check them exactly.
-            document = json.loads(
-                raw,
-                parse_int=_checked_int,
-                parse_float=_checked_float,
-                parse_constant=_reject_constant,
-            )
-        else:
-            document = orjson.loads(raw)
-    except (ValueError, orjson.JSONDecodeError) as exc:
-        raise LineError(line, f"malformed JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise LineError(line, "a document must be a JSON object")
-    return document
-
-
 class BatchBuilder:
     """Accumulates validated documents of one collection and emits Arrow record batches."""
 
@@ -107,6 +64,7 @@ class BatchBuilder:
         self.now = now
         self.suffix = internal_suffix(now, now)
         self.cid = orjson.dumps(collection.id).decode()
+        self.parser = simdjson.Parser()
         self._reset()
 
     def _reset(self) -> None:
@@ -114,12 +72,16 @@ class BatchBuilder:
         self.docs: list[str] = []
         self.vectors: dict[str, list[Any]] = {name: [] for name in self.indexes}
 
-    def add(self, document: dict[str, Any], line: int, raw: bytes) -> None:
-        """Validate one parsed document and queue it."""
+    def add(self, raw: bytes, line: int) -> None:
+        """Parse and validate one line and queue its document."""
+        try:
+            document, vectors = lines.parse(self.parser, raw)
+        except lines.LineProblem as exc:
+            raise LineError(line, str(exc)) from None
         document_id = document.pop("document_id", None)
         if not isinstance(document_id, str) or not document_id:
             raise LineError(line, "document_id must be a non-empty string")
-        vectors = document.pop(VECTORS_KEY, None) or {}
+        vectors = vectors or {}
         if not isinstance(vectors, dict):
             raise LineError(line, f"{VECTORS_KEY} must be an object keyed by vector index name")
         for key in SYSTEM_KEYS:
@@ -129,9 +91,7 @@ class BatchBuilder:
             raise LineError(line, f"unknown vector index {sorted(unknown)[0]!r}")
         for name, index in self.indexes.items():
             value = vectors.get(name)
-            self.vectors[name].append(
-                None if value is None else _vector(index, value, line, _may_hold_bools(raw))
-            )
+            self.vectors[name].append(None if value is None else _vector(index, value, line))
         body = orjson.dumps(document).decode()
         head = '{"document_id":' + orjson.dumps(document_id).decode()
         tail = ',"collection_id":' + self.cid + self.suffix
@@ -155,35 +115,47 @@ class BatchBuilder:
         return batch
 
 
-def _vector(index: VectorIndex, value: Any, line: int, may_hold_bools: bool) -> Any:
+def _vector(index: VectorIndex, value: Any, line: int) -> Any:
     where = f"vector {index.name!r}"
     if index.type == "dense":
-        if not isinstance(value, list) or len(value) != index.dimensions:
+        if not isinstance(value, list | np.ndarray) or len(value) != index.dimensions:
             raise LineError(line, f"{where} must be a list of {index.dimensions} numbers")
-        return _floats(value, line, where, may_hold_bools)
+        return _floats(value, line, where)
     if not isinstance(value, dict) or set(value) != {"indices", "values"}:
         raise LineError(line, f'{where} must be {{"indices": [...], "values": [...]}}')
-    indices, values = value["indices"], value["values"]
-    if not isinstance(indices, list) or not isinstance(values, list) or len(indices) != len(values):
+    indices = _indices(value["indices"], index, line, where)
+    values = value["values"]
+    if not isinstance(values, list | np.ndarray) or len(indices) != len(values):
         raise LineError(line, f"{where}: indices and values must be lists of equal length")
-    if not all(type(i) is int and 0 <= i < index.dimensions for i in indices):
+    return {"indices": indices, "values": _floats(values, line, where)}
+
+
+def _indices(indices: Any, index: VectorIndex, line: int, where: str) -> np.ndarray:
+    if isinstance(indices, list):
+        if not all(type(i) is int for i in indices):
+            raise LineError(line, f"{where}: indices must be integers in [0, {index.dimensions})")
+        indices = np.asarray(indices, dtype=np.int64)
+    if not isinstance(indices, np.ndarray):
+        raise LineError(line, f"{where}: indices and values must be lists of equal length")
+    if len(indices) and (indices.min() < 0 or indices.max() >= index.dimensions):
         raise LineError(line, f"{where}: indices must be integers in [0, {index.dimensions})")
-    if len(set(indices)) != len(indices):
+    if len(np.unique(indices)) != len(indices):
         raise LineError(line, f"{where}: indices must be unique")
-    return {"indices": indices, "values": _floats(values, line, where, may_hold_bools)}
+    return indices.astype(np.int32)
 
 
-def _floats(values: list[Any], line: int, where: str, may_hold_bools: bool) -> np.ndarray:
-    if may_hold_bools and any(isinstance(v, bool) for v in values):
-        raise LineError(line, f"{where} must hold numbers, not booleans")
-    try:
-        array = np.asarray(values)
-    except (TypeError, ValueError):  # ragged nesting
-        raise LineError(line, f"{where} must hold numbers") from None
-    if array.ndim != 1 or array.dtype.kind not in "iuf":
+def _floats(values: list[Any] | np.ndarray, line: int, where: str) -> np.ndarray:
+    if isinstance(values, list):
+        if any(isinstance(v, bool) for v in values):  # numpy would read true as 1.0
+            raise LineError(line, f"{where} must hold numbers, not booleans")
+        try:
+            values = np.asarray(values)
+        except (TypeError, ValueError):  # ragged nesting
+            raise LineError(line, f"{where} must hold numbers") from None
+    if values.ndim != 1 or values.dtype.kind not in "iuf":
         raise LineError(line, f"{where} must hold numbers")
     with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
-        array = array.astype(np.float32)
+        array = values.astype(np.float32)
     if not np.isfinite(array).all():
         raise LineError(line, f"{where} must hold finite float32 numbers")
     return array
@@ -202,7 +174,10 @@ def _vector_array(index: VectorIndex, values: list[Any]) -> pa.Array:
         return pa.FixedSizeListArray.from_arrays(
             pa.array(full.reshape(-1)), index.dimensions, mask=pa.array(mask)
         )
-    rows = [None if v is None else {**v, "values": v["values"].tolist()} for v in values]
+    rows = [
+        None if v is None else {"indices": v["indices"].tolist(), "values": v["values"].tolist()}
+        for v in values
+    ]
     return pa.array(rows, kind)
 
 
@@ -214,13 +189,8 @@ def batches(
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        builder.add(parse_line(raw, number), number, raw)
+        builder.add(raw, number)
         if len(builder) >= rows:
             yield builder.flush()
     if len(builder):
         yield builder.flush()
-
-
-def _may_hold_bools(raw: bytes) -> bool:
-    # numpy would read true as 1.0; look element by element only when the line has a boolean.
-    return b"true" in raw or b"false" in raw
