@@ -49,10 +49,18 @@ def select_documents(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: St
         matches = f"SELECT document_id, doc FROM {source} SEMI JOIN sample_ids USING (document_id)"
         params = []
     line = projection_sql(plan.select_paths) if plan.select_paths else "doc"
+    # Every document of the snapshot: a view over the segments, so the documents are not
+    # copied once more before they are written.
+    kind = "VIEW" if selects_all(plan) else "TABLE"
     con.execute(
-        f"CREATE TABLE {SELECTED} AS SELECT document_id, {line} AS doc FROM ({matches})", params
+        f"CREATE {kind} {SELECTED} AS SELECT document_id, {line} AS doc FROM ({matches})", params
     )
     return con.execute(f"SELECT count(*) FROM {SELECTED}").fetchall()[0][0]
+
+
+def selects_all(plan: ExportPlan) -> bool:
+    """Whether the export takes every document of its snapshot (no filter, no sample)."""
+    return plan.filter_sql == "TRUE" and plan.request.sample_size is None
 
 
 def projection_sql(paths: list[str]) -> str:
@@ -86,10 +94,8 @@ def selected_vectors_sql(plan: ExportPlan, store: Store) -> str:
         for index in plan.collection.vector_indexes
     )
     source = store.documents.scan_sql(plan.collection)
-    return (
-        f"SELECT document_id{', ' if columns else ''}{columns} FROM {source}"
-        f" SEMI JOIN {SELECTED} USING (document_id)"
-    )
+    chosen = "" if selects_all(plan) else f" SEMI JOIN {SELECTED} USING (document_id)"
+    return f"SELECT document_id{', ' if columns else ''}{columns} FROM {source}{chosen}"
 
 
 def scratch_files(plan: ExportPlan) -> Path:
