@@ -38,16 +38,26 @@ class Shape:
 
 
 def inspect(con: duckdb.DuckDBPyConnection, table: str, select: list[str] | None) -> Shape:
-    """One pass: the merged JSON structure, and which selected paths no document has (S3)."""
-    counts = [f"count(json_extract(doc, {duck.literal(json_path(path))}))" for path in select or []]
+    """One pass: the merged JSON structure, and which selected paths no document has (S3).
+
+    json_group_structure over every row holds kilobytes per row until it finishes (out of
+    memory at 200,000 documents under a 1 GB limit), so rows are grouped by their own
+    structure first and one representative of each shape is merged.
+    """
+    present = [
+        f"count(json_extract(doc, {duck.literal(json_path(path))}))" for path in select or []
+    ]
+    inner = "".join(f", {count} AS n{number}" for number, count in enumerate(present))
+    outer = "".join(f", sum(n{number})" for number in range(len(present)))
     row = con.execute(
-        f"SELECT json_group_structure(doc::JSON){''.join(', ' + c for c in counts)} FROM {table}"
+        f"SELECT json_group_structure(CAST(shape AS JSON)){outer} FROM"
+        f" (SELECT min(doc) AS shape{inner} FROM {table} GROUP BY json_structure(doc))"
     ).fetchall()[0]
     structure = json.loads(row[0]) if row[0] else _empty_structure(select)
     missing = [
         path
         for path, count in zip(select or [], row[1:], strict=True)
-        if count == 0 and path != "document_id"  # always exported, even with no documents
+        if not count and path != "document_id"  # always exported, even with no documents
     ]
     warnings = [
         f"selected field {path!r} is not present in any exported document (S3)" for path in missing

@@ -1,0 +1,108 @@
+"""The benchmark harness at a tiny size: it runs every case and ours agrees with the reference.
+
+Not a timed assertion: the figures themselves are for `make bench` on the reference machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from export_pipeline.demo import demo_documents
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ sits beside tests/ and is not installed
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import agreement  # noqa: E402
+from benchmarks.cases import FORMATS, VARIANTS, matrix  # noqa: E402
+from benchmarks.dataset import documents  # noqa: E402
+
+
+@pytest.mark.parametrize("vectors", ["on", "off"])
+def test_quick_run_covers_every_case_and_agrees(tmp_path: Path, vectors: str) -> None:
+    """The whole matrix, in two halves (with and without vectors) that can run in parallel."""
+    out = tmp_path / "bench.json"
+    tiny = ["--quick", "--n", "3000", "--dims", "16", "--home", str(tmp_path / "home")]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *tiny, "--vectors", vectors, "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "agree in every checked case" in run.stdout
+    report = json.loads(out.read_text())
+    assert report["agreement_ok"] is True
+    expected = [case.name for case in matrix(list(FORMATS), vectors, list(VARIANTS))]
+    assert len(expected) == 9
+    assert [case["case"] for case in report["cases"]] == expected
+    matches = report["dataset"]["filter_matches"]
+    assert 0.10 < matches / 3000 < 0.20  # ~15% selective
+    rows = {"full": 3000, "filter": matches, "sample": 1500}
+    for case in report["cases"]:
+        want = {"checked": True, "ok": True, "rows": rows[case["variant"]], "problem": None}
+        assert {k: case["agreement"][k] for k in want} == want, case["case"]
+        for side in ("ours", "reference"):
+            assert case[side]["rows"] == rows[case["variant"]]
+            assert case[side]["bytes"] > 0 and case[side]["peak_rss_bytes"] > 0
+        assert len(case["ours"]["files"]) == (2 if case["vectors"] else 1)
+    assert report["ingest"]["rows"] == 3000
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["versions"]["duckdb"]
+    assert expected[0] in run.stdout  # the table was printed
+    assert not list((tmp_path / "home" / "runs").glob("*-full"))  # outputs removed
+
+
+def _union(docs: Any) -> dict[str, set[str]]:
+    """Every (path, type) seen, with list item types merged and vector lengths."""
+    seen: dict[str, set[str]] = {}
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            seen.setdefault(path, set()).add("object")
+            for key, child in value.items():
+                walk(child, f"{path}.{key}")
+        elif isinstance(value, list):
+            seen.setdefault(path, set()).add("list")
+            seen.setdefault(path + "#len", set()).add("vector" if len(value) > 4 else "short")
+            for item in value:
+                walk(item, path + "[]")
+        else:
+            seen.setdefault(path, set()).add(type(value).__name__)
+
+    for doc in docs:
+        walk(orjson.loads(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)), "$")
+    return seen
+
+
+def test_generator_has_the_demo_shape() -> None:
+    """One source of truth for the shape: the fast generator draws what the demo draws."""
+    ours = list(documents(400, 16))
+    demo = list(demo_documents(400, 16))
+    assert _union(ours) == _union(demo)
+    assert [d["document_id"] for d in ours] == [d["document_id"] for d in demo]
+    assert [("keywords" in d["_vectors"]) for d in ours] == [
+        ("keywords" in d["_vectors"]) for d in demo
+    ]
+
+
+def test_disagreement_names_the_first_differing_document(tmp_path: Path) -> None:
+    structure = {"document_id": "VARCHAR", "score": "JSON", "n": "DOUBLE"}
+    ours, ref = tmp_path / "ours.json", tmp_path / "ref.json"
+    ours.write_text('{"document_id":"a","n":1,"score":"x"}\n{"document_id":"b","n":2.5}\n')
+    ref.write_text(
+        '{"document_id":"a","n":1.0,"score":"x"}\n{"document_id":"b","n":2.25,"score":null}\n'
+    )
+    rows, problem = agreement.check_rows(
+        "json", structure, [], {"documents": ours}, {"documents": ref}
+    )
+    assert rows == 1 and problem is not None and "'b'" in problem and "2.25" in problem
