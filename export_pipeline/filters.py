@@ -181,8 +181,11 @@ def _group(group: LogicalOperator, inherited: bool, column: str) -> CompiledFilt
 def _item(item: FilterCondition | LogicalOperator, cs: bool, column: str) -> CompiledFilter:
     if isinstance(item, LogicalOperator):
         return _group(item, cs, column)
-    field = _raw(f"json_extract({column}, '{json_path(item.field)}')")
-    return _condition(field, item.operator, item.value, cs)
+    # Bind the extracted value once: each mention of it in the condition would otherwise
+    # parse the whole document again.
+    extract = f"json_extract({column}, '{json_path(item.field)}')"
+    condition = _condition(_raw("_v"), item.operator, item.value, cs)
+    return _sql(f"list_transform([{extract}], lambda _v: {{}})[1]", condition)
 
 
 def _condition(field: CompiledFilter, op: Op, value: Any, cs: bool) -> CompiledFilter:
