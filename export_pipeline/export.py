@@ -23,7 +23,7 @@ from export_pipeline.engine.selection import (
     open_scratch,
     scratch_files,
     select_documents,
-    selected_vectors_sql,
+    selected_vectors,
 )
 from export_pipeline.engine.writers import CONTENT_TYPES, Written, write_documents, write_vectors
 from export_pipeline.settings import Settings
@@ -54,9 +54,11 @@ def write(plan: ExportPlan, store: Store, settings: Settings) -> Outputs:
         documents = write_documents(con, fmt, shape, plan.select_paths, out / plan.documents_name)
         files = [_output("documents", plan.documents_name, fmt, documents)]
         if plan.request.include_vectors:
-            source = selected_vectors_sql(plan, store)
             vectors = write_vectors(
-                con, fmt, source, plan.collection.vector_indexes, out / plan.vectors_name
+                selected_vectors(con, plan, store),
+                fmt,
+                plan.collection.vector_indexes,
+                out / plan.vectors_name,
             )
             files.append(_output("vectors", plan.vectors_name, fmt, vectors))
     return Outputs(

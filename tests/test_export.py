@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import make_collection
+from conftest import make_collection, write_jsonl
 from helpers import (
     SEED_REQUEST,
     SEED_RESPONSE_FIELDS,
@@ -1057,3 +1057,39 @@ def test_F4_R7_invalid_request_or_unknown_collection_fails_before_reading(
         assert info.value.details and all("loc" in d for d in info.value.details)
     assert not store.settings.scratch_dir.exists() or scratch_leftovers(store.settings) == []
     assert export_dirs(store.settings) == []
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("segments", [1, 3])
+def test_O3_W1_vectors_line_up_with_documents(store: Store, fmt: str, segments: int) -> None:
+    """One segment is read in file order, several are merged by sorting; both line up."""
+    docs = [
+        {"document_id": f"id-{(n * 7919) % 1000:04d}", "n": n, "_vectors": {"emb": [n, -n]}}
+        for n in range(1000)
+    ]
+    ns, col = make_collection(store, [], [VectorIndex(name="emb", dimensions=2)])
+    for part in range(segments):
+        chunk = docs[part::segments]
+        store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / f"p{part}", chunk))
+    col = store.catalog.collection(ns, col.id)
+    assert len(col.segments) == segments
+    request = {"format": fmt, "include_vectors": True, "filters": {"AND": [
+        {"field": "n", "operator": "lt", "value": 700}]}}  # fmt: skip
+    result = run(store, ns, col, request)
+    if fmt == "parquet":
+        documents = read_parquet(result.response.s3_path).to_pylist()
+        vectors = read_parquet(result.response.vectors_s3_path).to_pylist()
+    elif fmt == "json":
+        documents = read_json_lines(result.response.s3_path)
+        vectors = read_json_lines(result.response.vectors_s3_path)
+    else:
+        header, *rows = read_csv(result.response.s3_path)
+        documents = [dict(zip(header, row, strict=True)) for row in rows]
+        _, *vrows = read_csv(result.response.vectors_s3_path)
+        vectors = [{"document_id": row[0], "emb": json.loads(row[1])} for row in vrows]
+    ids = [d["document_id"] for d in documents]
+    assert ids == sorted(ids, key=str.encode) and len(ids) == 700
+    assert [v["document_id"] for v in vectors] == ids
+    for document, vector in zip(documents, vectors, strict=True):
+        n = int(document["n"])
+        assert vector["emb"] == [float(n), float(-n)]

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from export_pipeline import duck
 from export_pipeline.engine.plan import ExportPlan
 from export_pipeline.filters import install_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
-from export_pipeline.store import Store
+from export_pipeline.store import Store, VectorIndex
 from export_pipeline.store.jsonl import vector_column
 
 SELECTED = "selected"
+BATCH_ROWS = 16_384
 
 
 def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnection:
@@ -87,15 +92,57 @@ def _object_sql(tree: dict[str, dict], prefix: list[str]) -> str:
     return f"'{{' || nullif(concat_ws(',', {', '.join(members)}), '') || '}}'"
 
 
-def selected_vectors_sql(plan: ExportPlan, store: Store) -> str:
-    """W1: document_id plus one column per vector index, for the selected documents."""
-    columns = ", ".join(
-        f"{duck.identifier(vector_column(index.name))} AS {duck.identifier(index.name)}"
-        for index in plan.collection.vector_indexes
+def selected_vectors(
+    con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store
+) -> pa.RecordBatchReader:
+    """W1: document_id plus one column per vector index for the selected documents, in
+    document_id order (O3), streamed in record batches."""
+    indexes = plan.collection.vector_indexes
+    files = store.documents.segment_files(plan.collection)
+    if len(files) == 1:
+        # Segments are sorted by document_id: read the one file in order, no sort needed.
+        rows = None
+        if not selects_all(plan):
+            rows = con.sql(
+                f"SELECT file_row_number FROM read_parquet({duck.literal(str(files[0]))},"
+                f" file_row_number = true) SEMI JOIN {SELECTED} USING (document_id) ORDER BY 1"
+            ).fetchnumpy()["file_row_number"]
+        return _segment_rows(files[0], indexes, rows)
+    columns = "".join(
+        f", {duck.identifier(vector_column(index.name))} AS {duck.identifier(index.name)}"
+        for index in indexes
     )
     source = store.documents.scan_sql(plan.collection)
     chosen = "" if selects_all(plan) else f" SEMI JOIN {SELECTED} USING (document_id)"
-    return f"SELECT document_id{', ' if columns else ''}{columns} FROM {source}{chosen}"
+    query = f"SELECT document_id{columns} FROM {source}{chosen} ORDER BY document_id"
+    return con.sql(query).to_arrow_reader(BATCH_ROWS)
+
+
+def _segment_rows(
+    file: Path, indexes: list[VectorIndex], rows: np.ndarray | None
+) -> pa.RecordBatchReader:
+    """The given rows (all when None) of one segment file, in file order."""
+    columns = ["document_id", *(vector_column(index.name) for index in indexes)]
+    names = ["document_id", *(index.name for index in indexes)]
+    parquet = pq.ParquetFile(file)
+    schema = pa.schema(
+        [parquet.schema_arrow.field(c).with_name(n) for c, n in zip(columns, names, strict=True)]
+    )
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        offset = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+                size = batch.num_rows
+                if rows is not None:
+                    lo, hi = np.searchsorted(rows, [offset, offset + size])
+                    batch = batch.take(pa.array(rows[lo:hi] - offset))
+                offset += size
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+        finally:
+            parquet.close()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def scratch_files(plan: ExportPlan) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,10 @@ from export_pipeline.engine.schema import (
     pointer,
     text_value_sql,
 )
-from export_pipeline.engine.selection import SELECTED
+from export_pipeline.engine.selection import BATCH_ROWS, SELECTED
 from export_pipeline.store import VectorIndex
 from export_pipeline.store.jsonl import vector_type
 
-BATCH_ROWS = 16_384
 PARQUET_COMPRESSION = "zstd"
 CONTENT_TYPES = {
     "json": "application/x-ndjson",
@@ -57,7 +56,7 @@ def write_documents(
     structure = ordered(shape.structure, select)
     if fmt == "json":
         query = (f"SELECT doc FROM {SELECTED} ORDER BY document_id", [])
-        return write_lines(con, query, path, list(structure))
+        return write_lines(run(con, query), path, list(structure))
     if fmt == "csv":
         columns = csv_columns(structure, select)
         # Headers may be any text (even empty), so SQL names columns by position only.
@@ -66,7 +65,7 @@ def write_documents(
             for number, c in enumerate(columns)
         )
         query = (f"SELECT {cells} FROM {SELECTED} ORDER BY document_id", [])
-        return write_csv(con, query, path, [".".join(c) for c in columns])
+        return write_csv(run(con, query), path, [".".join(c) for c in columns])
     typed, apart, as_text = parquet_structure(structure)
     extra = "".join(
         f", from_json(json_extract(s.doc, {duck.literal(pointer((key,)))}), ?) AS x{number}"
@@ -78,7 +77,7 @@ def write_documents(
     )
     produced = [*typed, *apart]
     order = [produced.index(key) for key in structure]
-    written = write_parquet(con, query, path, names=list(structure), order=order)
+    written = write_parquet(run(con, query), path, names=list(structure), order=order)
     written.warnings = [
         f"field {name!r} holds values that parquet cannot type as one column; written as JSON text"
         " (W4)"
@@ -100,29 +99,39 @@ def vector_text_sql(index: VectorIndex, column: str) -> str:
 
 
 def write_vectors(
-    con: duckdb.DuckDBPyConnection,
-    fmt: str,
-    source_sql: str,
-    indexes: list[VectorIndex],
-    path: Path,
+    vectors: pa.RecordBatchReader, fmt: str, indexes: list[VectorIndex], path: Path
 ) -> Written:
     """W1: document_id plus one column/key per vector index, same rows and order as documents."""
+    keys = ["document_id", *(index.name for index in indexes)]
+    if fmt == "parquet":
+        return write_parquet(vectors, path, _vector_schema(indexes))
     names = [(index, duck.identifier(index.name)) for index in indexes]
-    order = " ORDER BY document_id"
     if fmt == "json":
         members = "".join(
             f""" || ',"{index.name}":' || coalesce({vector_text_sql(index, name)}, 'null')"""
             for index, name in names
         )
         line = f"""'{{"document_id":' || CAST(to_json(document_id) AS VARCHAR){members} || '}}'"""
-        keys = ["document_id", *(index.name for index in indexes)]
-        return write_lines(con, (f"SELECT {line} FROM ({source_sql}){order}", []), path, keys)
-    if fmt == "csv":
-        cells = "".join(f", {vector_text_sql(index, name)}" for index, name in names)
-        query = (f"SELECT document_id{cells} FROM ({source_sql}){order}", [])
-        return write_csv(con, query, path, ["document_id", *(index.name for index in indexes)])
-    query = (f"SELECT * FROM ({source_sql}){order}", [])
-    return write_parquet(con, query, path, _vector_schema(indexes))
+        return write_lines(_formatted(vectors, line), path, keys)
+    cells = "".join(f", {vector_text_sql(index, name)}" for index, name in names)
+    return write_csv(_formatted(vectors, f"document_id{cells}"), path, keys)
+
+
+def _formatted(vectors: pa.RecordBatchReader, select: str) -> pa.RecordBatchReader:
+    """Each batch turned to text by DuckDB, one batch at a time, keeping the row order."""
+    con = duckdb.connect()  # its own: insertion order kept, nothing else to disturb
+    con.execute("SET threads = 2")
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in vectors:
+                table = con.from_arrow(batch).query("v", f"SELECT {select} FROM v").to_arrow_table()
+                yield from table.to_batches()
+        finally:
+            con.close()
+
+    first = con.from_arrow(vectors.schema.empty_table()).query("v", f"SELECT {select} FROM v")
+    return pa.RecordBatchReader.from_batches(first.to_arrow_table().schema, batches())
 
 
 def _vector_schema(indexes: list[VectorIndex]) -> pa.Schema:
@@ -130,19 +139,22 @@ def _vector_schema(indexes: list[VectorIndex]) -> pa.Schema:
     return pa.schema([pa.field("document_id", pa.string()), *fields])
 
 
+def run(con: duckdb.DuckDBPyConnection, query: Query) -> pa.RecordBatchReader:
+    """A query's result as a stream of record batches."""
+    sql, params = query
+    return con.sql(sql, params=params or None).to_arrow_reader(BATCH_ROWS)
+
+
 def _stream(
-    con: duckdb.DuckDBPyConnection,
-    query: Query,
+    reader: pa.RecordBatchReader,
     path: Path,
     open_sink: Callable[[pa.Schema], Any],
     schema: pa.Schema | None = None,
     names: list[str] | None = None,
     order: list[int] | None = None,
 ) -> Written:
-    """Run `query` and feed its batches to a sink; columns may be reordered (by position)
-    and renamed, or cast to `schema`."""
-    sql, params = query
-    reader = con.sql(sql, params=params or None).to_arrow_reader(BATCH_ROWS)
+    """Feed a stream of batches to a sink; columns may be reordered (by position) and
+    renamed, or cast to `schema`."""
     fields = list(reader.schema)
     if order is not None:
         fields = [fields[i] for i in order]
@@ -186,18 +198,14 @@ class _LineSink:
         self.file.write(memoryview(lines.buffers()[2])[start:end])
 
 
-def write_lines(
-    con: duckdb.DuckDBPyConnection, query: Query, path: Path, keys: list[str]
-) -> Written:
-    """JSON lines from a query's single text column; `keys` are the top-level keys."""
-    written = _stream(con, query, path, lambda schema: _LineSink(path))
+def write_lines(reader: pa.RecordBatchReader, path: Path, keys: list[str]) -> Written:
+    """JSON lines from a stream's single text column; `keys` are the top-level keys."""
+    written = _stream(reader, path, lambda schema: _LineSink(path))
     written.columns = [{"name": key, "type": "json"} for key in keys]
     return written
 
 
-def write_csv(
-    con: duckdb.DuckDBPyConnection, query: Query, path: Path, header: list[str]
-) -> Written:
+def write_csv(reader: pa.RecordBatchReader, path: Path, header: list[str]) -> Written:
     """RFC 4180 CSV with CRLF line ends; every string is quoted, so "" differs from null."""
     options = pacsv.WriteOptions(
         include_header=True, quoting_style="needed", quoting_header="needed", eol="\r\n"
@@ -206,7 +214,7 @@ def write_csv(
     def open_sink(schema: pa.Schema) -> pacsv.CSVWriter:
         return pacsv.CSVWriter(path, schema, write_options=options)
 
-    return _stream(con, query, path, open_sink, names=header)
+    return _stream(reader, path, open_sink, names=header)
 
 
 def leaf_columns(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
@@ -223,8 +231,7 @@ def leaf_columns(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
 
 
 def write_parquet(
-    con: duckdb.DuckDBPyConnection,
-    query: Query,
+    reader: pa.RecordBatchReader,
     path: Path,
     schema: pa.Schema | None = None,
     names: list[str] | None = None,
@@ -246,4 +253,4 @@ def write_parquet(
             use_byte_stream_split=floats or False,
         )
 
-    return _stream(con, query, path, open_sink, schema, names, order)
+    return _stream(reader, path, open_sink, schema, names, order)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from export_pipeline.store.jsonl import (
 )
 
 SEGMENT_COMPRESSION = "snappy"  # cheap to write and read; exports recompress as asked
+SEGMENT_BATCH_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -165,12 +165,12 @@ class DocumentStore:
         if upsert and collection.segments:
             keep, replaced_files, replaced = self._replace(con, collection, staging, created)
         new_name = f"seg_{uuid.uuid4().hex}.parquet"
+        created.append(folder / new_name)
         if replaced:
-            created.append(folder / new_name)
-            _copy(con, collection, self._keep_created_at(collection, staging), folder / new_name)
+            source = self._keep_created_at(collection, staging)
         else:
-            created.append(folder / new_name)
-            os.replace(staging, folder / new_name)
+            source = f"SELECT * FROM {duck.parquet_source([staging])}"
+        _copy(con, collection, source, folder / new_name)
         segments = [*keep, new_name]
         document_count = collection.document_count - replaced + count
         self._swap(collection, segments, document_count, replaced_files)
@@ -273,10 +273,15 @@ def _typed_columns(collection: Collection) -> list[tuple[str, str]]:
 
 
 def _copy(con: duckdb.DuckDBPyConnection, collection: Collection, sql: str, target: Path) -> None:
-    """Stream a query into a segment file with the segment schema (fixed-size vectors kept)."""
+    """Stream a query into a segment file with the segment schema (fixed-size vectors kept).
+
+    Every segment is sorted by document_id, so an export of a one-segment snapshot reads
+    its rows in output order (O3) without sorting vectors again.
+    """
     schema = segment_schema(collection.vector_indexes)
     typed = ", ".join(f"CAST({name} AS {kind})" for name, kind in _typed_columns(collection))
-    reader = con.sql(f"SELECT {typed} FROM ({sql}) q").to_arrow_reader(65536)
+    query = f"SELECT {typed} FROM ({sql}) q ORDER BY document_id"
+    reader = con.sql(query).to_arrow_reader(SEGMENT_BATCH_ROWS)
     with pq.ParquetWriter(target, schema, compression=SEGMENT_COMPRESSION) as writer:
         for batch in reader:
             writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
