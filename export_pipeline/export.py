@@ -19,10 +19,10 @@ from export_pipeline.engine.manifest import (
 from export_pipeline.engine.plan import ExportPlan, plan_export
 from export_pipeline.engine.schema import inspect
 from export_pipeline.engine.selection import (
-    SELECTED,
     open_scratch,
     scratch_files,
     select_documents,
+    selected_shapes,
     selected_vectors,
 )
 from export_pipeline.engine.writers import CONTENT_TYPES, Written, write_documents, write_vectors
@@ -50,11 +50,12 @@ def write(plan: ExportPlan, store: Store, settings: Settings) -> Outputs:
     fmt = plan.request.format
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
-        shape = inspect(con, SELECTED, plan.select_paths)
+        shape = inspect(con, selected_shapes(plan, store), plan.select_paths)
         documents = write_documents(con, fmt, shape, plan.select_paths, out / plan.documents_name)
         files = [_output("documents", plan.documents_name, fmt, documents)]
         if plan.request.include_vectors:
             vectors = write_vectors(
+                con,
                 selected_vectors(con, plan, store),
                 fmt,
                 plan.collection.vector_indexes,

@@ -37,21 +37,20 @@ class Shape:
     warnings: list[str] = field(default_factory=list)
 
 
-def inspect(con: duckdb.DuckDBPyConnection, table: str, select: list[str] | None) -> Shape:
-    """One pass: the merged JSON structure, and which selected paths no document has (S3).
+def inspect(con: duckdb.DuckDBPyConnection, shapes: str, select: list[str] | None) -> Shape:
+    """The merged JSON structure, and which selected paths no document has (S3).
 
-    json_group_structure over every row holds kilobytes per row until it finishes (out of
-    memory at 200,000 documents under a 1 GB limit), so rows are grouped by their own
-    structure first and one representative of each shape is merged.
+    `shapes` is a FROM-source of (doc, n): one representative document per distinct
+    structure and how many documents have it. json_group_structure over every row would
+    hold kilobytes per row until it finishes (out of memory at 200,000 documents under a
+    1 GB limit); over representatives it is small.
     """
-    present = [
-        f"count(json_extract(doc, {duck.literal(json_path(path))}))" for path in select or []
-    ]
-    inner = "".join(f", {count} AS n{number}" for number, count in enumerate(present))
-    outer = "".join(f", sum(n{number})" for number in range(len(present)))
+    present = "".join(
+        f", sum(n) FILTER (WHERE json_extract(doc, {duck.literal(json_path(path))}) IS NOT NULL)"
+        for path in select or []
+    )
     row = con.execute(
-        f"SELECT json_group_structure(CAST(shape AS JSON)){outer} FROM"
-        f" (SELECT min(doc) AS shape{inner} FROM {table} GROUP BY json_structure(doc))"
+        f"SELECT json_group_structure(CAST(doc AS JSON)){present} FROM {shapes}"
     ).fetchall()[0]
     structure = json.loads(row[0]) if row[0] else _empty_structure(select)
     missing = [
@@ -63,6 +62,11 @@ def inspect(con: duckdb.DuckDBPyConnection, table: str, select: list[str] | None
         f"selected field {path!r} is not present in any exported document (S3)" for path in missing
     ]
     return Shape(structure=structure, missing_paths=missing, warnings=warnings)
+
+
+def shapes_of(table: str) -> str:
+    """A (doc, n) shapes source computed from a table of documents."""
+    return f"(SELECT min(doc) AS doc, count(*) AS n FROM {table} GROUP BY json_structure(doc))"
 
 
 def _empty_structure(select: list[str] | None) -> dict[str, Any]:

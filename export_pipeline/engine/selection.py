@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from export_pipeline import duck
 from export_pipeline.engine.plan import ExportPlan
+from export_pipeline.engine.schema import shapes_of
 from export_pipeline.filters import install_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
-from export_pipeline.store import Store, VectorIndex
+from export_pipeline.store import Store
 from export_pipeline.store.jsonl import vector_column
 
 SELECTED = "selected"
@@ -35,32 +33,61 @@ def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnect
     return con
 
 
+# O2: documents are ranked by a hash of seed and id, and the first N kept. Hashing the
+# joined text (combining two hashes only mixes them weakly) gives each seed its own
+# pseudo-random order. Only ids are ranked: documents and vectors never pass through a
+# reservoir.
+_RANK = "hash(CAST(? AS VARCHAR) || ':' || document_id)"
+
+
 def select_documents(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> int:
     """Materialise the matching (and sampled) documents, projected per S1/S2; return the count."""
     source = store.documents.scan_sql(plan.collection)
-    matches = f"SELECT document_id, doc FROM {source} WHERE {plan.filter_sql}"
-    params = list(plan.filter_params)
     if plan.request.sample_size is not None:
-        # O2: rank ids by a hash of seed and id and keep the first N. Hashing the joined
-        # text (combining two hashes only mixes them weakly) gives each seed its own
-        # pseudo-random order. Only ids are sorted: documents and vectors never pass
-        # through a reservoir.
+        # The N-th (rank, id) of the matches: "at or before it" is then a row predicate,
+        # which keeps any scan of the segments in its own (sorted) order.
         con.execute(
-            "CREATE TABLE sample_ids AS SELECT document_id FROM "
-            f"({matches}) ORDER BY hash(CAST(? AS VARCHAR) || ':' || document_id), document_id"
-            " LIMIT ?",
-            [*params, plan.sample_seed, plan.request.sample_size],
+            f"CREATE TABLE sample_cutoff AS SELECT {_RANK} AS rank, document_id FROM {source}"
+            f" WHERE {plan.filter_sql} ORDER BY rank, document_id LIMIT 1 OFFSET ?",
+            [plan.sample_seed, *plan.filter_params, plan.request.sample_size - 1],
         )
-        matches = f"SELECT document_id, doc FROM {source} SEMI JOIN sample_ids USING (document_id)"
-        params = []
+    where, params = chosen(con, plan)
     line = projection_sql(plan.select_paths) if plan.select_paths else "doc"
     # Every document of the snapshot: a view over the segments, so the documents are not
     # copied once more before they are written.
     kind = "VIEW" if selects_all(plan) else "TABLE"
     con.execute(
-        f"CREATE {kind} {SELECTED} AS SELECT document_id, {line} AS doc FROM ({matches})", params
+        f"CREATE {kind} {SELECTED} AS SELECT document_id, {line} AS doc FROM {source}"
+        f" WHERE {where}",
+        params,
     )
     return con.execute(f"SELECT count(*) FROM {SELECTED}").fetchall()[0][0]
+
+
+def chosen(con: duckdb.DuckDBPyConnection, plan: ExportPlan) -> tuple[str, list[Any]]:
+    """The row predicate (and its parameters) that picks the exported documents."""
+    where, params = plan.filter_sql, list(plan.filter_params)
+    cutoff = []
+    if plan.request.sample_size is not None:
+        cutoff = con.execute("SELECT rank, document_id FROM sample_cutoff").fetchall()
+    if cutoff:  # with fewer matches than sample_size, every match is taken
+        rank, document_id = cutoff[0]
+        seed = plan.sample_seed
+        where = (
+            f"({where}) AND ({_RANK} < ?::UBIGINT OR ({_RANK} = ?::UBIGINT AND document_id <= ?))"
+        )
+        params += [seed, rank, seed, rank, document_id]
+    return where, params
+
+
+def selected_shapes(plan: ExportPlan, store: Store) -> str:
+    """The (doc, n) shapes of the exported documents: from the segments' sidecars when the
+    export takes every document, else from the selected documents themselves."""
+    sidecars = store.documents.shapes_sql(plan.collection)
+    if not selects_all(plan) or sidecars is None:
+        return shapes_of(SELECTED)
+    doc = projection_sql(plan.select_paths) if plan.select_paths else "doc"
+    return f"(SELECT {doc} AS doc, n FROM {sidecars})"
 
 
 def selects_all(plan: ExportPlan) -> bool:
@@ -94,55 +121,23 @@ def _object_sql(tree: dict[str, dict], prefix: list[str]) -> str:
 
 def selected_vectors(
     con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store
-) -> pa.RecordBatchReader:
-    """W1: document_id plus one column per vector index for the selected documents, in
-    document_id order (O3), streamed in record batches."""
-    indexes = plan.collection.vector_indexes
-    files = store.documents.segment_files(plan.collection)
-    if len(files) == 1:
-        # Segments are sorted by document_id: read the one file in order, no sort needed.
-        rows = None
-        if not selects_all(plan):
-            rows = con.sql(
-                f"SELECT file_row_number FROM read_parquet({duck.literal(str(files[0]))},"
-                f" file_row_number = true) SEMI JOIN {SELECTED} USING (document_id) ORDER BY 1"
-            ).fetchnumpy()["file_row_number"]
-        return _segment_rows(files[0], indexes, rows)
+) -> tuple[str, list[Any], bool]:
+    """W1: a query for document_id plus one column per vector index of the selected
+    documents, its parameters, and whether its rows already come in document_id order.
+
+    Segments are sorted by document_id and the selection is a row predicate, so a
+    one-segment snapshot is read in order (with insertion order kept) and its vectors are
+    never sorted; several segments are sorted together.
+    """
     columns = "".join(
         f", {duck.identifier(vector_column(index.name))} AS {duck.identifier(index.name)}"
-        for index in indexes
+        for index in plan.collection.vector_indexes
     )
+    where, params = chosen(con, plan)
     source = store.documents.scan_sql(plan.collection)
-    chosen = "" if selects_all(plan) else f" SEMI JOIN {SELECTED} USING (document_id)"
-    query = f"SELECT document_id{columns} FROM {source}{chosen} ORDER BY document_id"
-    return con.sql(query).to_arrow_reader(BATCH_ROWS)
-
-
-def _segment_rows(
-    file: Path, indexes: list[VectorIndex], rows: np.ndarray | None
-) -> pa.RecordBatchReader:
-    """The given rows (all when None) of one segment file, in file order."""
-    columns = ["document_id", *(vector_column(index.name) for index in indexes)]
-    names = ["document_id", *(index.name for index in indexes)]
-    parquet = pq.ParquetFile(file)
-    schema = pa.schema(
-        [parquet.schema_arrow.field(c).with_name(n) for c, n in zip(columns, names, strict=True)]
-    )
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        offset = 0
-        try:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-                size = batch.num_rows
-                if rows is not None:
-                    lo, hi = np.searchsorted(rows, [offset, offset + size])
-                    batch = batch.take(pa.array(rows[lo:hi] - offset))
-                offset += size
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
-        finally:
-            parquet.close()
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
+    ordered = len(plan.collection.segments) == 1
+    order = "" if ordered else " ORDER BY document_id"
+    return f"SELECT document_id{columns} FROM {source} WHERE {where}{order}", params, ordered
 
 
 def scratch_files(plan: ExportPlan) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from export_pipeline.store import VectorIndex
 from export_pipeline.store.jsonl import vector_type
 
 PARQUET_COMPRESSION = "zstd"
+PARQUET_COMPRESSION_LEVEL = 1  # vectors barely compress further at higher levels
 CONTENT_TYPES = {
     "json": "application/x-ndjson",
     "csv": "text/csv; charset=utf-8",
@@ -99,39 +100,41 @@ def vector_text_sql(index: VectorIndex, column: str) -> str:
 
 
 def write_vectors(
-    vectors: pa.RecordBatchReader, fmt: str, indexes: list[VectorIndex], path: Path
+    con: duckdb.DuckDBPyConnection,
+    source: tuple[str, list[Any], bool],
+    fmt: str,
+    indexes: list[VectorIndex],
+    path: Path,
 ) -> Written:
-    """W1: document_id plus one column/key per vector index, same rows and order as documents."""
+    """W1: document_id plus one column/key per vector index, same rows and order as documents.
+
+    `source` is (query, parameters, already ordered); its order is kept, so an ordered
+    source streams without any sort.
+    """
+    sql, params, _ = source
     keys = ["document_id", *(index.name for index in indexes)]
-    if fmt == "parquet":
-        return write_parquet(vectors, path, _vector_schema(indexes))
     names = [(index, duck.identifier(index.name)) for index in indexes]
-    if fmt == "json":
+    if fmt == "parquet":
+        select = "*"
+    elif fmt == "json":
         members = "".join(
             f""" || ',"{index.name}":' || coalesce({vector_text_sql(index, name)}, 'null')"""
             for index, name in names
         )
-        line = f"""'{{"document_id":' || CAST(to_json(document_id) AS VARCHAR){members} || '}}'"""
-        return write_lines(_formatted(vectors, line), path, keys)
-    cells = "".join(f", {vector_text_sql(index, name)}" for index, name in names)
-    return write_csv(_formatted(vectors, f"document_id{cells}"), path, keys)
-
-
-def _formatted(vectors: pa.RecordBatchReader, select: str) -> pa.RecordBatchReader:
-    """Each batch turned to text by DuckDB, one batch at a time, keeping the row order."""
-    con = duckdb.connect()  # its own: insertion order kept, nothing else to disturb
-    con.execute("SET threads = 2")
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        try:
-            for batch in vectors:
-                table = con.from_arrow(batch).query("v", f"SELECT {select} FROM v").to_arrow_table()
-                yield from table.to_batches()
-        finally:
-            con.close()
-
-    first = con.from_arrow(vectors.schema.empty_table()).query("v", f"SELECT {select} FROM v")
-    return pa.RecordBatchReader.from_batches(first.to_arrow_table().schema, batches())
+        select = f"""'{{"document_id":' || CAST(to_json(document_id) AS VARCHAR){members} || '}}'"""
+    else:
+        select = "document_id" + "".join(f", {vector_text_sql(index, n)}" for index, n in names)
+    # Kept order carries the segment's (or the sort's) order through the projection.
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        reader = run(con, (f"SELECT {select} FROM ({sql})", params))
+        if fmt == "parquet":
+            return write_parquet(reader, path, _vector_schema(indexes))
+        if fmt == "json":
+            return write_lines(reader, path, keys)
+        return write_csv(reader, path, keys)
+    finally:
+        con.execute("SET preserve_insertion_order = false")
 
 
 def _vector_schema(indexes: list[VectorIndex]) -> pa.Schema:
@@ -249,6 +252,7 @@ def write_parquet(
             path,
             target,
             compression=PARQUET_COMPRESSION,
+            compression_level=PARQUET_COMPRESSION_LEVEL,
             use_dictionary=others or False,
             use_byte_stream_split=floats or False,
         )

@@ -67,6 +67,11 @@ class DocumentStore:
         select = ", ".join(f"CAST({name} AS {kind}) AS {name}" for name, kind in columns)
         return f"(SELECT {select} FROM {duck.parquet_source(files)})"
 
+    def shapes_sql(self, collection: Collection) -> str | None:
+        """A (doc, n) source of the snapshot's document shapes, from the segments' sidecars."""
+        files = [shapes_file(path) for path in self.segment_files(collection)]
+        return f"{duck.parquet_source(files)}" if files else None
+
     def ingest(self, collection: Collection, source: Path, *, upsert: bool = False) -> IngestResult:
         """Add (or with `upsert`, replace) the documents of a JSONL file, all or nothing."""
         with self._locked(collection):
@@ -165,7 +170,7 @@ class DocumentStore:
         if upsert and collection.segments:
             keep, replaced_files, replaced = self._replace(con, collection, staging, created)
         new_name = f"seg_{uuid.uuid4().hex}.parquet"
-        created.append(folder / new_name)
+        created += [folder / new_name, shapes_file(folder / new_name)]
         if replaced:
             source = self._keep_created_at(collection, staging)
         else:
@@ -198,7 +203,7 @@ class DocumentStore:
             replaced += hits
             retired.append(name)
             rewritten = f"seg_{uuid.uuid4().hex}.parquet"
-            created.append(folder / rewritten)
+            created += [folder / rewritten, shapes_file(folder / rewritten)]
             single = collection.model_copy(update={"segments": [name]})
             _copy(
                 con,
@@ -240,6 +245,7 @@ class DocumentStore:
         for (path,) in expired:
             # Exports reading an older snapshot had the retention period to finish.
             Path(path).unlink(missing_ok=True)
+            shapes_file(Path(path)).unlink(missing_ok=True)
 
     def _keep_created_at(self, collection: Collection, staging: Path) -> str:
         """Upserted documents keep the created_at of the documents they replace."""
@@ -285,6 +291,18 @@ def _copy(con: duckdb.DuckDBPyConnection, collection: Collection, sql: str, targ
     with pq.ParquetWriter(target, schema, compression=SEGMENT_COMPRESSION) as writer:
         for batch in reader:
             writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+    # The distinct shapes of its documents, one representative each, so an export of whole
+    # segments knows the columns to write without reading every document first.
+    con.execute(
+        f"COPY (SELECT min(doc) AS doc, count(*) AS n FROM {duck.parquet_source([target])}"
+        f" GROUP BY json_structure(doc)) TO {duck.literal(str(shapes_file(target)))}"
+        " (FORMAT parquet)"
+    )
+
+
+def shapes_file(segment: Path) -> Path:
+    """The file beside a segment holding one representative document per shape, with counts."""
+    return segment.with_suffix(".shapes.parquet")
 
 
 def _line_of(source: Path, document_id: str, occurrence: int) -> int:
