@@ -20,6 +20,7 @@ from export_pipeline.engine.plan import ExportPlan, plan_export
 from export_pipeline.engine.schema import inspect
 from export_pipeline.engine.selection import (
     open_scratch,
+    ordered,
     scratch_files,
     select_documents,
     selected_shapes,
@@ -51,7 +52,9 @@ def write(plan: ExportPlan, store: Store, settings: Settings) -> Outputs:
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
         shape = inspect(con, selected_shapes(plan, store), plan.select_paths)
-        documents = write_documents(con, fmt, shape, plan.select_paths, out / plan.documents_name)
+        documents = write_documents(
+            con, fmt, shape, plan.select_paths, out / plan.documents_name, presorted=ordered(plan)
+        )
         files = [_output("documents", plan.documents_name, fmt, documents)]
         if plan.request.include_vectors:
             vectors = write_vectors(

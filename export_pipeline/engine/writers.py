@@ -29,7 +29,8 @@ from export_pipeline.store import VectorIndex
 from export_pipeline.store.jsonl import vector_type
 
 PARQUET_COMPRESSION = "zstd"
-PARQUET_COMPRESSION_LEVEL = 1  # vectors barely compress further at higher levels
+PARQUET_COMPRESSION_LEVEL = 1
+VECTOR_COMPRESSION = "snappy"
 CONTENT_TYPES = {
     "json": "application/x-ndjson",
     "csv": "text/csv; charset=utf-8",
@@ -51,12 +52,20 @@ Query = tuple[str, list[Any]]
 
 
 def write_documents(
-    con: duckdb.DuckDBPyConnection, fmt: str, shape: Shape, select: list[str] | None, path: Path
+    con: duckdb.DuckDBPyConnection,
+    fmt: str,
+    shape: Shape,
+    select: list[str] | None,
+    path: Path,
+    *,
+    presorted: bool = False,
 ) -> Written:
-    """The documents file in `fmt`, rows ordered by document_id (O3)."""
+    """The documents file in `fmt`, rows ordered by document_id (O3); `presorted` says the
+    selected documents already come in that order."""
     structure = ordered(shape.structure, select)
+    order_by = "" if presorted else " ORDER BY s.document_id"
     if fmt == "json":
-        query = (f"SELECT doc FROM {SELECTED} ORDER BY document_id", [])
+        query = (f"SELECT doc FROM {SELECTED} s{order_by}", [])
         return write_lines(run(con, query), path, list(structure))
     if fmt == "csv":
         columns = csv_columns(structure, select)
@@ -65,7 +74,7 @@ def write_documents(
             f"{text_value_sql(f'json_extract(doc, {duck.literal(pointer(c))})')} AS c{number}"
             for number, c in enumerate(columns)
         )
-        query = (f"SELECT {cells} FROM {SELECTED} ORDER BY document_id", [])
+        query = (f"SELECT {cells} FROM {SELECTED} s{order_by}", [])
         return write_csv(run(con, query), path, [".".join(c) for c in columns])
     typed, apart, as_text = parquet_structure(structure)
     extra = "".join(
@@ -73,7 +82,7 @@ def write_documents(
         for number, key in enumerate(apart)
     )
     query = (
-        f"SELECT unnest(from_json(s.doc, ?)){extra} FROM {SELECTED} s ORDER BY s.document_id",
+        f"SELECT unnest(from_json(s.doc, ?)){extra} FROM {SELECTED} s{order_by}",
         [json.dumps(typed), *(json.dumps(node) for node in apart.values())],
     )
     produced = [*typed, *apart]
@@ -111,7 +120,7 @@ def write_vectors(
     `source` is (query, parameters, already ordered); its order is kept, so an ordered
     source streams without any sort.
     """
-    sql, params, _ = source
+    sql, params, presorted = source
     keys = ["document_id", *(index.name for index in indexes)]
     names = [(index, duck.identifier(index.name)) for index in indexes]
     if fmt == "parquet":
@@ -124,7 +133,8 @@ def write_vectors(
         select = f"""'{{"document_id":' || CAST(to_json(document_id) AS VARCHAR){members} || '}}'"""
     else:
         select = "document_id" + "".join(f", {vector_text_sql(index, n)}" for index, n in names)
-    # Kept order carries the segment's (or the sort's) order through the projection.
+    # Kept insertion order carries the sort's order through the projection (a presorted
+    # source's connection keeps it already).
     con.execute("SET preserve_insertion_order = true")
     try:
         reader = run(con, (f"SELECT {select} FROM ({sql})", params))
@@ -134,7 +144,8 @@ def write_vectors(
             return write_lines(reader, path, keys)
         return write_csv(reader, path, keys)
     finally:
-        con.execute("SET preserve_insertion_order = false")
+        if not presorted:
+            con.execute("SET preserve_insertion_order = false")
 
 
 def _vector_schema(indexes: list[VectorIndex]) -> pa.Schema:
@@ -243,16 +254,20 @@ def write_parquet(
     """Parquet, zstd, streamed batch by batch; floats byte-stream-split before compression."""
 
     def open_sink(target: pa.Schema) -> pq.ParquetWriter:
-        # float32 values (vectors) are byte-stream-split rather than dictionary-encoded:
-        # zstd then compresses them better, in less time.
+        # float32 values (vectors) are byte-stream-split rather than dictionary-encoded,
+        # then compressed with snappy: their bytes barely compress further, and zstd spends
+        # most of the export's time finding that out. Everything else is zstd.
         leaves = leaf_columns(target)
         floats = [path for path, kind in leaves if pa.types.is_float32(kind)]
         others = [path for path, kind in leaves if not pa.types.is_float32(kind)]
         return pq.ParquetWriter(
             path,
             target,
-            compression=PARQUET_COMPRESSION,
-            compression_level=PARQUET_COMPRESSION_LEVEL,
+            compression={
+                **dict.fromkeys(others, PARQUET_COMPRESSION),
+                **dict.fromkeys(floats, VECTOR_COMPRESSION),
+            },
+            compression_level=dict.fromkeys(others, PARQUET_COMPRESSION_LEVEL),
             use_dictionary=others or False,
             use_byte_stream_split=floats or False,
         )
