@@ -70,7 +70,9 @@ class DocumentStore:
     def shapes_sql(self, collection: Collection) -> str | None:
         """A (doc, n) source of the snapshot's document shapes, from the segments' sidecars."""
         files = [shapes_file(path) for path in self.segment_files(collection)]
-        return f"{duck.parquet_source(files)}" if files else None
+        if not files or not all(file.exists() for file in files):
+            return None  # segments written before sidecars existed: shapes come from a pass
+        return duck.parquet_source(files)
 
     def ingest(self, collection: Collection, source: Path, *, upsert: bool = False) -> IngestResult:
         """Add (or with `upsert`, replace) the documents of a JSONL file, all or nothing."""
