@@ -143,6 +143,19 @@ def _typed(node: Structure, where: str, as_text: list[str]) -> Structure:
     return _SCALARS.get(node, JSON_TEXT)
 
 
+def json_leaves(structure: Structure) -> Any:
+    """The structure with every non-object value as JSON text (a from_json structure for csv
+    cells), or None where an object's keys cannot be struct fields (empty, or equal but for
+    letter case)."""
+    if not isinstance(structure, dict):
+        return JSON_TEXT
+    lowered = [key.lower() for key in structure]
+    if not structure or "" in structure or len(set(lowered)) != len(lowered):
+        return None if structure else JSON_TEXT
+    children = {key: json_leaves(child) for key, child in structure.items()}
+    return None if any(child is None for child in children.values()) else children
+
+
 def leaf_paths(structure: Structure, prefix: Path_ = ()) -> list[Path_]:
     """W3: the paths to every non-object value, objects walked, arrays kept whole."""
     if not isinstance(structure, dict) or not structure:

@@ -19,6 +19,7 @@ from export_pipeline import duck
 from export_pipeline.engine.schema import (
     Shape,
     csv_columns,
+    json_leaves,
     ordered,
     parquet_structure,
     pointer,
@@ -69,12 +70,18 @@ def write_documents(
         return write_lines(run(con, query), path, list(structure))
     if fmt == "csv":
         columns = csv_columns(structure, select)
-        # Headers may be any text (even empty), so SQL names columns by position only.
+        leaves = json_leaves(structure)
+        # Parsed once into a struct of JSON leaves where the keys allow one; each cell is
+        # then a field access instead of another parse of the document.
         cells = ", ".join(
-            f"{text_value_sql(f'json_extract(doc, {duck.literal(pointer(c))})')} AS c{number}"
-            for number, c in enumerate(columns)
+            f"{text_value_sql(_cell(c, leaves))} AS c{number}" for number, c in enumerate(columns)
         )
-        query = (f"SELECT {cells} FROM {SELECTED} s{order_by}", [])
+        parsed = "from_json(doc, ?)" if leaves is not None else "NULL"
+        query = (
+            f"SELECT {cells} FROM (SELECT document_id, doc, {parsed} AS row FROM {SELECTED}) s"
+            f"{order_by}",
+            [json.dumps(leaves)] if leaves is not None else [],
+        )
         return write_csv(run(con, query), path, [".".join(c) for c in columns])
     typed, apart, as_text = parquet_structure(structure)
     extra = "".join(
@@ -94,6 +101,17 @@ def write_documents(
         for name in as_text
     ]
     return written
+
+
+def _cell(path: tuple[str, ...], leaves: dict[str, Any] | None) -> str:
+    """A csv cell's JSON value: a field of the parsed row where the structure has the path
+    all the way down, else read from the document text."""
+    expression, node = "s.row", leaves
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return f"json_extract(s.doc, {duck.literal(pointer(path))})"
+        expression, node = f"struct_extract({expression}, {duck.literal(key)})", node[key]
+    return expression
 
 
 def vector_text_sql(index: VectorIndex, column: str) -> str:
