@@ -1093,3 +1093,16 @@ def test_O3_W1_vectors_line_up_with_documents(store: Store, fmt: str, segments: 
     for document, vector in zip(documents, vectors, strict=True):
         n = int(document["n"])
         assert vector["emb"] == [float(n), float(-n)]
+
+
+def test_W3_csv_cells_where_the_struct_cannot_reach(store: Store) -> None:
+    """Cells come from the parsed struct, or from the text where keys or shapes forbid it."""
+    docs = [
+        {"document_id": "a", "m": {"x": 1, "X": "big"}, "k": {"y": [1, 2]}},
+        {"document_id": "b", "m": "plain", "k": {"y": None}},
+    ]
+    ns, col = make_collection(store, docs)
+    result = run(store, ns, col, {"format": "csv", "select_fields": ["m.x", "k.y", "m.X"]})
+    header, *rows = read_csv(result.response.s3_path)
+    assert header == ["document_id", "m.x", "k.y", "m.X"]
+    assert rows == [["a", "1", "[1,2]", "big"], ["b", "", "", ""]]
