@@ -26,6 +26,7 @@ from export_pipeline.store.jsonl import (
     segment_schema,
     vector_column,
 )
+from export_pipeline.store.lines import line_of
 
 SEGMENT_COMPRESSION = "snappy"  # cheap to write and read; exports recompress as asked
 SEGMENT_BATCH_ROWS = 16_384
@@ -142,7 +143,7 @@ class DocumentStore:
         ).fetchall()
         if twice:
             document_id = twice[0][0]
-            line = _line_of(source, document_id, occurrence=2)
+            line = line_of(source, document_id, occurrence=2)
             raise LineError(line, f"duplicate document_id {document_id!r} in the file")
         if upsert or not collection.segments:
             return
@@ -153,7 +154,7 @@ class DocumentStore:
         if clash:
             document_id = clash[0][0]
             raise LineError(
-                _line_of(source, document_id, occurrence=1),
+                line_of(source, document_id, occurrence=1),
                 f"document_id {document_id!r} is already stored (ingest with upsert to replace)",
             )
 
@@ -305,18 +306,3 @@ def _copy(con: duckdb.DuckDBPyConnection, collection: Collection, sql: str, targ
 def shapes_file(segment: Path) -> Path:
     """The file beside a segment holding one representative document per shape, with counts."""
     return segment.with_suffix(".shapes.parquet")
-
-
-def _line_of(source: Path, document_id: str, occurrence: int) -> int:
-    """The line number of the n-th occurrence of a document id (error path only)."""
-    seen = 0
-    with open(source, "rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            # The id may be spelled with escapes in the file, so compare parsed values.
-            if orjson.loads(raw).get("document_id") == document_id:
-                seen += 1
-                if seen == occurrence:
-                    return number
-    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -142,3 +143,18 @@ def _exact(raw: bytes) -> tuple[dict[str, Any], Any]:
     if not isinstance(document, dict):
         raise LineProblem("a document must be a JSON object")
     return document, document.pop(VECTORS_KEY, None)
+
+
+def line_of(source: Path, document_id: str, occurrence: int) -> int:
+    """The line number of the n-th occurrence of a document id (error path only)."""
+    seen = 0
+    with open(source, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            # The id may be spelled with escapes in the file, so compare parsed values.
+            if orjson.loads(raw).get("document_id") == document_id:
+                seen += 1
+                if seen == occurrence:
+                    return number
+    return 0
