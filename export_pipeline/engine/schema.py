@@ -33,7 +33,6 @@ class Shape:
     """What one pass over the selected documents learned."""
 
     structure: dict[str, Any]
-    missing_paths: list[str]
     warnings: list[str] = field(default_factory=list)
 
 
@@ -61,7 +60,7 @@ def inspect(con: duckdb.DuckDBPyConnection, shapes: str, select: list[str] | Non
     warnings = [
         f"selected field {path!r} is not present in any exported document (S3)" for path in missing
     ]
-    return Shape(structure=structure, missing_paths=missing, warnings=warnings)
+    return Shape(structure=structure, warnings=warnings)
 
 
 def shapes_of(table: str) -> str:
@@ -132,9 +131,8 @@ def _typed(node: Structure, where: str, as_text: list[str]) -> Structure:
     if isinstance(node, list):
         return [_typed(node[0], where + "[]", as_text)]
     if isinstance(node, dict):
-        lowered = [key.lower() for key in node]
-        if not node or "" in node or len(set(lowered)) != len(lowered):
-            as_text.append(where)  # parquet cannot name these struct fields
+        if not _struct_fields(node):
+            as_text.append(where)
             return JSON_TEXT
         return {key: _typed(child, f"{where}.{key}", as_text) for key, child in node.items()}
     if node == JSON_TEXT:
@@ -143,15 +141,23 @@ def _typed(node: Structure, where: str, as_text: list[str]) -> Structure:
     return _SCALARS.get(node, JSON_TEXT)
 
 
+def _struct_fields(node: dict[str, Any]) -> bool:
+    """Whether an object's keys can be struct fields: some keys, none empty, none equal to
+    another but for letter case (DuckDB and parquet readers match fields case-insensitively)."""
+    lowered = {key.lower() for key in node}
+    return bool(node) and "" not in node and len(lowered) == len(node)
+
+
 def json_leaves(structure: Structure) -> Any:
     """The structure with every non-object value as JSON text (a from_json structure for csv
     cells), or None where an object's keys cannot be struct fields (empty, or equal but for
     letter case)."""
     if not isinstance(structure, dict):
         return JSON_TEXT
-    lowered = [key.lower() for key in structure]
-    if not structure or "" in structure or len(set(lowered)) != len(lowered):
-        return None if structure else JSON_TEXT
+    if not structure:
+        return JSON_TEXT
+    if not _struct_fields(structure):
+        return None
     children = {key: json_leaves(child) for key, child in structure.items()}
     return None if any(child is None for child in children.values()) else children
 
