@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help=f"n={QUICK_N:,} unless --n, agreement checked"
     )
     parser.add_argument("--check", action="store_true", help="check agreement (always in --quick)")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="run ours only (for sizes where the reference would not fit in memory)",
+    )
     parser.add_argument("--home", type=Path, help="default build/bench-home-<n>-<dims>")
     parser.add_argument("--out", type=Path, default=Path("build/bench.json"))
     parser.add_argument("--keep", action="store_true", help="keep each case's output files")
@@ -47,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     args.check = args.check or args.quick
+    if args.check and not args.reference:
+        parser.error("--check and --quick compare against the reference: drop --no-reference")
     args.home = args.home or Path(f"build/bench-home-{args.n}-{args.dims}")
     return args
 
@@ -70,13 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     cases = matrix(args.formats, args.vectors, args.variants)
     for number, case in enumerate(cases, start=1):
-        result = run_case(case, dataset, dataset.home / "runs", verify=args.check, keep=args.keep)
+        result = run_case(
+            case,
+            dataset,
+            dataset.home / "runs",
+            verify=args.check,
+            keep=args.keep,
+            reference=args.reference,
+        )
         results.append(result)
         print(f"[{number}/{len(cases)}] {report.row(result)}", flush=True)
     print()
     print(report.table(results, dataset_line, ingest_line))
     disagree = [r for r in results if r.agreement.get("checked") and not r.agreement["ok"]]
-    failed = [r for r in results if r.both is None]
+    failed = [r for r in results if r.failed]
     meta = {k: v for k, v in dataset.meta.items() if k != "structure"}
     report.write_json(
         args.out,
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 "vectors": args.vectors,
                 "variants": args.variants,
                 "checked": args.check,
+                "reference": args.reference,
                 "reference_threads": REFERENCE_THREADS,
             },
             "dataset": {

@@ -21,12 +21,15 @@ MIB = 2**20
 
 @dataclass
 class CaseResult:
-    """Both sides of one case and whether they agreed; a side that failed holds its error."""
+    """Both sides of one case and whether they agreed; a side that failed holds its error.
+
+    `reference` is None when the run skipped the reference (`--no-reference`).
+    """
 
     case: Case
     request: dict[str, Any]
     ours: Measurement | str
-    reference: Measurement | str
+    reference: Measurement | str | None
     agreement: dict[str, Any] = field(default_factory=dict)  # checked, ok, rows, problem
 
     @property
@@ -51,7 +54,7 @@ class CaseResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         sides = {
-            side: {"error": value} if isinstance(value, str) else value.to_json()
+            side: _side_json(value)
             for side, value in (("ours", self.ours), ("reference", self.reference))
         }
         ratios: dict[str, float | None] = {"speed": self.speed_ratio, "size": self.size_ratio}
@@ -69,6 +72,17 @@ class CaseResult:
             "ratios": ratios,
             "agreement": self.agreement,
         }
+
+    @property
+    def failed(self) -> bool:
+        """A side that ran failed."""
+        return isinstance(self.ours, str) or isinstance(self.reference, str)
+
+
+def _side_json(side: Measurement | str | None) -> dict[str, Any]:
+    if side is None:
+        return {"skipped": True}
+    return {"error": side} if isinstance(side, str) else side.to_json()
 
 
 def _divide(a: float, b: float) -> float | None:
@@ -104,7 +118,9 @@ def _header() -> str:
     )
 
 
-def _cells(side: Measurement | str) -> tuple[str, str, str]:
+def _cells(side: Measurement | str | None) -> tuple[str, str, str]:
+    if side is None:
+        return "skip", "-", "-"
     if isinstance(side, str):
         return "FAIL", "-", "-"
     return f"{side.seconds:.2f}", f"{side.bytes / MB:,.1f}", f"{side.peak_rss_bytes / MIB:,.0f}"

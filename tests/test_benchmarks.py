@@ -31,14 +31,7 @@ def test_quick_run_covers_every_case_and_agrees(tmp_path: Path, vectors: str) ->
     """The whole matrix, in two halves (with and without vectors) that can run in parallel."""
     out = tmp_path / "bench.json"
     tiny = ["--quick", "--n", "3000", "--dims", "16", "--home", str(tmp_path / "home")]
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *tiny, "--vectors", vectors, "--out", str(out)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _bench(*tiny, "--vectors", vectors, "--out", str(out))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "agree in every checked case" in run.stdout
     report = json.loads(out.read_text())
@@ -106,3 +99,28 @@ def test_disagreement_names_the_first_differing_document(tmp_path: Path) -> None
         "json", structure, [], {"documents": ours}, {"documents": ref}
     )
     assert rows == 1 and problem is not None and "'b'" in problem and "2.25" in problem
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_no_reference_runs_ours_alone(tmp_path: Path) -> None:
+    """The 5M run measures ours only: the reference does not fit in memory there."""
+    out = tmp_path / "bench.json"
+    home = ["--home", str(tmp_path / "home"), "--out", str(out)]
+    tiny = ["--n", "500", "--dims", "4", "--formats", "json", "--variants", "full"]
+    run = _bench(*tiny, *home, "--no-reference")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (case,) = [c for c in json.loads(out.read_text())["cases"] if c["vectors"]]
+    assert case["reference"] == {"skipped": True}
+    assert case["ours"]["rows"] == 500 and case["ratios"]["speed"] is None
+    refused = _bench(*tiny, *home, "--no-reference", "--check")
+    assert refused.returncode == 2 and "--no-reference" in refused.stderr

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_collection, write_jsonl
 from helpers import read_json_lines
@@ -15,6 +16,7 @@ from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
 from export_pipeline.export import run_export
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store, VectorIndex
+from export_pipeline.store.documents import shapes_file
 
 INDEXES = [
     VectorIndex(name="dense", dimensions=3),
@@ -415,3 +417,38 @@ def test_D1_D2_D3_store_persists_across_instances(store: Store, settings: Settin
         ns.name, col.name, {"format": "json"}, settings=Settings(home=settings.home)
     )
     assert read_json_lines(result.response.s3_path) == original
+
+
+# --- Segment order: every segment is sorted by document_id (O3 relies on it) -------------
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["a", "b", "c", "d", "e"],  # already sorted: the staging file becomes the segment
+        ["e", "d", "c", "b", "a"],
+        ["a", "c", "b", "d", "e"],  # sorted within each batch of 2, not across the boundary
+        ["a", "b", "b0", "Z", "é", "ä"],  # byte order: "Z" < "a", "ä" < "é"
+    ],
+)
+def test_O3_ingest_writes_segments_sorted_by_id_whatever_the_file_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch, ids: list[str]
+) -> None:
+    monkeypatch.setattr("export_pipeline.store.documents.SEGMENT_BATCH_ROWS", 2)
+    ns, col = make_collection(store, [{"document_id": i, "n": n} for n, i in enumerate(ids)])
+    (segment,) = store.documents.segment_files(col)
+    stored = pq.read_table(segment, columns=["document_id"]).column(0).to_pylist()
+    expected = sorted(ids, key=lambda i: i.encode())
+    assert stored == expected
+    assert [d["document_id"] for d in export_json(store, ns, col)] == expected
+    shapes = pq.read_table(shapes_file(segment)).to_pylist()
+    assert sum(row["n"] for row in shapes) == len(ids)
+
+
+def test_D3_sorted_file_with_an_already_stored_id_is_refused(
+    store: Store, filled: tuple[Namespace, Collection]
+) -> None:
+    ns, col = filled
+    before = files_under(store.documents.collection_dir(col))
+    assert_refused(store, ns, col, ['{"document_id": "a"}', '{"document_id": "keep"}'], 2)
+    assert files_under(store.documents.collection_dir(col)) == before

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from export_pipeline import duck
@@ -84,12 +85,12 @@ class DocumentStore:
             staging.parent.mkdir(parents=True, exist_ok=True)
             created: list[Path] = []
             try:
-                count = self._write_staging(fresh, source, staging)
+                count, ascending = self._write_staging(fresh, source, staging)
                 if count == 0:
                     return IngestResult(0, 0, fresh.document_count, fresh.version)
                 with self._duckdb(fresh) as con:
-                    self._check_duplicates(con, fresh, source, staging, upsert)
-                    return self._commit(con, fresh, staging, count, upsert, created)
+                    self._check_duplicates(con, fresh, source, staging, upsert, ascending)
+                    return self._commit(con, fresh, staging, count, upsert, ascending, created)
             except BaseException:
                 for path in created:  # a failed ingest changes nothing
                     path.unlink(missing_ok=True)
@@ -117,17 +118,21 @@ class DocumentStore:
         finally:
             con.close()
 
-    def _write_staging(self, collection: Collection, source: Path, staging: Path) -> int:
-        count = 0
+    def _write_staging(
+        self, collection: Collection, source: Path, staging: Path
+    ) -> tuple[int, bool]:
+        """Stream the file into a staging segment: (documents, ids strictly ascending)."""
+        count, order = 0, _AscendingIds()
         schema = segment_schema(collection.vector_indexes)
         with (
             open(source, "rb") as lines,
             pq.ParquetWriter(staging, schema, compression=SEGMENT_COMPRESSION) as writer,
         ):
-            for batch in batches(lines, collection, utc_now()):
+            for batch in batches(lines, collection, utc_now(), rows=SEGMENT_BATCH_ROWS):
                 writer.write_batch(batch)
+                order.update(batch.column(0))
                 count += batch.num_rows
-        return count
+        return count, order.ascending
 
     def _check_duplicates(
         self,
@@ -136,11 +141,15 @@ class DocumentStore:
         source: Path,
         staging: Path,
         upsert: bool,
+        ascending: bool,
     ) -> None:
         staged = duck.parquet_source([staging])
-        twice = con.execute(
-            f"SELECT document_id FROM {staged} GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 1"
-        ).fetchall()
+        twice = []
+        if not ascending:  # strictly ascending ids cannot repeat
+            twice = con.execute(
+                f"SELECT document_id FROM {staged} GROUP BY 1 HAVING count(*) > 1"
+                " ORDER BY 1 LIMIT 1"
+            ).fetchall()
         if twice:
             document_id = twice[0][0]
             line = line_of(source, document_id, occurrence=2)
@@ -165,6 +174,7 @@ class DocumentStore:
         staging: Path,
         count: int,
         upsert: bool,
+        ascending: bool,
         created: list[Path],
     ) -> IngestResult:
         folder = self.collection_dir(collection) / "segments"
@@ -175,10 +185,17 @@ class DocumentStore:
         new_name = f"seg_{uuid.uuid4().hex}.parquet"
         created += [folder / new_name, shapes_file(folder / new_name)]
         if replaced:
-            source = self._keep_created_at(collection, staging)
+            _copy(con, collection, self._keep_created_at(collection, staging), folder / new_name)
+        elif ascending:  # already a sorted segment (re-ingesting an export, say): no sort
+            staging.rename(folder / new_name)
+            _write_shapes(con, folder / new_name)
         else:
-            source = f"SELECT * FROM {duck.parquet_source([staging])}"
-        _copy(con, collection, source, folder / new_name)
+            _copy(
+                con,
+                collection,
+                f"SELECT * FROM {duck.parquet_source([staging])}",
+                folder / new_name,
+            )
         segments = [*keep, new_name]
         document_count = collection.document_count - replaced + count
         self._swap(collection, segments, document_count, replaced_files)
@@ -294,13 +311,39 @@ def _copy(con: duckdb.DuckDBPyConnection, collection: Collection, sql: str, targ
     with pq.ParquetWriter(target, schema, compression=SEGMENT_COMPRESSION) as writer:
         for batch in reader:
             writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
-    # The distinct shapes of its documents, one representative each, so an export of whole
-    # segments knows the columns to write without reading every document first.
+    _write_shapes(con, target)
+
+
+def _write_shapes(con: duckdb.DuckDBPyConnection, segment: Path) -> None:
+    """The sidecar of a segment's distinct document shapes, one representative each.
+
+    With it, an export of whole segments knows the columns to write without reading every
+    document first.
+    """
     con.execute(
-        f"COPY (SELECT min(doc) AS doc, count(*) AS n FROM {duck.parquet_source([target])}"
-        f" GROUP BY json_structure(doc)) TO {duck.literal(str(shapes_file(target)))}"
+        f"COPY (SELECT min(doc) AS doc, count(*) AS n FROM {duck.parquet_source([segment])}"
+        f" GROUP BY json_structure(doc)) TO {duck.literal(str(shapes_file(segment)))}"
         " (FORMAT parquet)"
     )
+
+
+class _AscendingIds:
+    """Whether the ids seen so far, batch after batch, are strictly ascending (byte order)."""
+
+    def __init__(self) -> None:
+        self.ascending = True
+        self.last: str | None = None
+
+    def update(self, ids: pa.Array) -> None:
+        """Take the next batch's ids."""
+        if not self.ascending or len(ids) == 0:
+            return
+        # Python compares str by code point, which is DuckDB's byte order for UTF-8 text.
+        if self.last is not None and not self.last < ids[0].as_py():
+            self.ascending = False
+        elif len(ids) > 1:
+            self.ascending = pc.all(pc.greater(ids[1:], ids[:-1])).as_py()
+        self.last = ids[-1].as_py()
 
 
 def shapes_file(segment: Path) -> Path:
