@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench lint format clean
+# The store's home and the Dagster instance beside it, as the CLI resolves them.
+EXPORT_PIPELINE_HOME ?= .export_pipeline
+export DAGSTER_HOME ?= $(abspath $(EXPORT_PIPELINE_HOME))/dagster
+DEV_PORT ?= 3000
+
+.PHONY: install instance demo dev validate test bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +22,19 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/export-pipeline demo
+
+# The Dagster UI on http://127.0.0.1:$(DEV_PORT), with the demo collection in place.
+dev: $(STAMP)
+	$(BIN)/export-pipeline demo > /dev/null
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+
+# The instance folder, with this repository's dagster.yaml unless it has its own.
+instance:
+	mkdir -p "$(DAGSTER_HOME)"
+	test -f "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+
+validate: $(STAMP) instance
+	$(BIN)/dagster definitions validate -w workspace.yaml
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 -p no:cacheprovider

@@ -11,7 +11,6 @@ from typing import Any, NoReturn
 
 from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
 from export_pipeline.errors import ConflictError, ExportPipelineError, ValidationError
-from export_pipeline.export import run_export
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store, VectorIndex
 
@@ -117,9 +116,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "version": result.version,
         }
     if args.command == "export":
+        from export_pipeline.orchestration.launch import execute  # Dagster loads in ~1.5 s
+
         body = request_body(args)
-        result = run_export(args.namespace, args.collection, body, settings=settings, store=store)
-        return result.response.model_dump(mode="json")
+        run = execute(settings, args.namespace, args.collection, body, trigger="cli")
+        return run.response.model_dump(mode="json")
     return demo(store, settings)
 
 
@@ -136,12 +137,16 @@ def demo(store: Store, settings: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         source = write_jsonl(demo_documents(1000), Path(folder) / "articles.jsonl")
         store.documents.ingest(collection, source, upsert=True)
-    result = run_export("demo", "articles", DEMO_REQUEST, settings=settings, store=store)
+    from export_pipeline.orchestration.launch import dagster_home, execute
+
+    run = execute(settings, "demo", "articles", DEMO_REQUEST, trigger="cli")
     return {
         "request": DEMO_REQUEST,
-        "response": result.response.model_dump(mode="json"),
-        "files": [file["key"] for file in result.manifest["files"]],
+        "response": run.response.model_dump(mode="json"),
+        "files": [file["key"] for file in run.manifest["files"]],
         "storage": settings.storage_uri,
+        "dagster_run_id": run.run_id,
+        "dagster_home": str(dagster_home(settings)),
     }
 
 

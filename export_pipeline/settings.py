@@ -21,6 +21,10 @@ class Settings(BaseSettings):
         None,
         description="Where exports are published: file:///path (default: file://<home>/exports).",
     )
+    scratch: Path | None = Field(
+        None,
+        description="Per-export scratch space and DuckDB temp files (default: <home>/scratch).",
+    )
     url_ttl_seconds: int = Field(3600, ge=1, le=604_800, description="Lifetime of download URLs.")
     duckdb_memory_limit: str = Field("1GB", description="DuckDB memory_limit per connection.")
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads per connection.")
@@ -38,7 +42,12 @@ class Settings(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         """Per-export scratch space lives here and is removed when an export ends."""
-        return self.home_dir / "scratch"
+        return self.scratch.expanduser().resolve() if self.scratch else self.home_dir / "scratch"
+
+    @property
+    def dagster_home(self) -> Path:
+        """The Dagster instance every entry point records runs in, unless DAGSTER_HOME is set."""
+        return self.home_dir / "dagster"
 
     @property
     def storage_uri(self) -> str:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from export_pipeline.errors import ValidationError
-from export_pipeline.storage.base import LocalFile, PublishedObject, Storage, export_prefix
+from export_pipeline.storage.base import (
+    LocalFile,
+    PublishedObject,
+    Storage,
+    TransientStorageError,
+    export_prefix,
+)
 from export_pipeline.storage.local import LocalStorage
 
 __all__ = [
@@ -11,6 +17,7 @@ __all__ = [
     "LocalStorage",
     "PublishedObject",
     "Storage",
+    "TransientStorageError",
     "export_prefix",
     "open_storage",
 ]

@@ -43,3 +43,11 @@ class Storage(Protocol):
 def export_prefix(namespace_id: str, collection_id: str, export_id: str) -> str:
     """W6: every export has its own folder under the storage root."""
     return f"{namespace_id}/exports/{collection_id}/{export_id}"
+
+
+class TransientStorageError(Exception):
+    """A storage failure worth retrying: a timeout, throttling, a server error.
+
+    Backends raise it only where the same call may succeed later; anything else (a missing
+    bucket, denied access) is permanent and fails the export at once.
+    """

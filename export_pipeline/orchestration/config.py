@@ -1,0 +1,62 @@
+"""Run config of the export job: the HTTP request body plus where to find the collection."""
+
+# No `from __future__ import annotations`: Dagster reads these annotations at runtime.
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from export_pipeline.contract import ExportRequest
+from export_pipeline.engine.plan import parse_request
+from export_pipeline.errors import ValidationError
+
+_REQUEST = ExportRequest.model_fields
+
+
+def _described(name: str) -> str:
+    return _REQUEST[name].description or name
+
+
+class ExportConfig(dg.Config):
+    """One export request (R1-R8), as the launchpad shows and checks it."""
+
+    namespace: str = Field(description="Namespace id (ns_...) or name holding the collection.")
+    collection: str = Field(description="Collection id (col_...) or name inside the namespace.")
+    format: Literal["json", "csv", "parquet"] = Field(
+        _REQUEST["format"].default, description=_described("format")
+    )
+    include_vectors: bool = Field(False, description=_described("include_vectors"))
+    select_fields: list[str] | None = Field(None, description=_described("select_fields"))
+    filters: dict[str, Any] | None = Field(
+        None,
+        description=_described("filters")
+        + ' Written as the request\'s JSON, e.g. {"AND": [{"field": "metadata.category",'
+        ' "operator": "eq", "value": "science"}]}.',
+    )
+    sample_size: int | None = Field(None, description=_described("sample_size"))
+    sample_seed: int | None = Field(None, description=_described("sample_seed"))
+
+    def request_body(self) -> dict[str, Any]:
+        """The HTTP request body this config stands for (fields left unset are omitted)."""
+        body = self.model_dump(exclude={"namespace", "collection"})
+        return {key: value for key, value in body.items() if value is not None}
+
+    def request(self) -> ExportRequest:
+        """The validated request; a ValidationError with the CLI's message otherwise."""
+        return parse_request(self.request_body())
+
+    @classmethod
+    def of(cls, namespace: str, collection: str, body: dict[str, Any] | None) -> "ExportConfig":
+        """The run config for a request body (validated first, so a bad body names its field)."""
+        parse_request(body)  # the contract's messages, not the config schema's
+        return cls(namespace=namespace, collection=collection, **(body or {}))
+
+
+@dg.config_mapping
+def validate_request(config: ExportConfig) -> dg.RunConfig:
+    """Check the request against the contract when the run is created, before any op runs."""
+    try:
+        config.request()
+    except ValidationError as exc:
+        raise dg.DagsterInvalidConfigError(exc.message, [], config.model_dump()) from None
+    return dg.RunConfig(ops={"plan_export": config})

@@ -1,0 +1,117 @@
+"""Launching the export job: validated run config and tags, and runs against the local instance.
+
+The CLI, schedules, sensors and the API all come through here, so a bad request is refused
+with the same message before it becomes a run.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from export_pipeline.contract import ExportResponse
+from export_pipeline.errors import ExportPipelineError, NotFoundError, ValidationError
+from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.config import ExportConfig
+from export_pipeline.orchestration.job import export_collection
+from export_pipeline.orchestration.ops import Progress
+from export_pipeline.orchestration.resources import resources_from
+from export_pipeline.settings import Settings
+from export_pipeline.store import Store
+
+INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+_ERRORS = {cls.type_name: cls for cls in (ValidationError, NotFoundError)}
+
+
+@dataclass(frozen=True)
+class ExportLaunch:
+    """Everything a run of the export job needs: its run config and its tags."""
+
+    run_config: dict[str, Any]
+    tags: dict[str, str]
+
+    def run_request(self, run_key: str | None = None) -> dg.RunRequest:
+        """A RunRequest for a schedule or sensor."""
+        return dg.RunRequest(run_key=run_key, run_config=self.run_config, tags=self.tags)
+
+
+def prepare(
+    store: Store,
+    namespace: str,
+    collection: str,
+    body: dict[str, Any] | None,
+    trigger: tags.Trigger,
+) -> ExportLaunch:
+    """Validate the request and resolve the collection; raises the CLI's errors otherwise."""
+    config = ExportConfig.of(namespace, collection, body)
+    found_ns, found = store.resolve(namespace, collection)
+    run_config = {"namespace": namespace, "collection": collection, **config.request_body()}
+    fmt = config.request().format
+    return ExportLaunch(run_config, tags.export_tags(found_ns, found, fmt, trigger))
+
+
+def dagster_home(settings: Settings) -> Path:
+    """DAGSTER_HOME if set, else the instance under the export_pipeline home."""
+    configured = os.environ.get("DAGSTER_HOME")
+    return Path(configured).expanduser().resolve() if configured else settings.dagster_home
+
+
+def local_instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance the UI shows, created from the template on first use."""
+    home = dagster_home(settings)
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    return dg.DagsterInstance.from_config(str(home))
+
+
+@dataclass(frozen=True)
+class ExportRun:
+    """A finished run of the export job."""
+
+    run_id: str
+    response: ExportResponse
+    manifest: dict[str, Any]
+
+
+def execute(
+    settings: Settings,
+    namespace: str,
+    collection: str,
+    body: dict[str, Any] | None,
+    trigger: tags.Trigger,
+    instance: dg.DagsterInstance | None = None,
+) -> ExportRun:
+    """Run one export in this process as a run of the job, recorded in the instance."""
+    launch = prepare(Store(settings), namespace, collection, body, trigger)
+    result = export_collection.execute_in_process(
+        run_config=launch.run_config,
+        tags=launch.tags,
+        instance=instance or local_instance(settings),
+        resources=resources_from(settings),
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise run_error(result)
+    progress: Progress = result.output_for_node("publish_files")
+    assert progress.response is not None and progress.manifest is not None
+    return ExportRun(result.run_id, progress.response, progress.manifest)
+
+
+def run_error(result: dg.ExecuteInProcessResult) -> ExportPipelineError:
+    """The error a failed run stands for, as the core raised it where it can be recovered."""
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        data = event.step_failure_data
+        metadata = data.user_failure_data.metadata if data.user_failure_data else {}
+        if "error" in metadata:
+            error = metadata["error"].value
+            cls = _ERRORS.get(error["type"], ExportPipelineError)
+            return cls(error["message"], error.get("details"))
+        message = data.error.message.strip() if data.error else "the export failed"
+        return ExportPipelineError(f"{event.step_key}: {message} (run {result.run_id})")
+    return ExportPipelineError(f"the export run {result.run_id} failed")

@@ -1,0 +1,219 @@
+"""The export job's ops: thin wrappers over the core steps, passing a small Progress along."""
+
+# No `from __future__ import annotations`: Dagster reads these annotations at runtime.
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+from pydantic import BaseModel
+
+from export_pipeline import export as steps
+from export_pipeline.contract import ExportResponse
+from export_pipeline.engine.manifest import Outputs
+from export_pipeline.engine.plan import ExportPlan, plan_export
+from export_pipeline.engine.preview import markdown_table, preview_rows
+from export_pipeline.errors import ExportPipelineError
+from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.config import ExportConfig
+from export_pipeline.orchestration.resources import (
+    DuckDBResource,
+    StorageResource,
+    StoreResource,
+    settings_of,
+)
+from export_pipeline.storage import TransientStorageError, open_storage
+from export_pipeline.store import Store
+
+PUBLISH_RETRIES = 3
+PUBLISH_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=PUBLISH_RETRIES, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL
+)
+
+
+class Progress(BaseModel):
+    """What the export has done so far: the plan, then counts, files, the response."""
+
+    plan: ExportPlan
+    seconds: dict[str, float] = {}
+    matched: int | None = None
+    outputs: Outputs | None = None
+    preview: str | None = None
+    response: ExportResponse | None = None
+    manifest: dict[str, Any] | None = None
+
+
+def failure(exc: ExportPipelineError) -> dg.Failure:
+    """A user-facing failure (never retried) carrying the error the CLI and API would show."""
+    return dg.Failure(
+        description=exc.message,
+        metadata={"error": dg.MetadataValue.json(exc.to_dict())},
+        allow_retries=False,
+    )
+
+
+@contextmanager
+def _step(context: dg.OpExecutionContext, progress: Progress, name: str) -> Iterator[None]:
+    """Time a step; on failure remove the scratch space unless the op is about to be retried."""
+    started = time.perf_counter()
+    try:
+        yield
+    except TransientStorageError as exc:
+        if context.retry_number < PUBLISH_RETRIES:
+            context.log.warning(f"{name}: transient storage error, retrying: {exc}")
+            raise  # the RetryPolicy runs the op again; its files must still be there
+        steps.cleanup(progress.plan)
+        raise dg.Failure(
+            description=f"storage kept failing after {PUBLISH_RETRIES + 1} attempts: {exc}",
+            allow_retries=False,
+        ) from None
+    except ExportPipelineError as exc:
+        steps.cleanup(progress.plan)
+        raise failure(exc) from None
+    except BaseException:  # including a run being cancelled: a failed export leaves nothing
+        steps.cleanup(progress.plan)
+        raise
+    progress.seconds[name] = round(time.perf_counter() - started, 3)
+
+
+@dg.op(
+    name="plan_export",
+    description="Validate the request, resolve the collection and fix the snapshot to read.",
+)
+def plan_export_op(
+    context: dg.OpExecutionContext,
+    config: ExportConfig,
+    store: StoreResource,
+    storage: StorageResource,
+    duckdb: DuckDBResource,
+) -> Progress:
+    """Step 0: the ExportPlan; no document is read."""
+    started = time.perf_counter()
+    settings = settings_of(store, storage, duckdb)
+    try:
+        plan = plan_export(Store(settings), config.namespace, config.collection, config.request())
+    except ExportPipelineError as exc:
+        raise failure(exc) from None
+    found = tags.export_tags(
+        plan.namespace, plan.collection, plan.request.format, _trigger(context)
+    )
+    context.instance.add_run_tags(context.run_id, {**found, tags.EXPORT_ID: plan.export_id})
+    context.log.info(f"export {plan.export_id} of {plan.namespace.name}/{plan.collection.name}")
+    return Progress(plan=plan, seconds={"plan": round(time.perf_counter() - started, 3)})
+
+
+def _trigger(context: dg.OpExecutionContext) -> str:
+    # Launchers tag their runs; a run without the tag was launched from the UI (or GraphQL).
+    return context.run.tags.get(tags.TRIGGER, "ui")
+
+
+@dg.op(description="Filter and sample the documents into the export's own DuckDB file.")
+def load_documents(
+    context: dg.OpExecutionContext,
+    progress: Progress,
+    store: StoreResource,
+    storage: StorageResource,
+    duckdb: DuckDBResource,
+) -> Progress:
+    """Step 1: select the documents; returns how many matched."""
+    settings = settings_of(store, storage, duckdb)
+    with _step(context, progress, "load"):
+        progress.matched = steps.load(progress.plan, Store(settings), settings)
+    context.add_output_metadata({"matched": progress.matched})
+    return progress
+
+
+@dg.op(description="Write the documents (and vectors) file into scratch space.")
+def write_files(
+    context: dg.OpExecutionContext,
+    progress: Progress,
+    store: StoreResource,
+    storage: StorageResource,
+    duckdb: DuckDBResource,
+) -> Progress:
+    """Step 2: the files, with checksums and a preview of the first rows."""
+    settings = settings_of(store, storage, duckdb)
+    with _step(context, progress, "write"):
+        outputs = steps.write(progress.plan, Store(settings), settings)
+        rows = preview_rows(outputs.files[0].path, progress.plan.request.format)
+        progress.preview = markdown_table(rows)
+        progress.outputs = outputs
+    context.add_output_metadata({f.name: f.bytes for f in outputs.files})
+    return progress
+
+
+@dg.op(
+    description="Publish the files, manifest last, and sign download links.",
+    retry_policy=PUBLISH_RETRY_POLICY,
+)
+def publish_files(
+    context: dg.OpExecutionContext,
+    progress: Progress,
+    store: StoreResource,
+    storage: StorageResource,
+    duckdb: DuckDBResource,
+) -> Progress:
+    """Step 3: the files at their final keys; scratch space is removed afterwards."""
+    settings = settings_of(store, storage, duckdb)
+    assert progress.outputs is not None
+    with _step(context, progress, "publish"):
+        result = steps.publish(
+            progress.plan, progress.outputs, open_storage(settings.storage_uri), settings
+        )
+    steps.cleanup(progress.plan)
+    progress.response, progress.manifest = result.response, result.manifest
+    return progress
+
+
+@dg.op(description="Record the export: run metadata and a materialization of its asset.")
+def report_export(
+    context: dg.OpExecutionContext, progress: Progress, storage: StorageResource
+) -> dict[str, Any]:
+    """Step 4: the A1 response, with links, counts, checksums and a preview as metadata."""
+    plan, response = progress.plan, progress.response
+    assert response is not None and progress.outputs is not None
+    metadata = export_metadata(progress, storage.url_ttl_seconds)
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=export_asset_key(plan),
+            description=f"export {plan.export_id} ({plan.request.format})",
+            metadata=metadata,
+        )
+    )
+    context.add_output_metadata(metadata)
+    return response.model_dump(mode="json")
+
+
+def export_asset_key(plan: ExportPlan) -> dg.AssetKey:
+    """`["exports", <namespace>, <collection>]`: one asset per collection, one event per export."""
+    return dg.AssetKey(["exports", plan.namespace.name, plan.collection.name])
+
+
+def export_metadata(progress: Progress, ttl_seconds: int) -> dict[str, Any]:
+    """Links, sizes, checksums, warnings, seed, timings and a preview, as Dagster metadata."""
+    plan, response, outputs = progress.plan, progress.response, progress.outputs
+    assert response is not None and outputs is not None
+    files = {f.role: f for f in outputs.files}
+    metadata: dict[str, Any] = {
+        "download_url": dg.MetadataValue.url(response.download_url),
+        "s3_path": dg.MetadataValue.text(response.s3_path),
+        "export_id": plan.export_id,
+        "format": plan.request.format,
+        "document_count": response.document_count,
+        "file_size_bytes": response.file_size_bytes,
+        "sha256": files["documents"].sha256,
+        "exported_at": response.exported_at.isoformat(),
+        "urls_expire_at": (response.exported_at + timedelta(seconds=ttl_seconds)).isoformat(),
+        "warnings": dg.MetadataValue.json(outputs.warnings),
+        "seconds": dg.MetadataValue.json(progress.seconds),
+        "preview": dg.MetadataValue.md(progress.preview or ""),
+    }
+    if response.vectors_download_url and response.vectors_s3_path:
+        metadata["vectors_download_url"] = dg.MetadataValue.url(response.vectors_download_url)
+        metadata["vectors_s3_path"] = dg.MetadataValue.text(response.vectors_s3_path)
+        metadata["vectors_sha256"] = files["vectors"].sha256
+    if plan.sample_seed is not None:
+        metadata["sample_seed"] = plan.sample_seed
+    return metadata
