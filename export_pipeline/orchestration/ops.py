@@ -96,17 +96,20 @@ def plan_export_op(
         plan = plan_export(Store(settings), config.namespace, config.collection, config.request())
     except ExportPipelineError as exc:
         raise failure(exc) from None
-    found = tags.export_tags(
-        plan.namespace, plan.collection, plan.request.format, _trigger(context)
-    )
-    context.instance.add_run_tags(context.run_id, {**found, tags.EXPORT_ID: plan.export_id})
+    _tag_run(context, plan)
     context.log.info(f"export {plan.export_id} of {plan.namespace.name}/{plan.collection.name}")
     return Progress(plan=plan, seconds={"plan": round(time.perf_counter() - started, 3)})
 
 
-def _trigger(context: dg.OpExecutionContext) -> str:
-    # Launchers tag their runs; a run without the tag was launched from the UI (or GraphQL).
-    return context.run.tags.get(tags.TRIGGER, "ui")
+def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
+    """Add what the export is about to the run's tags (launchers set the trigger already)."""
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is None:  # the op was invoked directly: there is no run to tag
+        return
+    # A run without a trigger tag was launched from the UI (or straight through GraphQL).
+    trigger = run.tags.get(tags.TRIGGER, "ui")
+    found = tags.export_tags(plan.namespace, plan.collection, plan.request.format, trigger)
+    context.instance.add_run_tags(context.run_id, {**found, tags.EXPORT_ID: plan.export_id})
 
 
 @dg.op(description="Filter and sample the documents into the export's own DuckDB file.")
