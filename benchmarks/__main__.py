@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--check", action="store_true", help="check agreement (always in --quick)")
     parser.add_argument(
+        "--through",
+        choices=["engine", "dagster"],
+        default="engine",
+        help="run ours through run_export, or as a run of the export_collection Dagster job",
+    )
+    parser.add_argument(
         "--no-reference",
         dest="reference",
         action="store_false",
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             verify=args.check,
             keep=args.keep,
             reference=args.reference,
+            through=args.through,
         )
         results.append(result)
         print(f"[{number}/{len(cases)}] {report.row(result)}", flush=True)
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 "variants": args.variants,
                 "checked": args.check,
                 "reference": args.reference,
+                "through": args.through,
                 "reference_threads": REFERENCE_THREADS,
             },
             "dataset": {

@@ -1,7 +1,8 @@
 """One measured child: `python -m benchmarks.child SPEC.json RESULT.json`.
 
 SPEC's `kind` picks the work: `ingest` (Store.ingest of a JSONL file), `ours` (run_export
-end to end) or `reference` (the hand-written DuckDB statements). Each imports only what
+end to end), `dagster` (a run of the export_collection job, in process) or `reference` (the
+hand-written DuckDB statements). Each imports only what
 its work needs, so the reference's peak RSS carries no export_pipeline modules. The work
 alone is timed; RESULT gets `seconds`, `rows`, the output `files` with their sizes and
 `extra` details.
@@ -67,16 +68,10 @@ def ours(spec: dict[str, Any]) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - started
     steps["other"] = seconds - sum(steps.values())  # planning, and anything not wrapped
-    response = result.response
-    entries = [{"role": "documents", "path": unquote(urlparse(response.s3_path).path)}]
-    if response.vectors_s3_path:
-        entries.append(
-            {"role": "vectors", "path": unquote(urlparse(response.vectors_s3_path).path)}
-        )
     return {
         "seconds": seconds,
-        "rows": response.document_count,
-        "files": _files(entries),
+        "rows": result.response.document_count,
+        "files": _files(_published(result.response)),
         "extra": {
             "steps": steps,
             "memory_limit": settings.duckdb_memory_limit,
@@ -84,6 +79,35 @@ def ours(spec: dict[str, Any]) -> dict[str, Any]:
             "warnings": result.manifest.get("warnings", []),
         },
     }
+
+
+def dagster(spec: dict[str, Any]) -> dict[str, Any]:
+    """One run of the export_collection job, in process, as the CLI launches it."""
+    from dagster import DagsterInstance
+
+    from export_pipeline.orchestration.launch import execute
+    from export_pipeline.settings import Settings
+
+    settings = Settings(home=Path(spec["home"]), storage=Path(spec["out_dir"]).as_uri())
+    instance = DagsterInstance.ephemeral()
+    started = time.perf_counter()
+    run = execute(settings, spec["namespace"], spec["collection"], spec["request"], "cli", instance)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "rows": run.response.document_count,
+        "files": _files(_published(run.response)),
+        "extra": {"run_id": run.run_id, "warnings": run.manifest.get("warnings", [])},
+    }
+
+
+def _published(response: Any) -> list[dict[str, str]]:
+    entries = [{"role": "documents", "path": unquote(urlparse(response.s3_path).path)}]
+    if response.vectors_s3_path:
+        entries.append(
+            {"role": "vectors", "path": unquote(urlparse(response.vectors_s3_path).path)}
+        )
+    return entries
 
 
 def reference(spec: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +130,7 @@ def reference(spec: dict[str, Any]) -> dict[str, Any]:
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "ingest": ingest,
     "ours": ours,
+    "dagster": dagster,
     "reference": reference,
 }
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ def warm_cache(dataset: Dataset) -> None:
                 pass
 
 
-def run_ours(case: Case, dataset: Dataset, folder: Path) -> Measurement:
-    """Our engine: run_export end to end in a child."""
+def run_ours(case: Case, dataset: Dataset, folder: Path, through: str = "engine") -> Measurement:
+    """Our engine in a child: run_export end to end, or a run of the Dagster job."""
     spec = {
-        "kind": "ours",
+        "kind": "dagster" if through == "dagster" else "ours",
         "home": str(dataset.home),
         "namespace": NAMESPACE,
         "collection": dataset.collection,
@@ -101,14 +102,21 @@ def _side(run: Any, case: Case, dataset: Dataset, folder: Path) -> Measurement |
 
 
 def run_case(
-    case: Case, dataset: Dataset, runs: Path, *, verify: bool, keep: bool, reference: bool = True
+    case: Case,
+    dataset: Dataset,
+    runs: Path,
+    *,
+    verify: bool,
+    keep: bool,
+    reference: bool = True,
+    through: str = "engine",
 ) -> CaseResult:
     """Both sides of one case (or ours only), measured, optionally checked; outputs removed
     unless `keep`."""
     folder = runs / case.slug
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        ours = _side(run_ours, case, dataset, folder / "ours")
+        ours = _side(partial(run_ours, through=through), case, dataset, folder / "ours")
         ref = _side(run_reference, case, dataset, folder / "reference") if reference else None
         result = CaseResult(case, case.request(dataset.n), ours, ref)
         if not verify:

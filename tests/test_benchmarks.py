@@ -124,3 +124,13 @@ def test_no_reference_runs_ours_alone(tmp_path: Path) -> None:
     assert case["ours"]["rows"] == 500 and case["ratios"]["speed"] is None
     refused = _bench(*tiny, *home, "--no-reference", "--check")
     assert refused.returncode == 2 and "--no-reference" in refused.stderr
+
+
+def test_through_dagster_runs_the_job_and_agrees_with_the_reference(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    tiny = ["--quick", "--n", "500", "--dims", "4", "--formats", "csv", "--vectors", "on"]
+    run = _bench(*tiny, "--through", "dagster", "--home", str(tmp_path / "home"), "--out", str(out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["params"]["through"] == "dagster" and report["agreement_ok"] is True
+    assert all(case["ours"]["extra"]["run_id"] for case in report["cases"])
