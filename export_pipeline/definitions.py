@@ -6,6 +6,20 @@ import dagster as dg
 
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.resources import resources_from
+from export_pipeline.orchestration.schedules import build_schedules, load_schedules
+from export_pipeline.orchestration.sensors import build_sensors
 from export_pipeline.settings import Settings
 
-defs = dg.Definitions(jobs=[export_collection], resources=resources_from(Settings()))
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """The job, its schedules (EXPORT_PIPELINE_SCHEDULES) and sensors, and its resources."""
+    entries = load_schedules(settings.schedules) if settings.schedules else []
+    return dg.Definitions(
+        jobs=[export_collection],
+        schedules=build_schedules(entries, settings),
+        sensors=build_sensors(entries, settings),
+        resources=resources_from(settings),
+    )
+
+
+defs = build_definitions(Settings())

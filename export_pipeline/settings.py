@@ -33,6 +33,15 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds replaced segments stay on disk for exports still reading them.",
     )
+    schedules: Path | None = Field(
+        None,
+        description="YAML file of scheduled and on-change exports (unset: none).",
+    )
+    drop_dir: Path | None = Field(
+        None,
+        description="Folder the request drop sensor watches for *.json requests"
+        " (default: <home>/requests).",
+    )
 
     @property
     def home_dir(self) -> Path:
@@ -43,6 +52,11 @@ class Settings(BaseSettings):
     def scratch_dir(self) -> Path:
         """Per-export scratch space lives here and is removed when an export ends."""
         return self.scratch.expanduser().resolve() if self.scratch else self.home_dir / "scratch"
+
+    @property
+    def drop_folder(self) -> Path:
+        """The folder export requests are dropped into, with accepted/ and rejected/ inside."""
+        return self.drop_dir.expanduser().resolve() if self.drop_dir else self.home_dir / "requests"
 
     @property
     def dagster_home(self) -> Path:

@@ -1,0 +1,57 @@
+"""The local Dagster instance template (dagster.yaml) and where the CLI finds the instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster._core.run_coordinator import QueuedRunCoordinator
+
+from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.launch import INSTANCE_TEMPLATE, dagster_home, local_instance
+from export_pipeline.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_package_template_is_the_repository_dagster_yaml() -> None:
+    assert INSTANCE_TEMPLATE.read_text() == (REPO / "dagster.yaml").read_text()
+
+
+def test_instance_queues_runs_four_exports_at_once_and_one_per_collection(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    instance = local_instance(settings)
+    coordinator = instance.run_coordinator
+    assert isinstance(coordinator, QueuedRunCoordinator)
+    limits = {
+        limit["key"]: limit for limit in coordinator.get_run_queue_config().tag_concurrency_limits
+    }
+    assert limits[tags.JOB]["limit"] == 4
+    assert limits[tags.COLLECTION_ID]["limit"] == 1
+    assert limits[tags.COLLECTION_ID]["value"] == {"applyLimitPerUniqueValue": True}
+    assert instance.run_monitoring_enabled
+    assert not instance.telemetry_enabled
+    assert Path(instance.root_directory) == settings.home_dir / "dagster"  # sqlite lives here
+
+
+def test_dagster_home_wins_when_set(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
+    assert dagster_home(settings) == tmp_path / "elsewhere"
+    local_instance(settings)
+    assert (tmp_path / "elsewhere" / "dagster.yaml").exists()
+
+
+def test_an_instance_keeps_its_own_dagster_yaml(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = settings.home_dir / "dagster"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = local_instance(settings)
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    assert not instance.run_coordinator.get_run_queue_config().tag_concurrency_limits

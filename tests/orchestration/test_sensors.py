@@ -1,0 +1,311 @@
+"""Sensors (issue 4): the request drop folder (exactly once, bad files filed away) and
+exports on collection change (baseline, once per version)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from conftest import make_collection, write_jsonl
+
+from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.schedules import ScheduleEntry
+from export_pipeline.orchestration.sensors import (
+    CHANGE_SENSOR,
+    DROP_SENSOR,
+    MAX_FILES_PER_TICK,
+    build_change_sensor,
+    build_drop_sensor,
+    build_sensors,
+)
+from export_pipeline.settings import Settings
+from export_pipeline.store import Collection, Namespace, Store
+
+DOCS = [{"document_id": f"d{i}", "metadata": {"n": i}} for i in range(4)]
+_new = itertools.count()
+VALID = {"namespace": "test-ns", "collection": "things", "request": {"format": "csv"}}
+
+
+@pytest.fixture
+def things(store: Store) -> tuple[Namespace, Collection]:
+    return make_collection(store, DOCS)
+
+
+def evaluate(sensor: dg.SensorDefinition, cursor: str | None = None) -> dg.SensorExecutionData:
+    context = dg.build_sensor_context(cursor=cursor, instance=dg.DagsterInstance.ephemeral())
+    return sensor.evaluate_tick(context)
+
+
+def drop(settings: Settings, name: str, content: Any) -> bytes:
+    """Write a request file as a writer would; returns its bytes."""
+    data = content if isinstance(content, bytes) else json.dumps(content).encode()
+    settings.drop_folder.mkdir(parents=True, exist_ok=True)
+    (settings.drop_folder / name).write_bytes(data)
+    return data
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+# --- Request drop folder ----------------------------------------------------------------
+
+
+def test_drop_sensor_is_running_by_default_every_30_seconds(settings: Settings) -> None:
+    sensor = build_drop_sensor(settings)
+    assert sensor.name == DROP_SENSOR
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 30
+
+
+def test_drop_sensor_creates_a_missing_folder_and_skips_quietly(settings: Settings) -> None:
+    assert not settings.drop_folder.exists()
+    data = evaluate(build_drop_sensor(settings))
+    assert data.run_requests == []
+    assert data.skip_message == f"no request files in {settings.drop_folder}"
+    assert settings.drop_folder.is_dir()
+
+
+def test_drop_folder_comes_from_EXPORT_PIPELINE_DROP_DIR(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPORT_PIPELINE_HOME", str(tmp_path / "home"))
+    assert Settings().drop_folder == (tmp_path / "home" / "requests").resolve()
+    monkeypatch.setenv("EXPORT_PIPELINE_DROP_DIR", str(tmp_path / "inbox"))
+    assert Settings().drop_folder == (tmp_path / "inbox").resolve()
+
+
+def test_a_valid_file_launches_one_run_keyed_by_its_sha256_and_is_accepted(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    data = drop(settings, "export-1.json", VALID)
+    result = evaluate(build_drop_sensor(settings))
+    (request,) = result.run_requests
+    assert request.run_key == hashlib.sha256(data).hexdigest()
+    assert request.run_config == {
+        "namespace": "test-ns",
+        "collection": "things",
+        "format": "csv",
+        "include_vectors": False,
+    }
+    assert request.tags[tags.TRIGGER] == "sensor"
+    assert request.tags[tags.COLLECTION_ID] == things[1].id
+    assert listing(settings.drop_folder) == ["accepted/export-1.json"]
+    assert (settings.drop_folder / "accepted" / "export-1.json").read_bytes() == data
+
+
+def test_a_handled_file_is_not_launched_again_on_the_next_evaluation(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    sensor = build_drop_sensor(settings)
+    drop(settings, "a.json", VALID)
+    assert len(evaluate(sensor).run_requests) == 1
+    again = evaluate(sensor)
+    assert again.run_requests == []
+    assert again.skip_message
+
+
+def test_the_same_content_dropped_twice_has_the_same_run_key(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    """Exactly once per content: Dagster launches one run per run_key of a sensor."""
+    sensor = build_drop_sensor(settings)
+    drop(settings, "a.json", VALID)
+    drop(settings, "b.json", VALID)
+    (in_one_tick,) = evaluate(sensor).run_requests  # one request for two equal files
+    drop(settings, "a.json", VALID)
+    (later,) = evaluate(sensor).run_requests
+    assert later.run_key == in_one_tick.run_key
+    other = drop(settings, "c.json", {**VALID, "request": {"format": "json"}})
+    (different,) = evaluate(sensor).run_requests
+    assert different.run_key == hashlib.sha256(other).hexdigest() != in_one_tick.run_key
+    # An earlier file of the same name is kept; the later one gets its hash in its name.
+    assert listing(settings.drop_folder / "accepted") == sorted(
+        ["a.json", f"a.{in_one_tick.run_key[:12]}.json", "b.json", "c.json"]
+    )
+
+
+BAD_REQUESTS: dict[str, tuple[bytes | dict[str, Any], list[str]]] = {
+    "invalid JSON": (b'{"namespace": "test-ns",', ["ValidationError: not valid JSON"]),
+    "not UTF-8": (b"\xff\xfe{}", ["ValidationError: not valid JSON"]),
+    "not an object": ([VALID], ["invalid request file: (file):"]),
+    "missing keys": (
+        {"namespace": "test-ns"},
+        ["collection: Field required", "request: Field required"],
+    ),
+    "unknown key": ({**VALID, "format": "csv"}, ["format: Extra inputs are not permitted"]),
+    "invalid request": (
+        {**VALID, "request": {"filters": {"AND": [{"field": "x", "operator": "like"}]}}},
+        ["ValidationError: invalid request: filters.AND.0.operator:"],
+    ),
+    "unknown namespace": (
+        {**VALID, "namespace": "nowhere"},
+        ["NotFoundError: namespace 'nowhere' not found"],
+    ),
+    "unknown collection": (
+        {**VALID, "collection": "gone"},
+        ["NotFoundError: collection 'gone' not found in namespace 'test-ns'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("content, fragments", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_a_bad_file_is_rejected_with_its_error_note_and_never_retried(
+    settings: Settings,
+    things: tuple[Namespace, Collection],
+    content: bytes | dict[str, Any],
+    fragments: list[str],
+) -> None:
+    sensor = build_drop_sensor(settings)
+    data = drop(settings, "bad.json", content)
+    result = evaluate(sensor)
+    assert result.run_requests == []
+    assert result.skip_message == "rejected 1 request file(s)"
+    assert listing(settings.drop_folder) == ["rejected/bad.error.txt", "rejected/bad.json"]
+    assert (settings.drop_folder / "rejected" / "bad.json").read_bytes() == data
+    note = (settings.drop_folder / "rejected" / "bad.error.txt").read_text()
+    for fragment in fragments:
+        assert fragment in note
+    assert evaluate(sensor).skip_message == f"no request files in {settings.drop_folder}"
+
+
+def test_good_and_bad_files_in_one_tick_are_decided_separately(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    drop(settings, "good.json", VALID)
+    drop(settings, "bad.json", {**VALID, "collection": "gone"})
+    (request,) = evaluate(build_drop_sensor(settings)).run_requests
+    assert request.run_config["collection"] == "things"
+    assert listing(settings.drop_folder) == [
+        "accepted/good.json",
+        "rejected/bad.error.txt",
+        "rejected/bad.json",
+    ]
+
+
+def test_partial_hidden_and_other_files_are_left_alone(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    """Writers write to a temporary name and rename to *.json when done."""
+    drop(settings, "half.json.tmp", b'{"namespace": ')
+    drop(settings, ".half.json", b'{"namespace": ')
+    drop(settings, "notes.txt", b"hello")
+    (settings.drop_folder / "folder.json").mkdir()
+    data = evaluate(build_drop_sensor(settings))
+    assert data.run_requests == []
+    assert listing(settings.drop_folder) == [".half.json", "half.json.tmp", "notes.txt"]
+
+
+def test_at_most_50_files_per_tick_the_rest_next_tick(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    for number in range(MAX_FILES_PER_TICK + 1):
+        drop(settings, f"r{number:03d}.json", {**VALID, "request": {"sample_size": number + 1}})
+    sensor = build_drop_sensor(settings)
+    assert len(evaluate(sensor).run_requests) == MAX_FILES_PER_TICK
+    assert len(evaluate(sensor).run_requests) == 1
+    assert len(listing(settings.drop_folder / "accepted")) == MAX_FILES_PER_TICK + 1
+
+
+# --- Collection change ------------------------------------------------------------------
+
+
+def on_change(name: str = "things_changed", **fields: Any) -> ScheduleEntry:
+    base = {"name": name, "namespace": "test-ns", "collection": "things", "on_change": True}
+    return ScheduleEntry.model_validate({**base, "request": {"format": "json"}, **fields})
+
+
+def ingest(store: Store, *, upsert: bool = False) -> None:
+    """A change to test-ns/things: new documents, or the stored ones replaced."""
+    docs = DOCS[:2] if upsert else [{"document_id": f"new{next(_new)}", "metadata": {}}]
+    store.ingest("test-ns", "things", write_jsonl(store.settings.home / "in", docs), upsert=upsert)
+
+
+def test_change_sensor_is_stopped_by_default_every_60_seconds(settings: Settings) -> None:
+    sensor = build_change_sensor([on_change()], settings)
+    assert sensor.name == CHANGE_SENSOR
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert sensor.minimum_interval_seconds == 60
+
+
+def test_change_sensor_exists_only_with_on_change_entries(settings: Settings) -> None:
+    scheduled = on_change(cron="@daily", on_change=False)
+    assert [s.name for s in build_sensors([scheduled], settings)] == [DROP_SENSOR]
+    names = [s.name for s in build_sensors([scheduled, on_change()], settings)]
+    assert names == [DROP_SENSOR, CHANGE_SENSOR]
+
+
+def test_change_sensor_baseline_then_once_per_ingest_and_upsert(
+    store: Store, things: tuple[Namespace, Collection]
+) -> None:
+    """First evaluation records the version; each change after it launches one export."""
+    _, col = things
+    sensor = build_change_sensor([on_change()], store.settings)
+
+    baseline = evaluate(sensor)
+    assert baseline.run_requests == []
+    assert json.loads(baseline.cursor) == {"things_changed": col.version}
+
+    ingest(store)
+    (request,) = (changed := evaluate(sensor, baseline.cursor)).run_requests
+    version = col.version + 1
+    assert request.run_key == f"things_changed:{col.id}:v{version}"
+    assert request.run_config == {
+        "namespace": "test-ns",
+        "collection": "things",
+        "format": "json",
+        "include_vectors": False,
+    }
+    assert request.tags[tags.TRIGGER] == "sensor"
+    assert json.loads(changed.cursor) == {"things_changed": version}
+
+    unchanged = evaluate(sensor, changed.cursor)
+    assert unchanged.run_requests == []
+    assert unchanged.cursor == changed.cursor
+
+    ingest(store, upsert=True)
+    (upserted,) = evaluate(sensor, changed.cursor).run_requests
+    assert upserted.run_key == f"things_changed:{col.id}:v{version + 1}"
+
+
+def test_change_sensor_entries_are_independent_and_entries_not_on_change_ignored(
+    store: Store, things: tuple[Namespace, Collection]
+) -> None:
+    make_collection(store, DOCS, name="others")
+    entries = [
+        on_change("a"),
+        on_change("b", collection="others"),
+        on_change("nightly", cron="@daily", on_change=False),
+    ]
+    sensor = build_change_sensor(entries, store.settings)
+    cursor = evaluate(sensor).cursor
+    assert set(json.loads(cursor)) == {"a", "b"}
+    ingest(store)
+    (request,) = evaluate(sensor, cursor).run_requests
+    assert request.run_key.startswith("a:")
+
+
+def test_change_sensor_skips_a_missing_collection_and_keeps_its_baseline(
+    store: Store, things: tuple[Namespace, Collection]
+) -> None:
+    sensor = build_change_sensor(
+        [on_change(), on_change("gone", collection="gone")], store.settings
+    )
+    first = evaluate(sensor)
+    assert json.loads(first.cursor) == {"things_changed": things[1].version}
+    kept = evaluate(sensor, json.dumps({"things_changed": things[1].version, "gone": 7}))
+    assert kept.run_requests == []
+    assert json.loads(kept.cursor) == {"things_changed": things[1].version, "gone": 7}
+
+
+def test_change_sensor_forgets_entries_removed_from_the_file(
+    store: Store, things: tuple[Namespace, Collection]
+) -> None:
+    sensor = build_change_sensor([on_change()], store.settings)
+    data = evaluate(sensor, json.dumps({"things_changed": things[1].version, "removed": 3}))
+    assert json.loads(data.cursor) == {"things_changed": things[1].version}
