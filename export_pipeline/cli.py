@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
 from export_pipeline.errors import ConflictError, ExportPipelineError, ValidationError
+from export_pipeline.links import fresh_links
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store, VectorIndex
 
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--sample-size", type=int)
     export.add_argument("--sample-seed", type=int)
     export.add_argument("--include-vectors", action="store_true", default=None)
+
+    url = commands.add_parser("url", help="sign fresh download links for an earlier export")
+    url.add_argument("export_id")
+    url.add_argument("-n", "--namespace", required=True)
 
     commands.add_parser("demo", help="build a demo collection and export it")
     return parser
@@ -121,6 +126,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         body = request_body(args)
         run = execute(settings, args.namespace, args.collection, body, trigger="cli")
         return run.response.model_dump(mode="json")
+    if args.command == "url":
+        links = fresh_links(store, settings, args.namespace, args.export_id)
+        return links.model_dump(mode="json")
     return demo(store, settings)
 
 

@@ -29,7 +29,7 @@ from export_pipeline.engine.selection import (
 from export_pipeline.engine.writers import CONTENT_TYPES, Written, write_documents, write_vectors
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
-from export_pipeline.store import Store
+from export_pipeline.store import PublishedExport, Store
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _output(role: str, name: str, fmt: str, written: Written) -> OutputFile:
 
 
 def publish(
-    plan: ExportPlan, outputs: Outputs, storage: Storage, settings: Settings
+    plan: ExportPlan, outputs: Outputs, storage: Storage, settings: Settings, store: Store
 ) -> ExportResult:
     """Step 3: put the files and, last, the manifest at their final keys; presign links."""
     prefix = export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)
@@ -95,9 +95,19 @@ def publish(
     manifest = build_manifest(plan, outputs, keys, exported_at)
     manifest_path = scratch_files(plan) / MANIFEST_NAME
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    local = [LocalFile(f.name, f.path, f.content_type) for f in outputs.files]
+    local = [LocalFile(f.name, f.path, f.content_type, f.sha256) for f in outputs.files]
     local.append(LocalFile(MANIFEST_NAME, manifest_path, "application/json"))
     published = {obj.name: obj for obj in storage.publish(prefix, local)}
+    store.exports.record(
+        PublishedExport(
+            id=plan.export_id,
+            namespace_id=plan.namespace.id,
+            collection_id=plan.collection.id,
+            storage=storage.target,
+            prefix=prefix,
+            exported_at=exported_at.isoformat(),
+        )
+    )
     ttl = settings.url_ttl_seconds
     documents = published[plan.documents_name]
     vectors = published.get(plan.vectors_name) if plan.request.include_vectors else None
@@ -131,11 +141,11 @@ def run_export(
     """Validate, select, write and publish one export; nothing is left behind on failure."""
     settings = settings or Settings()
     store = store or Store(settings)
-    storage = storage or open_storage(settings.storage_uri)
+    storage = storage or open_storage(settings)
     plan = plan_export(store, namespace, collection, request or {})
     try:
         load(plan, store, settings)
         outputs = write(plan, store, settings)
-        return publish(plan, outputs, storage, settings)
+        return publish(plan, outputs, storage, settings, store)
     finally:
         cleanup(plan)

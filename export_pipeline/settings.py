@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,21 @@ class Settings(BaseSettings):
         None,
         description="Per-export scratch space and DuckDB temp files (default: <home>/scratch).",
     )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 addressing: path style for most S3-compatible servers."
+    )
+    s3_part_size_mb: int = Field(
+        64, ge=5, le=5120, description="Files above this size upload in parts of this size."
+    )
+    s3_max_concurrency: int = Field(4, ge=1, description="Parallel part uploads per file.")
+    s3_retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
+        "standard", description="boto3's retry mode for transient S3 errors."
+    )
+    s3_max_attempts: int = Field(5, ge=1, description="boto3's attempts per S3 call.")
+    s3_sse: Literal["AES256", "aws:kms"] | None = Field(
+        None, description="Server-side encryption: AES256 (SSE-S3) or aws:kms (SSE-KMS)."
+    )
+    s3_sse_kms_key_id: str | None = Field(None, description="KMS key id for aws:kms.")
     url_ttl_seconds: int = Field(3600, ge=1, le=604_800, description="Lifetime of download URLs.")
     duckdb_memory_limit: str = Field("1GB", description="DuckDB memory_limit per connection.")
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads per connection.")

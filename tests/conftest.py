@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +56,63 @@ def make_collection(
     if docs:
         store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", docs))
     return ns, store.catalog.collection(ns, col.id)
+
+
+class LocalS3:
+    """moto's S3 server on a loopback port; it can be stopped and started again on that port
+    (its buckets live in this process, so they survive a restart)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.server: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Serve (again) on the same port."""
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.port = self.server.get_host_and_port()[1]
+
+    def stop(self) -> None:
+        """Stop answering; connections are refused until start()."""
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3]:
+    """A real S3-compatible HTTP server (moto's server mode) on a loopback port."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = LocalS3()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """boto3's standard chain pointed at the local server with throwaway credentials."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key-do-not-leak")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    return s3_server.endpoint
+
+
+@pytest.fixture
+def bucket(s3_env: str) -> str:
+    """A new empty bucket on the local server."""
+    import boto3
+
+    name = f"exports-{next(_counter)}-{os.getpid()}"
+    boto3.session.Session().client("s3").create_bucket(Bucket=name)
+    return name

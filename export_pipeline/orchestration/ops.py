@@ -162,8 +162,9 @@ def publish_files(
     settings = settings_of(store, storage, duckdb)
     assert progress.outputs is not None
     with _step(context, progress, "publish"):
+        storage_target = open_storage(settings)
         result = steps.publish(
-            progress.plan, progress.outputs, open_storage(settings.storage_uri), settings
+            progress.plan, progress.outputs, storage_target, settings, Store(settings)
         )
     steps.cleanup(progress.plan)
     progress.response, progress.manifest = result.response, result.manifest

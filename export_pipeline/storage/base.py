@@ -14,6 +14,7 @@ class LocalFile:
     name: str
     path: Path
     content_type: str
+    sha256: str | None = None  # kept as object metadata where the backend has any
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,17 @@ class PublishedObject:
 class Storage(Protocol):
     """Publishes files at final keys, all or nothing, and presigns download URLs."""
 
+    links_expire: bool  # whether download_url links stop working after their ttl
+
+    @property
+    def target(self) -> str:
+        """The storage URI this backend publishes under (file://... or s3://bucket/prefix)."""
+        ...
+
+    def uri_of(self, key: str) -> str:
+        """The A1 `s3_path` of a key: s3://bucket/key, or a file:// URI."""
+        ...
+
     def publish(self, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
         """Put every file under `prefix`, the last one (the manifest) last; atomic for readers.
 
@@ -37,6 +49,10 @@ class Storage(Protocol):
 
     def download_url(self, key: str, ttl_seconds: int) -> str:
         """A URL a plain HTTP client (or a browser) can fetch the object from."""
+        ...
+
+    def read(self, key: str) -> bytes:
+        """The content of a published object (a manifest, to sign fresh links from)."""
         ...
 
 

@@ -8,15 +8,22 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from export_pipeline.errors import ExportPipelineError
+from export_pipeline.errors import ExportPipelineError, NotFoundError
 from export_pipeline.storage.base import LocalFile, PublishedObject
 
 
 class LocalStorage:
     """Publishes into a local folder; a rename makes each export's folder appear whole (W7)."""
 
+    links_expire = False
+
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
+
+    @property
+    def target(self) -> str:
+        """The root as a file:// URI."""
+        return self.root.as_uri()
 
     @classmethod
     def from_uri(cls, uri: str) -> LocalStorage:
@@ -40,10 +47,23 @@ class LocalStorage:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return [
-            PublishedObject(name=f.name, key=f"{prefix}/{f.name}", uri=(final / f.name).as_uri())
+            PublishedObject(
+                name=f.name, key=f"{prefix}/{f.name}", uri=self.uri_of(f"{prefix}/{f.name}")
+            )
             for f in files
         ]
 
+    def uri_of(self, key: str) -> str:
+        """The published file's file:// URI."""
+        return (self.root / key).as_uri()
+
     def download_url(self, key: str, ttl_seconds: int) -> str:
         """A file:// URL; local files do not expire."""
-        return (self.root / key).as_uri()
+        return self.uri_of(key)
+
+    def read(self, key: str) -> bytes:
+        """The content of a published file."""
+        path = self.root / key
+        if not path.is_file():
+            raise NotFoundError(f"no published file {key}")
+        return path.read_bytes()

@@ -7,8 +7,16 @@ from pathlib import Path
 from export_pipeline.settings import Settings
 from export_pipeline.store.catalog import Catalog, Collection, Namespace, VectorIndex
 from export_pipeline.store.documents import DocumentStore, IngestResult
+from export_pipeline.store.exports import ExportRegistry, PublishedExport
 
-__all__ = ["Collection", "IngestResult", "Namespace", "Store", "VectorIndex"]
+__all__ = [
+    "Collection",
+    "IngestResult",
+    "Namespace",
+    "PublishedExport",
+    "Store",
+    "VectorIndex",
+]
 
 
 class Store:
@@ -18,6 +26,7 @@ class Store:
         self.settings = settings
         self.catalog = Catalog(settings.home_dir)
         self.documents = DocumentStore(self.catalog, settings)
+        self.exports = ExportRegistry(self.catalog)
 
     def resolve(self, namespace: str, collection: str) -> tuple[Namespace, Collection]:
         """Look up a namespace by id or name, then a collection inside it by id or name."""

@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS collections (
     updated_at TEXT NOT NULL,
     UNIQUE (namespace_id, name));
 CREATE TABLE IF NOT EXISTS retired_segments (path TEXT PRIMARY KEY, retired_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS exports (
+    id TEXT PRIMARY KEY,
+    namespace_id TEXT NOT NULL,
+    collection_id TEXT NOT NULL,
+    storage TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    exported_at TEXT NOT NULL);
 """
 
 

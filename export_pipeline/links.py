@@ -1,0 +1,51 @@
+"""Fresh download links for a published export, signed again from its manifest."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel
+
+from export_pipeline.engine.manifest import MANIFEST_NAME
+from export_pipeline.settings import Settings
+from export_pipeline.storage import open_storage
+from export_pipeline.store import Store
+
+
+class ExportLinks(BaseModel):
+    """The A1 response of an earlier export with new links, and when they expire."""
+
+    export_id: str
+    download_url: str
+    s3_path: str
+    format: str
+    document_count: int
+    file_size_bytes: int
+    exported_at: datetime
+    vectors_download_url: str | None
+    vectors_s3_path: str | None
+    urls_expire_at: datetime | None  # None where links do not expire (local files)
+
+
+def fresh_links(store: Store, settings: Settings, namespace: str, export_id: str) -> ExportLinks:
+    """Sign new links for an export of `namespace`, from the storage it was published to."""
+    found = store.exports.find(store.catalog.namespace(namespace), export_id)
+    storage = open_storage(settings, found.storage)
+    manifest = json.loads(storage.read(f"{found.prefix}/{MANIFEST_NAME}"))
+    files = {entry["role"]: entry for entry in manifest["files"]}
+    ttl = settings.url_ttl_seconds
+    signed_at = datetime.now(UTC).replace(microsecond=0)
+    documents, vectors = files["documents"], files.get("vectors")
+    return ExportLinks(
+        export_id=export_id,
+        download_url=storage.download_url(documents["key"], ttl),
+        s3_path=storage.uri_of(documents["key"]),
+        format=manifest["format"],
+        document_count=manifest["document_count"],
+        file_size_bytes=documents["bytes"],
+        exported_at=manifest["exported_at"],
+        vectors_download_url=storage.download_url(vectors["key"], ttl) if vectors else None,
+        vectors_s3_path=storage.uri_of(vectors["key"]) if vectors else None,
+        urls_expire_at=signed_at + timedelta(seconds=ttl) if storage.links_expire else None,
+    )

@@ -1,0 +1,253 @@
+"""s3:// storage with boto3: AWS or any S3-compatible endpoint (MinIO, R2, Ceph, moto).
+
+Credentials, region and endpoint come from boto3's own chain (environment, profiles,
+AWS_ENDPOINT_URL); only S3 behaviour is configured here. Files stream from scratch space,
+multipart above the part size; the manifest goes last, so its presence marks a complete
+export. A failed publish deletes what it wrote and aborts its incomplete multipart uploads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+
+from export_pipeline.errors import ExportPipelineError, ValidationError
+from export_pipeline.storage.base import LocalFile, PublishedObject, TransientStorageError
+
+MIB = 1024 * 1024
+_MISSING_BUCKET = {"NoSuchBucket"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_TRANSIENT = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+}
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to talk to S3: addressing, transfers, retries, encryption."""
+
+    addressing_style: str = "auto"  # "path" for most S3-compatible servers
+    part_size_bytes: int = 64 * MIB
+    max_concurrency: int = 4
+    retry_mode: str = "standard"
+    max_attempts: int = 5
+    sse: str | None = None  # "AES256" (SSE-S3) or "aws:kms" (SSE-KMS)
+    sse_kms_key_id: str | None = None
+
+
+class S3Storage:
+    """Publishes under `s3://bucket/prefix/`, presigns SigV4 GET links."""
+
+    links_expire = True
+
+    def __init__(
+        self,
+        bucket: str,
+        root: str,
+        options: S3Options,
+        *,
+        journal: Path | None = None,
+        client: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.root = root.strip("/")
+        self.options = options
+        self.client = client or make_client(options)
+        # Failed exports whose objects could not be removed (the endpoint was down), retried
+        # before every publish so they do not linger.
+        self.journal = journal
+
+    @property
+    def target(self) -> str:
+        """`s3://bucket/prefix`."""
+        return f"s3://{self.bucket}/{self.root}".rstrip("/")
+
+    @classmethod
+    def from_uri(cls, uri: str, options: S3Options, journal: Path | None = None) -> S3Storage:
+        """`s3://bucket` or `s3://bucket/prefix`."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValidationError(f"storage target {uri!r} is not s3://bucket[/prefix]")
+        return cls(parsed.netloc, parsed.path, options, journal=journal)
+
+    def key(self, key: str) -> str:
+        """The object key of a key under the root."""
+        return f"{self.root}/{key}" if self.root else key
+
+    def publish(self, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
+        """Upload every file (the last, the manifest, last); on failure remove all of them."""
+        self.sweep()
+        written: list[str] = []
+        try:
+            for file in files:
+                key = self.key(f"{prefix}/{file.name}")
+                self._upload(file, key)
+                written.append(key)
+        except BaseException as exc:
+            self._undo(self.key(prefix), written)
+            if isinstance(exc, Exception):
+                raise self._explain(exc, "upload") from None
+            raise
+        return [
+            PublishedObject(
+                name=f.name, key=f"{prefix}/{f.name}", uri=self.uri_of(f"{prefix}/{f.name}")
+            )
+            for f in files
+        ]
+
+    def uri_of(self, key: str) -> str:
+        """`s3://bucket/<root>/<key>`."""
+        return f"s3://{self.bucket}/{self.key(key)}"
+
+    def download_url(self, key: str, ttl_seconds: int) -> str:
+        """A presigned (SigV4) GET URL valid for `ttl_seconds`, downloading as the file name."""
+        name = key.rsplit("/", 1)[-1]
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self.key(key),
+                "ResponseContentDisposition": f'attachment; filename="{name}"',
+            },
+            ExpiresIn=ttl_seconds,
+        )
+
+    def read(self, key: str) -> bytes:
+        """The content of a published object (manifests, for re-signing links)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+        except Exception as exc:
+            raise self._explain(exc, "read") from None
+
+    def _upload(self, file: LocalFile, key: str) -> None:
+        extra: dict[str, Any] = {
+            "ContentType": file.content_type,
+            "ContentDisposition": f'attachment; filename="{file.name}"',
+        }
+        if file.sha256:
+            extra["Metadata"] = {"sha256": file.sha256}
+        if self.options.sse:
+            extra["ServerSideEncryption"] = self.options.sse
+            if self.options.sse_kms_key_id:
+                extra["SSEKMSKeyId"] = self.options.sse_kms_key_id
+        transfer = TransferConfig(
+            multipart_threshold=self.options.part_size_bytes,
+            multipart_chunksize=self.options.part_size_bytes,
+            max_concurrency=self.options.max_concurrency,
+        )
+        self.client.upload_file(str(file.path), self.bucket, key, ExtraArgs=extra, Config=transfer)
+
+    def _undo(self, prefix: str, written: list[str]) -> None:
+        """Delete the objects written and abort multipart uploads under prefix, or journal it."""
+        try:
+            self._remove(prefix, written)
+        except Exception as exc:
+            if isinstance(self._explain(exc, "cleanup"), TransientStorageError):
+                # The endpoint is what failed: try again before the next publish.
+                entry = {"prefix": prefix, "keys": written}
+                self._journal_edit(lambda entries: [*entries, entry])
+
+    def _remove(self, prefix: str, keys: list[str]) -> None:
+        if keys:
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys]}
+            )
+        pending = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix + "/")
+        for upload in pending.get("Uploads", []):
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+
+    def sweep(self) -> None:
+        """Finish removing what earlier failed exports left while the endpoint was away."""
+        if self.journal is None or not self.journal.exists():
+            return
+
+        def retry(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            left = []
+            for entry in entries:
+                if entry.get("bucket", self.bucket) != self.bucket:
+                    left.append(entry)
+                    continue
+                try:
+                    self._remove(entry["prefix"], entry["keys"])
+                except Exception as exc:  # kept only while the endpoint may come back
+                    if isinstance(self._explain(exc, "cleanup"), TransientStorageError):
+                        left.append(entry)
+            return left
+
+        self._journal_edit(retry)
+
+    def _journal_edit(self, change: Any) -> None:
+        if self.journal is None:
+            return
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal, "a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # exports in other processes share the journal
+            handle.seek(0)
+            entries = [json.loads(line) for line in handle.read().splitlines() if line]
+            left = change([{"bucket": self.bucket, **e} for e in entries])
+            handle.seek(0)
+            handle.truncate()
+            handle.writelines(json.dumps({"bucket": self.bucket, **e}) + "\n" for e in left)
+
+    def _explain(self, exc: Exception, action: str) -> Exception:
+        """A message naming what failed, never credentials; transient errors stay retryable."""
+        where = self.target
+        cause = _root_cause(exc)
+        if isinstance(cause, ClientError):
+            code = cause.response.get("Error", {}).get("Code", "")
+            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in _MISSING_BUCKET:
+                return ExportPipelineError(
+                    f"storage {action} failed: bucket {self.bucket!r} does not exist"
+                )
+            if code in _DENIED or status == 403:
+                return ExportPipelineError(
+                    f"storage {action} failed: access denied to {where} ({code or status})"
+                )
+            if code in _TRANSIENT or status >= 500:
+                return TransientStorageError(
+                    f"storage {action} failed at {where}: {code or status}"
+                )
+            return ExportPipelineError(f"storage {action} failed at {where}: {code or status}")
+        if isinstance(cause, ConnectionError | HTTPClientError):
+            endpoint = self.client.meta.endpoint_url
+            return TransientStorageError(f"storage endpoint {endpoint} unreachable ({action})")
+        if isinstance(cause, BotoCoreError):
+            return ExportPipelineError(f"storage {action} failed at {where}: {cause}")
+        return exc
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """boto3's transfer manager wraps the ClientError it met; find the one that explains."""
+    seen = exc
+    while isinstance(seen, S3UploadFailedError) and (seen.__cause__ or seen.__context__):
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return seen
+
+
+def make_client(options: S3Options) -> Any:
+    """An S3 client from boto3's standard chain, signing SigV4 (custom endpoints too)."""
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": options.addressing_style},
+        retries={"mode": options.retry_mode, "max_attempts": options.max_attempts},
+    )
+    return boto3.session.Session().client("s3", config=config)
