@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from export_pipeline.contract import MAX_SAMPLE_SIZE
+
 FORMATS = ("parquet", "json", "csv")
 VARIANTS = ("full", "filter", "sample")
 VECTOR_MODES = ("on", "off", "both")
@@ -43,8 +45,8 @@ class Case:
         return self.variant == "filter"
 
     def sample_size(self, n: int) -> int | None:
-        """Half the collection for the sample variant, else no sampling."""
-        return max(1, n // 2) if self.variant == "sample" else None
+        """Half the collection for the sample variant (at most R6's maximum), else none."""
+        return min(max(1, n // 2), MAX_SAMPLE_SIZE) if self.variant == "sample" else None
 
     def request(self, n: int) -> dict[str, Any]:
         """The export request body our engine gets."""
