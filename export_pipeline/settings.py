@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,11 +54,23 @@ class Settings(BaseSettings):
         None,
         description="YAML file of scheduled and on-change exports (unset: none).",
     )
-    drop_dir: Path | None = Field(
+    drop_dir: str | None = Field(
         None,
         description="Folder the request drop sensor watches for *.json requests"
-        " (default: <home>/requests).",
+        " (default: <home>/requests), or an S3 prefix: s3://bucket/prefix.",
     )
+    api_timeout_seconds: float = Field(
+        900, gt=0, description="API exports running longer answer 504 and are cancelled."
+    )
+    api_rate_limit_per_minute: int = Field(
+        0, ge=0, description="Requests per minute per API key (0: no limit)."
+    )
+
+    @field_validator("drop_dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        """Kept as text, so `s3://` survives; a Path is taken as its text."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @property
     def home_dir(self) -> Path:
@@ -70,9 +83,19 @@ class Settings(BaseSettings):
         return self.scratch.expanduser().resolve() if self.scratch else self.home_dir / "scratch"
 
     @property
+    def drop_is_s3(self) -> bool:
+        """Whether the request drop sensor watches an S3 prefix (drop_dir is s3://...)."""
+        return bool(self.drop_dir and self.drop_dir.startswith("s3://"))
+
+    @property
     def drop_folder(self) -> Path:
-        """The folder export requests are dropped into, with accepted/ and rejected/ inside."""
-        return self.drop_dir.expanduser().resolve() if self.drop_dir else self.home_dir / "requests"
+        """The local folder export requests are dropped into, with accepted/ and rejected/
+        inside; not for an s3:// drop_dir (see orchestration.drops)."""
+        if self.drop_is_s3:
+            raise ValueError(f"the drop folder {self.drop_dir} is an S3 prefix, not a folder")
+        if not self.drop_dir:
+            return self.home_dir / "requests"
+        return Path(self.drop_dir).expanduser().resolve()
 
     @property
     def dagster_home(self) -> Path:

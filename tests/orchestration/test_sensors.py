@@ -1,19 +1,28 @@
 """Sensors (issue 4): the request drop folder (exactly once, bad files filed away) and
-exports on collection change (baseline, once per version)."""
+exports on collection change (baseline, once per version); the drop folder as an S3 prefix
+(issue 5) against a real S3-compatible server on loopback (moto, server mode)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dagster as dg
 import pytest
 from conftest import make_collection, write_jsonl
 
 from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.drops import LocalDropFolder, S3DropPrefix, drop_source
+from export_pipeline.orchestration.job import export_collection
+from export_pipeline.orchestration.resources import resources_from
 from export_pipeline.orchestration.schedules import ScheduleEntry
 from export_pipeline.orchestration.sensors import (
     CHANGE_SENSOR,
@@ -24,6 +33,7 @@ from export_pipeline.orchestration.sensors import (
     build_sensors,
 )
 from export_pipeline.settings import Settings
+from export_pipeline.storage.s3 import S3Options
 from export_pipeline.store import Collection, Namespace, Store
 
 DOCS = [{"document_id": f"d{i}", "metadata": {"n": i}} for i in range(4)]
@@ -309,3 +319,210 @@ def test_change_sensor_forgets_entries_removed_from_the_file(
     sensor = build_change_sensor([on_change()], store.settings)
     data = evaluate(sensor, json.dumps({"things_changed": things[1].version, "removed": 3}))
     assert json.loads(data.cursor) == {"things_changed": things[1].version}
+
+
+# --- Request drop prefix on S3 (issue 5) --------------------------------------------------
+
+
+def s3() -> Any:
+    """A client from the current environment (boto3's default session would keep stale keys)."""
+    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    return _client(tuple(os.environ.get(key) for key in keys))
+
+
+@functools.cache
+def _client(environment: tuple[str | None, ...]) -> Any:
+    """One client per environment: making one takes a while."""
+    return boto3.session.Session().client("s3")
+
+
+def s3_drop(settings: Settings, bucket: str, prefix: str = "inbox") -> Settings:
+    return settings.model_copy(update={"drop_dir": f"s3://{bucket}/{prefix}".rstrip("/")})
+
+
+def put(bucket: str, key: str, content: Any) -> bytes:
+    """Drop a request object as a writer would; returns its bytes."""
+    data = content if isinstance(content, bytes) else json.dumps(content).encode()
+    s3().put_object(Bucket=bucket, Key=key, Body=data)
+    return data
+
+
+def objects(bucket: str) -> list[str]:
+    listed = s3().list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+def body(bucket: str, key: str) -> bytes:
+    return s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def test_an_s3_drop_dir_is_kept_as_text_and_watched_as_a_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPORT_PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EXPORT_PIPELINE_DROP_DIR", "s3://requests-bucket/team-a/inbox/")
+    settings = Settings()
+    assert settings.drop_dir == "s3://requests-bucket/team-a/inbox/"
+    source = drop_source(settings)
+    assert isinstance(source, S3DropPrefix)
+    assert (source.bucket, source.prefix) == ("requests-bucket", "team-a/inbox")
+    assert source.where == "s3://requests-bucket/team-a/inbox"
+    with pytest.raises(ValueError, match="S3 prefix"):
+        _ = settings.drop_folder
+    # Anything else stays a local folder; a Path given in code is taken as its text.
+    local = Settings(home=tmp_path / "home", drop_dir=tmp_path / "inbox")  # type: ignore[arg-type]
+    assert drop_source(local) == LocalDropFolder((tmp_path / "inbox").resolve())
+
+
+@pytest.mark.parametrize("prefix", ["inbox", "team-a/inbox", ""])
+def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
+    settings: Settings, things: tuple[Namespace, Collection], bucket: str, prefix: str
+) -> None:
+    settings = s3_drop(settings, bucket, prefix)
+    under = f"{prefix}/" if prefix else ""
+    data = put(bucket, f"{under}export-1.json", VALID)
+    sensor = build_drop_sensor(settings)
+    (request,) = evaluate(sensor).run_requests
+    assert request.run_key == hashlib.sha256(data).hexdigest()
+    assert request.run_config == {
+        "namespace": "test-ns",
+        "collection": "things",
+        "format": "csv",
+        "include_vectors": False,
+    }
+    assert request.tags[tags.TRIGGER] == "sensor"
+    assert request.tags[tags.COLLECTION_ID] == things[1].id
+    assert objects(bucket) == [f"{under}accepted/export-1.json"]
+    assert body(bucket, f"{under}accepted/export-1.json") == data
+    again = evaluate(sensor)
+    assert again.run_requests == []
+    assert again.skip_message == f"no request files in s3://{bucket}/{prefix}".rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "case", ["invalid JSON", "not UTF-8", "missing keys", "invalid request", "unknown collection"]
+)
+def test_a_bad_object_is_rejected_with_its_error_note_object_and_never_retried(
+    settings: Settings, things: tuple[Namespace, Collection], bucket: str, case: str
+) -> None:
+    content, fragments = BAD_REQUESTS[case]
+    sensor = build_drop_sensor(s3_drop(settings, bucket))
+    data = put(bucket, "inbox/bad.json", content)
+    result = evaluate(sensor)
+    assert result.run_requests == []
+    assert result.skip_message == "rejected 1 request file(s)"
+    assert objects(bucket) == ["inbox/rejected/bad.error.txt", "inbox/rejected/bad.json"]
+    assert body(bucket, "inbox/rejected/bad.json") == data
+    note = body(bucket, "inbox/rejected/bad.error.txt").decode()
+    for fragment in fragments:
+        assert fragment in note
+    assert evaluate(sensor).skip_message == f"no request files in s3://{bucket}/inbox"
+
+
+def test_s3_good_and_bad_objects_and_names_taken_before_are_filed_like_files(
+    settings: Settings, things: tuple[Namespace, Collection], bucket: str
+) -> None:
+    sensor = build_drop_sensor(s3_drop(settings, bucket))
+    put(bucket, "inbox/a.json", VALID)
+    put(bucket, "inbox/bad.json", {**VALID, "collection": "gone"})
+    (first,) = evaluate(sensor).run_requests
+    put(bucket, "inbox/a.json", {**VALID, "request": {"format": "json"}})
+    put(bucket, "inbox/bad.json", b"{")
+    (second,) = evaluate(sensor).run_requests
+    bad_key = hashlib.sha256(b"{").hexdigest()[:12]
+    # An earlier object of the same name is kept; the later one gets its hash in its name.
+    assert objects(bucket) == sorted(
+        [
+            "inbox/accepted/a.json",
+            f"inbox/accepted/a.{second.run_key[:12]}.json",
+            "inbox/rejected/bad.error.txt",
+            "inbox/rejected/bad.json",
+            f"inbox/rejected/bad.{bad_key}.error.txt",
+            f"inbox/rejected/bad.{bad_key}.json",
+        ]
+    )
+    assert body(bucket, "inbox/accepted/a.json") != body(
+        bucket, f"inbox/accepted/a.{second.run_key[:12]}.json"
+    )
+    assert first.run_key != second.run_key
+
+
+def test_s3_temporary_hidden_nested_and_other_keys_are_left_alone(
+    settings: Settings, things: tuple[Namespace, Collection], bucket: str
+) -> None:
+    keys = [
+        "inbox/half.json.tmp",
+        "inbox/.half.json",
+        "inbox/notes.txt",
+        "inbox/nested/deep.json",
+        "inbox/accepted/old.json",
+        "inbox/rejected/older.json",
+        "inboxes/next-door.json",
+        "at-the-root.json",
+    ]
+    for key in keys:
+        put(bucket, key, VALID)
+    data = evaluate(build_drop_sensor(s3_drop(settings, bucket)))
+    assert data.run_requests == []
+    assert data.skip_message == f"no request files in s3://{bucket}/inbox"
+    assert objects(bucket) == sorted(keys)
+
+
+def test_s3_objects_are_taken_oldest_first_at_most_the_limit(bucket: str) -> None:
+    source = S3DropPrefix.from_uri(f"s3://{bucket}/inbox", S3Options())
+    put(bucket, "inbox/b.json", VALID)
+    time.sleep(1.1)  # LastModified may count whole seconds
+    put(bucket, "inbox/a.json", VALID)
+    assert source.pending(limit=1) == ["b.json"]
+    assert source.pending() == ["b.json", "a.json"]
+
+
+def test_a_missing_bucket_is_a_skip_saying_so(
+    settings: Settings, things: tuple[Namespace, Collection], s3_env: str
+) -> None:
+    data = evaluate(build_drop_sensor(s3_drop(settings, "no-such-bucket")))
+    assert data.run_requests == []
+    assert data.skip_message == (
+        "cannot list s3://no-such-bucket/inbox: bucket 'no-such-bucket' does not exist"
+    )
+
+
+def test_an_unreachable_endpoint_is_a_skip_and_nothing_moves(
+    settings: Settings,
+    things: tuple[Namespace, Collection],
+    bucket: str,
+    s3_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    put(bucket, "inbox/a.json", VALID)
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
+    sensor = build_drop_sensor(s3_drop(settings.model_copy(update={"s3_max_attempts": 1}), bucket))
+    data = evaluate(sensor)
+    assert data.run_requests == []
+    assert data.skip_message == (
+        f"cannot list s3://{bucket}/inbox: S3 endpoint {closed} unreachable"
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env)  # back: the object is still there
+    assert objects(bucket) == ["inbox/a.json"]
+    assert len(evaluate(sensor).run_requests) == 1
+
+
+def test_a_run_request_from_an_s3_object_executes_the_export(
+    settings: Settings, things: tuple[Namespace, Collection], bucket: str
+) -> None:
+    settings = s3_drop(settings, bucket)
+    put(bucket, "inbox/export.json", {**VALID, "request": {"format": "json"}})
+    (request,) = evaluate(build_drop_sensor(settings)).run_requests
+    result = export_collection.execute_in_process(
+        run_config=request.run_config,
+        tags=request.tags,
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=resources_from(settings),
+    )
+    assert result.success
+    assert result.output_for_node("report_export")["document_count"] == len(DOCS)
+    assert result.dagster_run.tags[tags.TRIGGER] == "sensor"
+    assert objects(bucket) == ["inbox/accepted/export.json"]
