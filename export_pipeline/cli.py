@@ -13,7 +13,7 @@ from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, wri
 from export_pipeline.errors import ConflictError, ExportPipelineError, ValidationError
 from export_pipeline.links import fresh_links
 from export_pipeline.settings import Settings
-from export_pipeline.store import Store, VectorIndex
+from export_pipeline.store import ApiKey, Store, VectorIndex
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     url = commands.add_parser("url", help="sign fresh download links for an earlier export")
     url.add_argument("export_id")
     url.add_argument("-n", "--namespace", required=True)
+
+    key = commands.add_parser("key", help="manage API keys (the key is shown once)")
+    key_commands = key.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    key_create = key_commands.add_parser("create", help="create a key bound to namespaces")
+    key_create.add_argument("-n", "--namespace", dest="namespaces", action="append", required=True)
+    key_create.add_argument("--name", help="a label to tell keys apart")
+    key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    key_commands.add_parser("revoke", help="revoke a key for good").add_argument("key_id")
 
     commands.add_parser("demo", help="build a demo collection and export it")
     return parser
@@ -129,7 +137,25 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if args.command == "url":
         links = fresh_links(store, settings, args.namespace, args.export_id)
         return links.model_dump(mode="json")
+    if args.command == "key":
+        return keys(args, store)
     return demo(store, settings)
+
+
+def keys(args: argparse.Namespace, store: Store) -> dict[str, Any]:
+    """`key create|list|revoke`; namespaces print as `[{"id", "name"}]`."""
+    if args.action == "create":
+        namespaces = [store.catalog.namespace(identifier) for identifier in args.namespaces]
+        key, record = store.keys.create(namespaces, args.name)
+        return {"key": key, **_key_record(record)}
+    if args.action == "list":
+        return {"keys": [_key_record(record) for record in store.keys.list()]}
+    revoked = store.keys.revoke(args.key_id)
+    return {"key_id": revoked.key_id, "revoked": True}
+
+
+def _key_record(record: ApiKey) -> dict[str, Any]:
+    return record.model_dump(mode="json", exclude={"namespace_ids"})
 
 
 def demo(store: Store, settings: Settings) -> dict[str, Any]:

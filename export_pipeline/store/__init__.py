@@ -8,8 +8,10 @@ from export_pipeline.settings import Settings
 from export_pipeline.store.catalog import Catalog, Collection, Namespace, VectorIndex
 from export_pipeline.store.documents import DocumentStore, IngestResult
 from export_pipeline.store.exports import ExportRegistry, PublishedExport
+from export_pipeline.store.keys import ApiKey, ApiKeys
 
 __all__ = [
+    "ApiKey",
     "Collection",
     "IngestResult",
     "Namespace",
@@ -27,6 +29,7 @@ class Store:
         self.catalog = Catalog(settings.home_dir)
         self.documents = DocumentStore(self.catalog, settings)
         self.exports = ExportRegistry(self.catalog)
+        self.keys = ApiKeys(self.catalog)
 
     def resolve(self, namespace: str, collection: str) -> tuple[Namespace, Collection]:
         """Look up a namespace by id or name, then a collection inside it by id or name."""

@@ -45,6 +45,20 @@ CREATE TABLE IF NOT EXISTS exports (
     storage TEXT NOT NULL,
     prefix TEXT NOT NULL,
     exported_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    lookup TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT);
+CREATE INDEX IF NOT EXISTS api_keys_lookup ON api_keys (lookup);
+CREATE TABLE IF NOT EXISTS api_key_namespaces (
+    key_id TEXT NOT NULL REFERENCES api_keys(id),
+    namespace_id TEXT NOT NULL REFERENCES namespaces(id),
+    position INTEGER NOT NULL,
+    PRIMARY KEY (key_id, namespace_id));
 """
 
 
@@ -126,6 +140,11 @@ class Catalog:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def check(self) -> None:
+        """Raise if the catalog cannot be read."""
+        with self._connect() as db:
+            db.execute("SELECT count(*) FROM namespaces").fetchone()
 
     def create_namespace(self, name: str) -> Namespace:
         """Create a namespace with a unique name."""
