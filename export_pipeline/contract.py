@@ -320,3 +320,27 @@ class ExportResponse(BaseModel):
 
 LogicalOperator.model_rebuild()
 ExportRequest.model_rebuild()
+
+
+# The seed's curl example, verbatim (tests check the copy): the API documents it.
+SEED_REQUEST_EXAMPLE: dict[str, Any] = {
+    "format": "parquet",
+    "include_vectors": False,
+    "select_fields": ["document_id", "metadata.title", "metadata.category"],
+    "filters": {
+        "AND": [
+            {"field": "name", "operator": "eq", "value": "John"},
+            {"field": "age", "operator": "gte", "value": 30},
+        ],
+        "OR": [
+            {"field": "status", "operator": "eq", "value": "active"},
+            {"field": "role", "operator": "eq", "value": "admin"},
+        ],
+        "NOT": [
+            {"field": "department", "operator": "eq", "value": "HR"},
+            {"field": "location", "operator": "eq", "value": "remote"},
+        ],
+        "case_sensitive": True,
+    },
+    "sample_size": 500000,
+}

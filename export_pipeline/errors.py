@@ -62,3 +62,10 @@ def from_pydantic(exc: Any, prefix: tuple[str | int, ...] = ()) -> ValidationErr
     details = validation_details(exc, prefix)
     summary = "; ".join(f"{d['loc'] or '(body)'}: {d['msg']}" for d in details)
     return ValidationError(f"invalid request: {summary}", details)
+
+
+def from_dict(error: dict[str, Any]) -> ExportPipelineError:
+    """The error a `to_dict()` stands for (errors cross process and run boundaries as dicts)."""
+    kinds = {cls.type_name: cls for cls in (ValidationError, NotFoundError, ConflictError)}
+    cls = kinds.get(error.get("type", ""), ExportPipelineError)
+    return cls(error["message"], error.get("details"))

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 
 from export_pipeline.engine.manifest import MANIFEST_NAME
+from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
 from export_pipeline.storage import open_storage
 from export_pipeline.store import Store
@@ -28,9 +29,18 @@ class ExportLinks(BaseModel):
     urls_expire_at: datetime | None  # None where links do not expire (local files)
 
 
-def fresh_links(store: Store, settings: Settings, namespace: str, export_id: str) -> ExportLinks:
-    """Sign new links for an export of `namespace`, from the storage it was published to."""
+def fresh_links(
+    store: Store,
+    settings: Settings,
+    namespace: str,
+    export_id: str,
+    collection_id: str | None = None,
+) -> ExportLinks:
+    """Sign new links for an export of `namespace` (and of that collection, if given), from
+    the storage it was published to."""
     found = store.exports.find(store.catalog.namespace(namespace), export_id)
+    if collection_id is not None and found.collection_id != collection_id:
+        raise NotFoundError(f"export {export_id!r} is not an export of this collection")
     storage = open_storage(settings, found.storage)
     manifest = json.loads(storage.read(f"{found.prefix}/{MANIFEST_NAME}"))
     files = {entry["role"]: entry for entry in manifest["files"]}

@@ -13,30 +13,11 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from export_pipeline.contract import SEED_REQUEST_EXAMPLE
+
 SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_e9b29afa5f7a4441.txt"
 
-# Copied verbatim from the seed's curl example (test_contract_models checks the copy).
-SEED_REQUEST: dict[str, Any] = {
-    "format": "parquet",
-    "include_vectors": False,
-    "select_fields": ["document_id", "metadata.title", "metadata.category"],
-    "filters": {
-        "AND": [
-            {"field": "name", "operator": "eq", "value": "John"},
-            {"field": "age", "operator": "gte", "value": 30},
-        ],
-        "OR": [
-            {"field": "status", "operator": "eq", "value": "active"},
-            {"field": "role", "operator": "eq", "value": "admin"},
-        ],
-        "NOT": [
-            {"field": "department", "operator": "eq", "value": "HR"},
-            {"field": "location", "operator": "eq", "value": "remote"},
-        ],
-        "case_sensitive": True,
-    },
-    "sample_size": 500000,
-}
+SEED_REQUEST: dict[str, Any] = SEED_REQUEST_EXAMPLE  # test_contract_models checks it
 SEED_RESPONSE_FIELDS = {
     "download_url",
     "s3_path",

@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 
 from export_pipeline.contract import ExportResponse
-from export_pipeline.errors import ExportPipelineError, NotFoundError, ValidationError
+from export_pipeline.errors import ExportPipelineError, from_dict
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.job import export_collection
@@ -23,7 +23,6 @@ from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
-_ERRORS = {cls.type_name: cls for cls in (ValidationError, NotFoundError)}
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,7 @@ def run_error(result: dg.ExecuteInProcessResult) -> ExportPipelineError:
         data = event.step_failure_data
         metadata = data.user_failure_data.metadata if data.user_failure_data else {}
         if "error" in metadata:
-            error = metadata["error"].value
-            cls = _ERRORS.get(error["type"], ExportPipelineError)
-            return cls(error["message"], error.get("details"))
+            return from_dict(metadata["error"].value)
         message = data.error.message.strip() if data.error else "the export failed"
         return ExportPipelineError(f"{event.step_key}: {message} (run {result.run_id})")
     return ExportPipelineError(f"the export run {result.run_id} failed")

@@ -14,6 +14,7 @@ COLLECTION_ID = f"{PREFIX}/collection_id"  # the per-collection limit keys on it
 EXPORT_ID = f"{PREFIX}/export_id"
 FORMAT = f"{PREFIX}/format"
 TRIGGER = f"{PREFIX}/trigger"
+KEY_ID = f"{PREFIX}/key_id"  # the API key that asked (its id, never the key)
 
 Trigger = Literal["ui", "schedule", "sensor", "api", "cli"]
 

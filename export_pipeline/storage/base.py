@@ -55,6 +55,10 @@ class Storage(Protocol):
         """The content of a published object (a manifest, to sign fresh links from)."""
         ...
 
+    def check(self) -> None:
+        """Raise, saying why, if the storage cannot be reached or written."""
+        ...
+
 
 def export_prefix(namespace_id: str, collection_id: str, export_id: str) -> str:
     """W6: every export has its own folder under the storage root."""

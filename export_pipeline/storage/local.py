@@ -61,6 +61,12 @@ class LocalStorage:
         """A file:// URL; local files do not expire."""
         return self.uri_of(key)
 
+    def check(self) -> None:
+        """The root exists (or can be made) and is writable."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise ExportPipelineError(f"storage folder {self.root} is not writable")
+
     def read(self, key: str) -> bytes:
         """The content of a published file."""
         path = self.root / key

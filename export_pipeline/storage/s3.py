@@ -135,6 +135,13 @@ class S3Storage:
         except Exception as exc:
             raise self._explain(exc, "read") from None
 
+    def check(self) -> None:
+        """The bucket answers (HEAD); the error says what is wrong."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._explain(exc, "check") from None
+
     def _upload(self, file: LocalFile, key: str) -> None:
         extra: dict[str, Any] = {
             "ContentType": file.content_type,

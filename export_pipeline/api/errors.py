@@ -1,0 +1,133 @@
+"""H3: one error envelope for every status, and the errors only HTTP has."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from export_pipeline.errors import (
+    ConflictError,
+    ExportPipelineError,
+    NotFoundError,
+    ValidationError,
+)
+from export_pipeline.orchestration.pool import RunTimedOut
+
+log = logging.getLogger("export_pipeline.api")
+
+
+class ApiError(ExportPipelineError):
+    """An error only the HTTP layer raises; `status` is its HTTP status."""
+
+    status = 500
+
+
+class AuthenticationError(ApiError):
+    """No key, or a key that is unknown or revoked."""
+
+    type_name, status = "AuthenticationError", 401
+
+
+class UnauthorizedError(ApiError):
+    """The key may not act in that namespace (whether or not it exists)."""
+
+    type_name, status = "UnauthorizedError", 403
+
+
+class BadRequestError(ApiError):
+    """The request misses something the endpoint needs (the namespace)."""
+
+    type_name, status = "BadRequestError", 400
+
+
+class PayloadTooLargeError(ApiError):
+    """The body is over the limit."""
+
+    type_name, status = "PayloadTooLargeError", 413
+
+
+class RateLimitError(ApiError):
+    """The key made too many requests; Retry-After says when to come back."""
+
+    type_name, status = "RateLimitError", 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"retry_after_seconds": retry_after})
+        self.retry_after = retry_after
+
+
+_STATUS = {
+    ValidationError: 422,
+    NotFoundError: 404,
+    ConflictError: 409,
+    RunTimedOut: 504,
+}
+
+
+class ErrorBody(BaseModel):
+    """What went wrong."""
+
+    message: str
+    type: str
+    details: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    """H3: every error response."""
+
+    success: bool = False
+    status: int
+    error: ErrorBody
+
+
+def envelope(status: int, type_name: str, message: str, details: Any = None) -> JSONResponse:
+    """The H3 envelope as a response."""
+    body = ErrorEnvelope(
+        status=status, error=ErrorBody(message=message, type=type_name, details=details)
+    )
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def status_of(exc: ExportPipelineError) -> int:
+    """The HTTP status of a core or API error."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return next((status for cls, status in _STATUS.items() if isinstance(exc, cls)), 500)
+
+
+def install(app: FastAPI) -> None:
+    """Route every error through the envelope; nothing internal reaches a client."""
+
+    @app.exception_handler(ExportPipelineError)
+    async def _ours(request: Request, exc: ExportPipelineError) -> JSONResponse:
+        status = status_of(exc)
+        type_name = "InternalServerError" if status == 500 else exc.type_name
+        response = envelope(status, type_name, exc.message, exc.details)
+        if isinstance(exc, RateLimitError):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": ".".join(str(part) for part in err["loc"]), "msg": err["msg"]}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details)
+        return envelope(422, "ValidationError", f"invalid request: {summary}", details)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        names = {404: "NotFoundError", 405: "MethodNotAllowedError"}
+        return envelope(exc.status_code, names.get(exc.status_code, "HTTPError"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return envelope(500, "InternalServerError", "internal error: the export service failed")

@@ -1,0 +1,187 @@
+"""Warm worker processes that run the export job, so an API request pays no process start.
+
+Each worker imports Dagster and opens the instance once, then runs one export at a time as a
+run of `export_collection` (recorded in the instance like any other). The pool enforces the
+instance's own limits from dagster.yaml: as many workers as export runs may run at once, and
+at most N at a time per collection. A run over its time limit is cancelled by ending its
+worker: the run is marked canceled, its scratch space removed and the worker replaced.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import shutil
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from export_pipeline.errors import ExportPipelineError, from_dict
+from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.job import export_collection
+from export_pipeline.orchestration.launch import ExportLaunch, local_instance, run_error
+from export_pipeline.orchestration.resources import resources_from
+from export_pipeline.settings import Settings
+
+_CONTEXT = multiprocessing.get_context("spawn")  # never fork a threaded server
+
+
+class RunTimedOut(ExportPipelineError):
+    """The export took longer than the time limit; its run was cancelled."""
+
+    type_name = "GatewayTimeout"
+
+
+@dataclass(frozen=True)
+class PoolRun:
+    """A finished export run."""
+
+    run_id: str
+    response: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def _serve(settings_json: str, conn: Connection) -> None:
+    """A worker: run the exports it is sent, one at a time, until told to stop."""
+    settings = Settings.model_validate_json(settings_json)
+    instance, resources = local_instance(settings), resources_from(settings)
+    conn.send("ready")
+    while (job := conn.recv()) is not None:
+        try:
+            result = export_collection.execute_in_process(
+                run_config=job["run_config"],
+                tags=job["tags"],
+                run_id=job["run_id"],
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+            )
+            if result.success:
+                progress = result.output_for_node("publish_files")
+                response = progress.response.model_dump(mode="json")
+                conn.send({"ok": True, "response": response, "manifest": progress.manifest})
+            else:
+                conn.send({"ok": False, "error": run_error(result).to_dict()})
+        except Exception as exc:  # the worker survives whatever one run does
+            conn.send({"ok": False, "error": ExportPipelineError(str(exc)).to_dict()})
+
+
+class _Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.conn, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(
+            target=_serve, args=(settings.model_dump_json(), child), daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    def ready(self, timeout: float) -> bool:
+        return self.conn.poll(timeout) and self.conn.recv() == "ready"
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+class RunPool:
+    """Run exports on warm workers within the instance's concurrency limits."""
+
+    def __init__(self, settings: Settings, workers: int, per_collection: int) -> None:
+        self.settings = settings
+        self.per_collection = per_collection
+        self.idle: queue.Queue[_Worker] = queue.Queue()
+        self._slots: dict[str, threading.BoundedSemaphore] = defaultdict(
+            lambda: threading.BoundedSemaphore(per_collection)
+        )
+        self._lock = threading.Lock()
+        # sqlite storage is created on first use; processes racing to create it corrupt its
+        # schema version, so this process creates it and the workers start one at a time.
+        local_instance(settings).get_runs(limit=1)
+        self._workers = []
+        for _ in range(workers):
+            worker = _Worker(settings)
+            if not worker.ready(120):
+                raise RuntimeError("an export worker did not start")
+            self._workers.append(worker)
+            self.idle.put(worker)
+
+    @property
+    def size(self) -> int:
+        """How many exports may run at once."""
+        return len(self._workers)
+
+    def run(self, launch: ExportLaunch, timeout: float) -> PoolRun:
+        """Run one export; waiting for a worker and a collection slot counts against timeout."""
+        deadline = time.monotonic() + timeout
+        run_id = str(uuid.uuid4())
+        with self._collection_slot(launch.tags[tags.COLLECTION_ID], deadline):
+            worker = self._take(deadline)
+            worker.conn.send({"run_id": run_id, **launch.__dict__})
+            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                self._cancel(worker, run_id)
+                raise RunTimedOut(
+                    f"the export took longer than {timeout:g} s and was cancelled (run {run_id})"
+                )
+            answer = worker.conn.recv()
+            self.idle.put(worker)
+        if not answer["ok"]:
+            raise from_dict(answer["error"])
+        return PoolRun(run_id, answer["response"], answer["manifest"])
+
+    @contextmanager
+    def _collection_slot(self, collection_id: str, deadline: float) -> Iterator[None]:
+        with self._lock:
+            slot = self._slots[collection_id]
+        if not slot.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise RunTimedOut("the export waited too long for its collection's other exports")
+        try:
+            yield
+        finally:
+            slot.release()
+
+    def _take(self, deadline: float) -> _Worker:
+        try:
+            return self.idle.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RunTimedOut("the export waited too long for a free worker") from None
+
+    def _cancel(self, worker: _Worker, run_id: str) -> None:
+        """End the worker mid-run; mark the run canceled, remove its scratch, replace it."""
+        worker.stop()
+        instance = local_instance(self.settings)
+        run = instance.get_run_by_id(run_id)
+        if run is not None:
+            instance.report_run_canceled(run, message="cancelled: over the API's time limit")
+            export_id = run.tags.get(tags.EXPORT_ID)
+            if export_id:
+                shutil.rmtree(self.settings.scratch_dir / export_id, ignore_errors=True)
+        replacement = _Worker(self.settings)
+        with self._lock:
+            self._workers[self._workers.index(worker)] = replacement
+        threading.Thread(target=self._admit, args=(replacement,), daemon=True).start()
+
+    def _admit(self, worker: _Worker) -> None:
+        if worker.ready(120):
+            self.idle.put(worker)
+
+    def close(self) -> None:
+        """Stop every worker."""
+        for worker in self._workers:
+            with suppress(OSError):
+                worker.conn.send(None)
+            worker.stop()
+
+
+def instance_limits(settings: Settings) -> tuple[int, int]:
+    """(export runs at once, per collection) from the instance's dagster.yaml (4 and 1)."""
+    config = local_instance(settings).run_coordinator.get_run_queue_config()
+    limits = {limit["key"]: limit["limit"] for limit in config.tag_concurrency_limits or []}
+    return limits.get(tags.JOB, 4), limits.get(tags.COLLECTION_ID, 1)
