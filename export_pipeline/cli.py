@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
     key_commands.add_parser("revoke", help="revoke a key for good").add_argument("key_id")
 
+    serve = commands.add_parser("serve", help="serve the HTTP API until interrupted")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
     commands.add_parser("demo", help="build a demo collection and export it")
     return parser
 
@@ -184,10 +188,22 @@ def demo(store: Store, settings: Settings) -> dict[str, Any]:
     }
 
 
+def serve(host: str, port: int, settings: Settings) -> int:
+    """Run the HTTP API (uvicorn) until interrupted; logs go to stderr, never keys or links."""
+    import uvicorn
+
+    from export_pipeline.api.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `export-pipeline` console script."""
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "serve":
+            return serve(args.host, args.port, Settings())
         output = run(args, Settings())
     except ExportPipelineError as exc:
         print(json.dumps({"error": exc.to_dict()}))

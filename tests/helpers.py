@@ -18,6 +18,22 @@ from export_pipeline.contract import SEED_REQUEST_EXAMPLE
 SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_e9b29afa5f7a4441.txt"
 
 SEED_REQUEST: dict[str, Any] = SEED_REQUEST_EXAMPLE  # test_contract_models checks it
+# Documents the seed's filter can tell apart (it keeps exactly SEED_MATCHES).
+PEOPLE = [
+    {"document_id": "p1", "name": "John", "age": 31, "status": "active", "role": "dev",
+     "department": "R&D", "location": "office", "metadata": {"title": "A", "category": "x"}},
+    {"document_id": "p2", "name": "John", "age": 40, "status": "idle", "role": "admin",
+     "department": "Ops", "location": "office", "metadata": {"title": "B", "category": "y"}},
+    {"document_id": "p3", "name": "John", "age": 45, "status": "active", "role": "dev",
+     "department": "HR", "location": "office", "metadata": {"title": "C", "category": "x"}},
+    {"document_id": "p4", "name": "Jane", "age": 50, "status": "active", "role": "dev",
+     "department": "R&D", "location": "office", "metadata": {"title": "D", "category": "z"}},
+    {"document_id": "p5", "name": "John", "age": 29, "status": "active", "role": "dev",
+     "department": "R&D", "location": "office", "metadata": {"title": "E", "category": "x"}},
+]  # fmt: skip
+SEED_MATCHES = ["p1", "p2"]  # John, 30+, active or admin, not HR, not remote
+
+
 SEED_RESPONSE_FIELDS = {
     "download_url",
     "s3_path",

@@ -14,7 +14,15 @@ from typing import Any
 import dagster as dg
 import pytest
 from fastapi.testclient import TestClient
-from helpers import SEED_REQUEST, SEED_RESPONSE_FIELDS, ids_of, local_path, read_csv
+from helpers import (
+    PEOPLE,
+    SEED_MATCHES,
+    SEED_REQUEST,
+    SEED_RESPONSE_FIELDS,
+    ids_of,
+    local_path,
+    read_csv,
+)
 
 from export_pipeline.api.app import create_app
 from export_pipeline.orchestration import tags
@@ -22,20 +30,6 @@ from export_pipeline.orchestration.launch import local_instance
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
-
-PEOPLE = [
-    {"document_id": "p1", "name": "John", "age": 31, "status": "active", "role": "dev",
-     "department": "R&D", "location": "office", "metadata": {"title": "A", "category": "x"}},
-    {"document_id": "p2", "name": "John", "age": 40, "status": "idle", "role": "admin",
-     "department": "Ops", "location": "office", "metadata": {"title": "B", "category": "y"}},
-    {"document_id": "p3", "name": "John", "age": 45, "status": "active", "role": "dev",
-     "department": "HR", "location": "office", "metadata": {"title": "C", "category": "x"}},
-    {"document_id": "p4", "name": "Jane", "age": 50, "status": "active", "role": "dev",
-     "department": "R&D", "location": "office", "metadata": {"title": "D", "category": "z"}},
-    {"document_id": "p5", "name": "John", "age": 29, "status": "active", "role": "dev",
-     "department": "R&D", "location": "office", "metadata": {"title": "E", "category": "x"}},
-]  # fmt: skip
-SEED_MATCHES = ["p1", "p2"]  # John, 30+, active or admin, not HR, not remote
 
 
 class World:
