@@ -129,6 +129,7 @@ def test_no_reference_runs_ours_alone(tmp_path: Path) -> None:
 def test_through_dagster_runs_the_job_and_agrees_with_the_reference(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     tiny = ["--quick", "--n", "500", "--dims", "4", "--formats", "csv", "--vectors", "on"]
+    tiny += ["--variants", "filter"]
     run = _bench(*tiny, "--through", "dagster", "--home", str(tmp_path / "home"), "--out", str(out))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
