@@ -60,6 +60,16 @@ class Storage(Protocol):
         ...
 
 
+def published(storage: Storage, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
+    """Where each of `files` now lives under `prefix`."""
+    return [
+        PublishedObject(
+            name=f.name, key=f"{prefix}/{f.name}", uri=storage.uri_of(f"{prefix}/{f.name}")
+        )
+        for f in files
+    ]
+
+
 def export_prefix(namespace_id: str, collection_id: str, export_id: str) -> str:
     """W6: every export has its own folder under the storage root."""
     return f"{namespace_id}/exports/{collection_id}/{export_id}"

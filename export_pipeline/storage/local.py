@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from export_pipeline.errors import ExportPipelineError, NotFoundError
-from export_pipeline.storage.base import LocalFile, PublishedObject
+from export_pipeline.storage.base import LocalFile, PublishedObject, published
 
 
 class LocalStorage:
@@ -46,12 +46,7 @@ class LocalStorage:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return [
-            PublishedObject(
-                name=f.name, key=f"{prefix}/{f.name}", uri=self.uri_of(f"{prefix}/{f.name}")
-            )
-            for f in files
-        ]
+        return published(self, prefix, files)
 
     def uri_of(self, key: str) -> str:
         """The published file's file:// URI."""

@@ -22,7 +22,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
 from export_pipeline.errors import ExportPipelineError, ValidationError
-from export_pipeline.storage.base import LocalFile, PublishedObject, TransientStorageError
+from export_pipeline.storage.base import (
+    LocalFile,
+    PublishedObject,
+    TransientStorageError,
+    published,
+)
 
 MIB = 1024 * 1024
 _MISSING_BUCKET = {"NoSuchBucket"}
@@ -104,12 +109,7 @@ class S3Storage:
             if isinstance(exc, Exception):
                 raise self._explain(exc, "upload") from None
             raise
-        return [
-            PublishedObject(
-                name=f.name, key=f"{prefix}/{f.name}", uri=self.uri_of(f"{prefix}/{f.name}")
-            )
-            for f in files
-        ]
+        return published(self, prefix, files)
 
     def uri_of(self, key: str) -> str:
         """`s3://bucket/<root>/<key>`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from helpers import (
 
 from export_pipeline.api.app import create_app
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.launch import local_instance
+from export_pipeline.orchestration.launch import local_instance, prepare
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
@@ -216,55 +217,51 @@ def test_H3_body_over_one_mib_is_413(world: World) -> None:
     error_of(world.post("people", big, key=world.key_a), 413, "PayloadTooLargeError")
 
 
+@contextmanager
+def one_off(world: World, **update: Any) -> Iterator[tuple[TestClient, RunPool, Settings]]:
+    """A second app over the same store with other settings, and its own one-worker pool."""
+    settings = world.settings.model_copy(update=update)
+    pool = RunPool(settings, workers=1, per_collection=1)
+    try:
+        with TestClient(create_app(settings, pool)) as client:
+            client.headers.update(
+                {"Authorization": f"Bearer {world.key_a}", "X-Namespace": "team-a"}
+            )
+            yield client, pool, settings
+    finally:
+        pool.close()
+
+
 def test_H3_failed_run_is_500_naming_what_failed_and_the_run(world: World, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    settings = world.settings.model_copy(update={"storage": (blocker / "x").as_uri()})
-    pool = RunPool(settings, workers=1, per_collection=1)
-    try:
-        with TestClient(create_app(settings, pool)) as client:
-            response = client.post("/v1/collections/people/export",
-                                   headers={"Authorization": f"Bearer {world.key_a}",
-                                            "X-Namespace": "team-a"}, json={})  # fmt: skip
-    finally:
-        pool.close()
+    with one_off(world, storage=(blocker / "x").as_uri()) as (client, _, _):
+        response = client.post("/v1/collections/people/export", json={})
     error = error_of(response, 500, "InternalServerError")
-    assert "publish_files" in error["message"] and "run " in error["message"]
+    assert "publish_files" in error["message"] and "(run " in error["message"]
 
 
 def test_H3_over_the_time_limit_is_504_and_the_run_is_cancelled(world: World) -> None:
-    settings = world.settings.model_copy(update={"api_timeout_seconds": 0.3})
-    pool = RunPool(settings, workers=1, per_collection=1)
-    try:
-        with TestClient(create_app(settings, pool)) as client:
-            response = client.post("/v1/collections/people/export",
-                                   headers={"Authorization": f"Bearer {world.key_a}",
-                                            "X-Namespace": "team-a"}, json={})  # fmt: skip
-            error = error_of(response, 504, "GatewayTimeout")
-            run_id = error["message"].rsplit("run ", 1)[1].rstrip(")")
-            run = local_instance(settings).get_run_by_id(run_id)
-            assert run is None or run.status == dg.DagsterRunStatus.CANCELED
-            assert not [p for p in settings.scratch_dir.glob("exp_*")]
-    finally:
-        pool.close()
+    with one_off(world, api_timeout_seconds=0.3) as (client, pool, settings):
+        response = client.post("/v1/collections/people/export", json={})
+        error = error_of(response, 504, "GatewayTimeout")
+        run_id = error["message"].rsplit("run ", 1)[1].rstrip(")")
+        assert not list(settings.scratch_dir.glob("exp_*"))
+        # The worker was ended and replaced: the pool runs the next export to the end.
+        store = Store(settings)
+        launch = prepare(store, "team-a", "people", {"format": "json"}, trigger="api")
+        assert pool.run(launch, timeout=120).response["document_count"] == len(PEOPLE)
+        run = local_instance(settings).get_run_by_id(run_id)
+        assert run is None or run.status == dg.DagsterRunStatus.CANCELED  # never a success
 
 
 def test_rate_limit_answers_429_with_retry_after(world: World) -> None:
-    settings = world.settings.model_copy(update={"api_rate_limit_per_minute": 2})
-    pool = RunPool(settings, workers=1, per_collection=1)
-    try:
-        with TestClient(create_app(settings, pool)) as client:
-            headers = {"Authorization": f"Bearer {world.key_a}", "X-Namespace": "team-a"}
-            path = "/v1/collections/nobody/export"  # cheap: 404 after the limiter
-            assert [client.post(path, headers=headers, json={}).status_code for _ in range(2)] == [
-                404,
-                404,
-            ]
-            response = client.post(path, headers=headers, json={})
-            error_of(response, 429, "RateLimitError")
-            assert 1 <= int(response.headers["Retry-After"]) <= 30
-    finally:
-        pool.close()
+    with one_off(world, api_rate_limit_per_minute=2) as (client, _, _):
+        path = "/v1/collections/nobody/export"  # cheap: 404 after the limiter
+        assert [client.post(path, json={}).status_code for _ in range(2)] == [404, 404]
+        response = client.post(path, json={})
+        error_of(response, 429, "RateLimitError")
+        assert 1 <= int(response.headers["Retry-After"]) <= 30
 
 
 # --- Fresh links, health, OpenAPI ------------------------------------------------------
