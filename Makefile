@@ -9,7 +9,7 @@ EXPORT_PIPELINE_HOME ?= .export_pipeline
 export DAGSTER_HOME ?= $(abspath $(EXPORT_PIPELINE_HOME))/dagster
 DEV_PORT ?= 3000
 
-.PHONY: install instance demo dev validate test bench lint format clean
+.PHONY: install instance demo dev validate test test-ui bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,14 @@ instance:
 validate: $(STAMP) instance
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
+# Includes the launchpad's browser test (tests/ui), which needs Debian's chromium package.
+# Whole files per worker (--dist loadfile): a module's server or pool starts once.
 test: $(STAMP)
-	$(BIN)/pytest -n 2 -p no:cacheprovider
+	$(BIN)/pytest -n 2 --dist loadfile -p no:cacheprovider
+
+# Only that browser test: `dagster dev` over a fresh demo, driven in headless Chromium.
+test-ui: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider -m ui tests/ui
 
 # Ours against a hand-written DuckDB COPY, 1M docs x 384 dims; options: `python -m benchmarks -h`.
 bench: $(STAMP)

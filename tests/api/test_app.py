@@ -32,9 +32,6 @@ from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 
-# One worker runs the whole module, so its server (and warm pool) starts once.
-pytestmark = pytest.mark.xdist_group("api-app")
-
 
 class World:
     """Two namespaces with a collection each, a key for each, and a client."""

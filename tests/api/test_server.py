@@ -32,9 +32,6 @@ from export_pipeline.store import Store
 
 BIN = Path(sys.executable).parent
 
-# One worker runs the whole module, so its server (and warm pool) starts once.
-pytestmark = pytest.mark.xdist_group("api-server")
-
 
 @dataclass
 class Server:
