@@ -11,7 +11,7 @@ def connect(
     database: Path | str = ":memory:",
     *,
     temp_dir: Path,
-    memory_limit: str = "1GB",
+    memory_limit: str = "512MB",
     threads: int = 2,
 ) -> duckdb.DuckDBPyConnection:
     """A connection with bounded memory that spills to `temp_dir`."""

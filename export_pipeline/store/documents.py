@@ -110,7 +110,7 @@ class DocumentStore:
     def _duckdb(self, collection: Collection) -> Iterator[duckdb.DuckDBPyConnection]:
         con = duck.connect(
             temp_dir=self.collection_dir(collection) / "staging" / "duckdb_tmp",
-            memory_limit=self.settings.duckdb_memory_limit,
+            memory_limit=self.settings.ingest_memory_limit,
             threads=self.settings.duckdb_threads,
         )
         try:
