@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# The store's home and the Dagster instance beside it, as the CLI resolves them.
+# The store's home and the Dagster instance beside it, as the CLI resolves them. Passed to
+# `dagster` commands only: tests make their own homes and instances.
 EXPORT_PIPELINE_HOME ?= .export_pipeline
-export DAGSTER_HOME ?= $(abspath $(EXPORT_PIPELINE_HOME))/dagster
+DAGSTER_HOME ?= $(abspath $(EXPORT_PIPELINE_HOME))/dagster
 DEV_PORT ?= 3000
 
 .PHONY: install instance demo dev validate test test-ui bench lint format clean
@@ -26,7 +27,7 @@ demo: $(STAMP)
 # The Dagster UI on http://127.0.0.1:$(DEV_PORT), with the demo collection in place.
 dev: $(STAMP)
 	$(BIN)/export-pipeline demo > /dev/null
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
 # The instance folder, with this repository's dagster.yaml unless it has its own.
 instance:
@@ -34,7 +35,7 @@ instance:
 	test -f "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
 
 validate: $(STAMP) instance
-	$(BIN)/dagster definitions validate -w workspace.yaml
+	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster definitions validate -w workspace.yaml
 
 # Includes the launchpad's browser test (tests/ui), which needs Debian's chromium package.
 # Whole files per worker (--dist loadfile): a module's server or pool starts once.

@@ -18,6 +18,12 @@ from export_pipeline.store import Collection, Namespace, Store, VectorIndex
 _counter = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def _own_dagster_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs go to the instance under each test's home, never to a DAGSTER_HOME of the shell."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings whose home is a fresh temporary folder."""

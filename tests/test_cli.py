@@ -19,7 +19,9 @@ SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_e9b29afa5
 
 
 def seed_body() -> str:
-    """The seed's example request body, verbatim."""
+    """The seed's example request body, verbatim (skips where the seed page is not beside us)."""
+    if not SEED.exists():
+        pytest.skip(f"seed page not found at {SEED}")
     text = SEED.read_text()
     return text.split("--data '", 1)[1].split("'\n", 1)[0]
 

@@ -26,7 +26,6 @@ import pytest
 from helpers import PEOPLE, SEED_MATCHES, SEED_REQUEST
 
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.launch import local_instance
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 
@@ -136,7 +135,9 @@ def test_seed_curl_body_returns_a_working_presigned_link(server: Server) -> None
         table = pq.read_table(pa.BufferReader(download.read()))
     assert table.column("document_id").to_pylist() == SEED_MATCHES
     assert table.column_names == ["document_id", "metadata"]
-    run = local_instance(server.settings).get_run_by_id(headers["x-dagster-run-id"])
+    run = dg.DagsterInstance.from_config(str(server.settings.dagster_home)).get_run_by_id(
+        headers["x-dagster-run-id"]
+    )
     assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags[tags.TRIGGER] == "api"
 
 
@@ -177,7 +178,7 @@ def test_sixteen_concurrent_exports_complete_while_health_answers(server: Server
     assert len({response["s3_path"] for _, response, _ in results}) == 16
     assert len(health) >= 3  # /healthz kept answering (each within its 10 s timeout)
     run_ids = {headers["x-dagster-run-id"] for _, _, headers in results}
-    instance = local_instance(server.settings)
+    instance = dg.DagsterInstance.from_config(str(server.settings.dagster_home))
     assert all(instance.get_run_by_id(r).status == dg.DagsterRunStatus.SUCCESS for r in run_ids)
 
 
