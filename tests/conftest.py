@@ -17,11 +17,9 @@ from export_pipeline.store import Collection, Namespace, Store, VectorIndex
 
 _counter = itertools.count()
 
-
-@pytest.fixture(autouse=True)
-def _own_dagster_instance(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs go to the instance under each test's home, never to a DAGSTER_HOME of the shell."""
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+# Runs go to the instance under each test's own home, never to a DAGSTER_HOME of the shell
+# (worker processes the tests start inherit this too).
+os.environ.pop("DAGSTER_HOME", None)
 
 
 @pytest.fixture
