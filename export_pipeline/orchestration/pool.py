@@ -124,13 +124,20 @@ class RunPool:
         run_id = str(uuid.uuid4())
         with self._collection_slot(launch.tags[tags.COLLECTION_ID], deadline):
             worker = self._take(deadline)
-            worker.conn.send({"run_id": run_id, **launch.__dict__})
-            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
-                self._cancel(worker, run_id)
-                raise RunTimedOut(
-                    f"the export took longer than {timeout:g} s and was cancelled (run {run_id})"
-                )
-            answer = worker.conn.recv()
+            try:
+                worker.conn.send({"run_id": run_id, **launch.__dict__})
+                if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                    self._retire(worker, run_id, canceled=True)
+                    raise RunTimedOut(
+                        f"the export took longer than {timeout:g} s and was cancelled"
+                        f" (run {run_id})"
+                    )
+                answer = worker.conn.recv()
+            except (EOFError, OSError):  # the worker died mid-run (killed, out of memory)
+                self._retire(worker, run_id, canceled=False)
+                raise ExportPipelineError(
+                    f"the export's worker process died (run {run_id})"
+                ) from None
             self.idle.put(worker)
         if not answer["ok"]:
             raise from_dict(answer["error"])
@@ -153,13 +160,16 @@ class RunPool:
         except queue.Empty:
             raise RunTimedOut("the export waited too long for a free worker") from None
 
-    def _cancel(self, worker: _Worker, run_id: str) -> None:
-        """End the worker mid-run; mark the run canceled, remove its scratch, replace it."""
+    def _retire(self, worker: _Worker, run_id: str, *, canceled: bool) -> None:
+        """End a worker mid-run; close its run, remove its scratch, start a replacement."""
         worker.stop()
         instance = local_instance(self.settings)
         run = instance.get_run_by_id(run_id)
-        if run is not None:
+        if run is not None and not run.is_finished and canceled:
             instance.report_run_canceled(run, message="cancelled: over the API's time limit")
+        elif run is not None and not run.is_finished:
+            instance.report_run_failed(run, message="its worker process died")
+        if run is not None:
             export_id = run.tags.get(tags.EXPORT_ID)
             if export_id:
                 shutil.rmtree(self.settings.scratch_dir / export_id, ignore_errors=True)

@@ -26,6 +26,7 @@ from helpers import (
 )
 
 from export_pipeline.api.app import create_app
+from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.launch import local_instance, prepare
 from export_pipeline.orchestration.pool import RunPool
@@ -250,6 +251,21 @@ def test_H3_over_the_time_limit_is_504_and_the_run_is_cancelled(world: World) ->
         assert pool.run(launch, timeout=120).response["document_count"] == len(PEOPLE)
         run = local_instance(settings).get_run_by_id(run_id)
         assert run is None or run.status == dg.DagsterRunStatus.CANCELED  # never a success
+
+
+def test_a_worker_that_dies_mid_run_fails_that_run_and_is_replaced(world: World) -> None:
+    import threading
+
+    with one_off(world) as (_, pool, settings):
+        (worker,) = pool._workers
+        threading.Timer(0.3, worker.process.kill).start()  # as the OOM killer would
+        launch = prepare(Store(settings), "team-a", "people", {"format": "json"}, trigger="api")
+        with pytest.raises(ExportPipelineError, match=r"worker process died \(run ") as info:
+            pool.run(launch, timeout=120)
+        run_id = str(info.value).rsplit("run ", 1)[1].rstrip(")")
+        run = local_instance(settings).get_run_by_id(run_id)
+        assert run is None or run.status == dg.DagsterRunStatus.FAILURE
+        assert pool.run(launch, timeout=120).response["document_count"] == len(PEOPLE)
 
 
 def test_rate_limit_answers_429_with_retry_after(world: World) -> None:
