@@ -325,3 +325,13 @@ def test_openapi_documents_the_seed_request_errors_and_bearer(world: World) -> N
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert {p["name"] for p in operation["parameters"]} >= {"X-Namespace", "namespace"}
     assert world.client.get("/docs").status_code == 200
+
+
+def test_readiness_names_what_is_unreachable(world: World, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with one_off(world, storage=(blocker / "exports").as_uri()) as (client, _, _):
+        response = client.get("/readyz")
+        assert client.get("/healthz").status_code == 200  # up, but not ready
+    error = error_of(response, 503, "ServiceUnavailableError")
+    assert set(error["details"]) == {"storage"}
