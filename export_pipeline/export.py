@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
+
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
@@ -17,14 +19,16 @@ from export_pipeline.engine.manifest import (
     sha256_of,
 )
 from export_pipeline.engine.plan import ExportPlan, plan_export
-from export_pipeline.engine.schema import inspect
+from export_pipeline.engine.schema import Shape, inspect, top_level_keys
 from export_pipeline.engine.selection import (
+    SELECTED,
     open_scratch,
     ordered,
     scratch_files,
     select_documents,
     selected_shapes,
     selected_vectors,
+    selects_all,
 )
 from export_pipeline.engine.writers import CONTENT_TYPES, Written, write_documents, write_vectors
 from export_pipeline.settings import Settings
@@ -51,7 +55,7 @@ def write(plan: ExportPlan, store: Store, settings: Settings) -> Outputs:
     fmt = plan.request.format
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
-        shape = inspect(con, selected_shapes(plan, store), plan.select_paths)
+        shape = _shape(con, plan, store)
         documents = write_documents(
             con, fmt, shape, plan.select_paths, out / plan.documents_name, presorted=ordered(plan)
         )
@@ -70,6 +74,15 @@ def write(plan: ExportPlan, store: Store, settings: Settings) -> Outputs:
         files=files,
         warnings=shape.warnings + documents.warnings,
     )
+
+
+def _shape(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Shape:
+    """What the writer needs to know of the exported documents' structure."""
+    if plan.request.format == "json" and plan.select_paths is None and not selects_all(plan):
+        keys = top_level_keys(con, SELECTED)
+        if keys is not None:
+            return keys
+    return inspect(con, selected_shapes(plan, store), plan.select_paths)
 
 
 def _output(role: str, name: str, fmt: str, written: Written) -> OutputFile:

@@ -1106,3 +1106,30 @@ def test_W3_csv_cells_where_the_struct_cannot_reach(store: Store) -> None:
     header, *rows = read_csv(result.response.s3_path)
     assert header == ["document_id", "m.x", "k.y", "m.X"]
     assert rows == [["a", "1", "[1,2]", "big"], ["b", "", "", ""]]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"filters": {"AND": [{"field": "kind", "operator": "eq", "value": "a"}]}},
+        {"sample_size": 2, "sample_seed": 3},
+        {},
+    ],
+)
+def test_W6_json_manifest_lists_the_top_level_keys_of_the_exported_documents(
+    store: Store, body: dict[str, Any]
+) -> None:
+    """The keys of the documents in the file, document_id first, then byte order."""
+    docs = [
+        {"document_id": "d1", "kind": "a", "zeta": 1, "Alpha": {"x": 1}},
+        {"document_id": "d2", "kind": "b", "only_b": True},
+        {"document_id": "d3", "kind": "a", "beta": None},
+        {"document_id": "d4", "kind": "b", "zeta": "z"},
+    ]
+    ns, col = make_collection(store, docs, name="keyed")
+    result = run(store, ns, col, {"format": "json", **body})
+    exported = read_json_lines(result.response.s3_path)
+    keys = {key for doc in exported for key in doc}
+    expected = ["document_id", *sorted(keys - {"document_id"}, key=str.encode)]
+    (entry,) = result.manifest["files"]
+    assert [column["name"] for column in entry["columns"]] == expected

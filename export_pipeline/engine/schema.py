@@ -63,6 +63,18 @@ def inspect(con: duckdb.DuckDBPyConnection, shapes: str, select: list[str] | Non
     return Shape(structure=structure, warnings=warnings)
 
 
+def top_level_keys(con: duckdb.DuckDBPyConnection, table: str) -> Shape | None:
+    """The shape json lines need (top-level keys only), or None for an empty table.
+
+    Merging whole structures costs about five times as much, for a json export without
+    select_fields that only lists the keys in its manifest.
+    """
+    keys = con.execute(f"SELECT DISTINCT unnest(json_keys(doc)) FROM {table}").fetchall()
+    if not keys:
+        return None
+    return Shape(structure={key: None for (key,) in keys}, warnings=[])
+
+
 def shapes_of(table: str) -> str:
     """A (doc, n) shapes source computed from a table of documents."""
     return f"(SELECT min(doc) AS doc, count(*) AS n FROM {table} GROUP BY json_structure(doc))"
