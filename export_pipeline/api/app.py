@@ -14,7 +14,7 @@ from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from export_pipeline.api import errors
-from export_pipeline.api.auth import RateLimiter, api_key, namespace
+from export_pipeline.api.auth import RateLimiter, caller
 from export_pipeline.api.openapi import (
     ERROR_RESPONSES,
     EXPORT_BODY,
@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
         run = await run_in_threadpool(
             _export, settings, limiter, request, collection_identifier, raw, app.state.pool
         )
-        return JSONResponse(run.response, headers={"X-Dagster-Run-Id": run.run_id})
+        body = run.response.model_dump(mode="json")
+        return JSONResponse(body, headers={"X-Dagster-Run-Id": run.run_id})
 
     @app.get(
         "/v1/collections/{collection_identifier}/exports/{export_id}",
@@ -81,9 +82,7 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
     def get_export(collection_identifier: str, export_id: str, request: Request) -> ExportLinks:
         """An earlier export's summary, with newly presigned links (links expire)."""
         store = Store(settings)
-        key = api_key(request, store)
-        limiter.check(key.key_id)
-        found_ns = namespace(request, store, key)
+        _, found_ns = caller(request, store, limiter)
         _, collection = store.resolve(found_ns.id, collection_identifier)
         return fresh_links(store, settings, found_ns.id, export_id, collection.id)
 
@@ -160,9 +159,7 @@ def _export(
     pool: RunPool,
 ) -> Any:
     store = Store(settings)
-    key = api_key(request, store)
-    limiter.check(key.key_id)
-    found_ns = namespace(request, store, key)
+    key, found_ns = caller(request, store, limiter)
     body = _request_body(request, raw)
     launch = prepare(store, found_ns.id, collection_identifier, body, trigger="api")
     launch = replace(launch, tags={**launch.tags, tags.KEY_ID: key.key_id})

@@ -50,6 +50,13 @@ def namespace(request: Request, store: Store, key: ApiKey) -> Namespace:
     return found
 
 
+def caller(request: Request, store: Store, limiter: RateLimiter) -> tuple[ApiKey, Namespace]:
+    """H1, the rate limit, then H2, in that order: who asks, and in which namespace."""
+    key = api_key(request, store)
+    limiter.check(key.key_id)
+    return key, namespace(request, store, key)
+
+
 class RateLimiter:
     """Per-key token buckets: `per_minute` requests a minute, bursts up to that; 0 is off."""
 

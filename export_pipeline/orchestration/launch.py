@@ -48,8 +48,7 @@ def prepare(
     config = ExportConfig.of(namespace, collection, body)
     found_ns, found = store.resolve(namespace, collection)
     run_config = {"namespace": namespace, "collection": collection, **config.request_body()}
-    fmt = config.request().format
-    return ExportLaunch(run_config, tags.export_tags(found_ns, found, fmt, trigger))
+    return ExportLaunch(run_config, tags.export_tags(found_ns, found, config.format, trigger))
 
 
 def dagster_home(settings: Settings) -> Path:
@@ -86,10 +85,21 @@ def execute(
 ) -> ExportRun:
     """Run one export in this process as a run of the job, recorded in the instance."""
     launch = prepare(Store(settings), namespace, collection, body, trigger)
+    return run_launch(launch, settings, instance or local_instance(settings))
+
+
+def run_launch(
+    launch: ExportLaunch,
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    run_id: str | None = None,
+) -> ExportRun:
+    """One run of the job in this process for a prepared launch; the core's error if it fails."""
     result = export_collection.execute_in_process(
         run_config=launch.run_config,
         tags=launch.tags,
-        instance=instance or local_instance(settings),
+        run_id=run_id,
+        instance=instance,
         resources=resources_from(settings),
         raise_on_error=False,
     )

@@ -18,15 +18,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
+from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import ExportPipelineError, from_dict
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.job import export_collection
-from export_pipeline.orchestration.launch import ExportLaunch, local_instance, run_error
-from export_pipeline.orchestration.resources import resources_from
+from export_pipeline.orchestration.launch import ExportLaunch, ExportRun, local_instance, run_launch
 from export_pipeline.settings import Settings
 
 _CONTEXT = multiprocessing.get_context("spawn")  # never fork a threaded server
@@ -38,36 +35,19 @@ class RunTimedOut(ExportPipelineError):
     type_name = "GatewayTimeout"
 
 
-@dataclass(frozen=True)
-class PoolRun:
-    """A finished export run."""
-
-    run_id: str
-    response: dict[str, Any]
-    manifest: dict[str, Any]
-
-
 def _serve(settings_json: str, conn: Connection) -> None:
     """A worker: run the exports it is sent, one at a time, until told to stop."""
     settings = Settings.model_validate_json(settings_json)
-    instance, resources = local_instance(settings), resources_from(settings)
+    instance = local_instance(settings)
     conn.send("ready")
     while (job := conn.recv()) is not None:
+        launch = ExportLaunch(job["run_config"], job["tags"])
         try:
-            result = export_collection.execute_in_process(
-                run_config=job["run_config"],
-                tags=job["tags"],
-                run_id=job["run_id"],
-                instance=instance,
-                resources=resources,
-                raise_on_error=False,
-            )
-            if result.success:
-                progress = result.output_for_node("publish_files")
-                response = progress.response.model_dump(mode="json")
-                conn.send({"ok": True, "response": response, "manifest": progress.manifest})
-            else:
-                conn.send({"ok": False, "error": run_error(result).to_dict()})
+            done = run_launch(launch, settings, instance, job["run_id"])
+            response = done.response.model_dump(mode="json")
+            conn.send({"ok": True, "response": response, "manifest": done.manifest})
+        except ExportPipelineError as exc:
+            conn.send({"ok": False, "error": exc.to_dict()})
         except Exception as exc:  # the worker survives whatever one run does
             conn.send({"ok": False, "error": ExportPipelineError(str(exc)).to_dict()})
 
@@ -118,7 +98,7 @@ class RunPool:
         """How many exports may run at once."""
         return len(self._workers)
 
-    def run(self, launch: ExportLaunch, timeout: float) -> PoolRun:
+    def run(self, launch: ExportLaunch, timeout: float) -> ExportRun:
         """Run one export; waiting for a worker and a collection slot counts against timeout."""
         deadline = time.monotonic() + timeout
         run_id = str(uuid.uuid4())
@@ -141,7 +121,8 @@ class RunPool:
             self.idle.put(worker)
         if not answer["ok"]:
             raise from_dict(answer["error"])
-        return PoolRun(run_id, answer["response"], answer["manifest"])
+        response = ExportResponse.model_validate(answer["response"])
+        return ExportRun(run_id, response, answer["manifest"])
 
     @contextmanager
     def _collection_slot(self, collection_id: str, deadline: float) -> Iterator[None]:

@@ -248,7 +248,7 @@ def test_H3_over_the_time_limit_is_504_and_the_run_is_cancelled(world: World) ->
         # The worker was ended and replaced: the pool runs the next export to the end.
         store = Store(settings)
         launch = prepare(store, "team-a", "people", {"format": "json"}, trigger="api")
-        assert pool.run(launch, timeout=120).response["document_count"] == len(PEOPLE)
+        assert pool.run(launch, timeout=120).response.document_count == len(PEOPLE)
         run = local_instance(settings).get_run_by_id(run_id)
         assert run is None or run.status == dg.DagsterRunStatus.CANCELED  # never a success
 
@@ -265,7 +265,7 @@ def test_a_worker_that_dies_mid_run_fails_that_run_and_is_replaced(world: World)
         run_id = str(info.value).rsplit("run ", 1)[1].rstrip(")")
         run = local_instance(settings).get_run_by_id(run_id)
         assert run is None or run.status == dg.DagsterRunStatus.FAILURE
-        assert pool.run(launch, timeout=120).response["document_count"] == len(PEOPLE)
+        assert pool.run(launch, timeout=120).response.document_count == len(PEOPLE)
 
 
 def test_rate_limit_answers_429_with_retry_after(world: World) -> None:
