@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -53,6 +54,18 @@ def parse_seed(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     request = json.loads(text[start:end])
     response, _ = json.JSONDecoder().raw_decode(text, text.index("{", end))
     return request, response
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a server to start on, or to find closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below a folder, sorted (none when it does not exist)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def local_path(uri: str) -> Path:

@@ -13,7 +13,6 @@ import os
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -21,6 +20,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from conftest import LocalS3, make_collection
+from helpers import files_under, free_port
 
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.errors import ExportPipelineError
@@ -63,10 +63,6 @@ def objects(bucket: str, prefix: str = "") -> list[str]:
 
 def incomplete_uploads(bucket: str) -> list[str]:
     return [u["Key"] for u in s3().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-
-
-def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
@@ -237,14 +233,11 @@ def strict_s3() -> Iterator[str]:
 
     Its first four calls go unchecked: they create the bucket and a user that may only read.
     """
-    import socket
     import subprocess
     import sys
     import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

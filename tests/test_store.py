@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_collection, write_jsonl
-from helpers import read_json_lines
+from helpers import files_under, read_json_lines
 
 from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
 from export_pipeline.export import run_export
@@ -27,10 +26,6 @@ INDEXES = [
 def export_json(store: Store, ns: Namespace, col: Collection, **request: Any) -> list[dict]:
     result = run_export(ns.id, col.id, {"format": "json", **request}, settings=store.settings)
     return read_json_lines(result.response.s3_path)
-
-
-def files_under(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
 
 # --- D1, D2 ----------------------------------------------------------------------------
@@ -258,7 +253,7 @@ def assert_refused(
         before.segments,
     )
     assert files_under(folder / "segments") == segments_before
-    assert files_under(folder / "staging") == set()
+    assert files_under(folder / "staging") == []
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))

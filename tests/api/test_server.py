@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import PEOPLE, SEED_MATCHES, SEED_REQUEST
+from helpers import PEOPLE, SEED_MATCHES, SEED_REQUEST, free_port
 
 from export_pipeline.orchestration import tags
 from export_pipeline.settings import Settings
@@ -61,12 +60,6 @@ def _lower(headers: Any) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[Server]:
     import boto3
@@ -96,7 +89,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator
             made = store.catalog.create_collection(ns, collection, [])
             store.ingest(ns.id, made.id, source)
     key, _ = store.keys.create([store.catalog.namespace("team-a")], "server test")
-    port, log = _free_port(), root / "server.log"
+    port, log = free_port(), root / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [str(BIN / "export-pipeline"), "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 import pytest
 from conftest import make_collection
-from helpers import read_csv, read_json_lines, read_parquet
+from helpers import files_under, read_csv, read_json_lines, read_parquet
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
@@ -58,10 +58,6 @@ def materialization(instance: dg.DagsterInstance, run_id: str) -> dg.AssetMateri
         run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
     ).records
     return record.event_log_entry.dagster_event.event_specific_data.materialization
-
-
-def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 # --- The job end to end ---------------------------------------------------------------

@@ -9,7 +9,6 @@ import hashlib
 import itertools
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import boto3
 import dagster as dg
 import pytest
 from conftest import make_collection, write_jsonl
+from helpers import free_port
 
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.drops import LocalDropFolder, S3DropPrefix, drop_source
@@ -495,9 +495,7 @@ def test_an_unreachable_endpoint_is_a_skip_and_nothing_moves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     put(bucket, "inbox/a.json", VALID)
-    with socket.socket() as probe:  # a loopback port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"  # a loopback port nobody listens on
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
     sensor = build_drop_sensor(s3_drop(settings.model_copy(update={"s3_max_attempts": 1}), bucket))
     data = evaluate(sensor)

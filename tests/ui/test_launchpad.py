@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import local_path, read_csv
+from helpers import free_port, local_path, read_csv
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -87,12 +86,6 @@ class DagsterUI:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def _sigint_not_ignored() -> Iterator[None]:
     """Let children start with a default SIGINT even where this process ignores it.
@@ -147,7 +140,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUI]:
     )
     assert demo.returncode == 0, f"export-pipeline demo failed:\n{demo.stdout}\n{demo.stderr}"
 
-    port = _free_port()
+    port = free_port()
     log = root / "dagster-dev.log"
     command = [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p"]
     with open(log, "wb") as out, _sigint_not_ignored():
