@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import dagster as dg
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticError
 
@@ -29,7 +29,7 @@ from export_pipeline.errors import ExportPipelineError, ValidationError
 from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
 from export_pipeline.storage import s3_options
-from export_pipeline.storage.s3 import S3Options, make_client
+from export_pipeline.storage.s3 import S3Options, make_client, s3_problem
 from export_pipeline.store import Store
 
 MAX_FILES_PER_TICK = 50  # the rest wait for the next tick, oldest first
@@ -277,17 +277,7 @@ class S3DropPrefix:
 
     def _why(self, exc: Exception) -> str:
         """What failed, naming the bucket or endpoint, never credentials."""
-        if isinstance(exc, ClientError):
-            code = _code(exc)
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code == "NoSuchBucket":
-                return f"bucket {self.bucket!r} does not exist"
-            if status == 403:
-                return f"access denied to {self.where} ({code or status})"
-            return f"{self.where}: {code or status}"
-        if isinstance(exc, ConnectionError | HTTPClientError):
-            return f"S3 endpoint {self.client.meta.endpoint_url} unreachable"
-        return f"{self.where}: {exc}"
+        return s3_problem(exc, self.bucket, self.where, self.client)[0]
 
 
 def _code(exc: Exception) -> str:

@@ -216,30 +216,28 @@ class S3Storage:
 
     def _explain(self, exc: Exception, action: str) -> Exception:
         """A message naming what failed, never credentials; transient errors stay retryable."""
-        where = self.target
-        cause = _root_cause(exc)
-        if isinstance(cause, ClientError):
-            code = cause.response.get("Error", {}).get("Code", "")
-            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in _MISSING_BUCKET:
-                return ExportPipelineError(
-                    f"storage {action} failed: bucket {self.bucket!r} does not exist"
-                )
-            if code in _DENIED or status == 403:
-                return ExportPipelineError(
-                    f"storage {action} failed: access denied to {where} ({code or status})"
-                )
-            if code in _TRANSIENT or status >= 500:
-                return TransientStorageError(
-                    f"storage {action} failed at {where}: {code or status}"
-                )
-            return ExportPipelineError(f"storage {action} failed at {where}: {code or status}")
-        if isinstance(cause, ConnectionError | HTTPClientError):
-            endpoint = self.client.meta.endpoint_url
-            return TransientStorageError(f"storage endpoint {endpoint} unreachable ({action})")
-        if isinstance(cause, BotoCoreError):
-            return ExportPipelineError(f"storage {action} failed at {where}: {cause}")
-        return exc
+        if not isinstance(_root_cause(exc), BotoCoreError | ClientError):
+            return exc
+        message, transient = s3_problem(exc, self.bucket, self.target, self.client)
+        kind = TransientStorageError if transient else ExportPipelineError
+        return kind(f"storage {action} failed: {message}")
+
+
+def s3_problem(exc: Exception, bucket: str, where: str, client: Any) -> tuple[str, bool]:
+    """What an S3 error means to a user (bucket, access, endpoint; never credentials), and
+    whether the same call may succeed later (throttling, 5xx, an unreachable endpoint)."""
+    cause = _root_cause(exc)
+    if isinstance(cause, ClientError):
+        code = cause.response.get("Error", {}).get("Code", "")
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _MISSING_BUCKET:
+            return f"bucket {bucket!r} does not exist", False
+        if code in _DENIED or status == 403:
+            return f"access denied to {where} ({code or status})", False
+        return f"{where}: {code or status}", code in _TRANSIENT or status >= 500
+    if isinstance(cause, ConnectionError | HTTPClientError):
+        return f"S3 endpoint {client.meta.endpoint_url} unreachable", True
+    return f"{where}: {cause}", False
 
 
 def _root_cause(exc: BaseException) -> BaseException:
