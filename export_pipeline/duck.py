@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 
 def connect(
@@ -20,7 +22,8 @@ def connect(
     con.execute(f"SET temp_directory = {literal(str(temp_dir))}")
     con.execute(f"SET memory_limit = {literal(memory_limit)}")
     con.execute(f"SET threads = {int(threads)}")
-    # Order comes from explicit ORDER BY; keeping insertion order costs gigabytes (ENVIRONMENT.md).
+    # Order comes from explicit ORDER BY; keeping insertion order costs gigabytes over a
+    # whole relation (per-batch queries turn it back on: a batch is small).
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET TimeZone = 'UTC'")
     return con
@@ -40,3 +43,36 @@ def parquet_source(files: list[Path]) -> str:
     """A FROM-clause source reading the given parquet files."""
     listing = ", ".join(literal(str(path)) for path in files)
     return f"read_parquet([{listing}])"
+
+
+BATCH = "batch"
+_CHUNK_ROWS = 2048  # DuckDB's vector size: one chunk per thread task
+
+
+def on_batch(
+    con: duckdb.DuckDBPyConnection, sql: str, table: pa.Table, params: list[Any] | None = None
+) -> pa.Table:
+    """Run `sql`, which reads the relation `batch`, over one bounded Arrow table.
+
+    DuckDB never sees more documents at once than the table holds; cut into chunks of its
+    vector size, the table is scanned by every thread.
+    """
+    con.register(BATCH, pa.Table.from_batches(table.to_batches(_CHUNK_ROWS), table.schema))
+    try:
+        return con.sql(sql, params=params or None).to_arrow_table()
+    finally:
+        con.unregister(BATCH)
+
+
+_UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+def batch_bytes(con: duckdb.DuckDBPyConnection) -> int:
+    """How much data one per-batch query may be given: a sixteenth of the connection's
+    memory limit, at most 16 MiB (DuckDB's JSON functions hold several times their input,
+    on every thread)."""
+    (text,) = con.execute("SELECT current_setting('memory_limit')").fetchall()[0]
+    number, _, unit = str(text).partition(" ")
+    limit = float(number) * _UNITS.get(unit, 1)
+    return max(1 << 20, min(MAX_BATCH_BYTES, int(limit // 16)))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
+from export_pipeline import duck
 from export_pipeline.contract import ExportRequest, ExportResponse
+from export_pipeline.engine import width
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
     OutputFile,
@@ -19,21 +23,32 @@ from export_pipeline.engine.manifest import (
     sha256_of,
 )
 from export_pipeline.engine.plan import ExportPlan, plan_export
-from export_pipeline.engine.schema import Shape, inspect, top_level_keys
+from export_pipeline.engine.preview import markdown_table, preview_rows
+from export_pipeline.engine.schema import Shape, shape_of
 from export_pipeline.engine.selection import (
-    SELECTED,
+    Selection,
+    chosen,
+    keep,
     open_scratch,
-    ordered,
     scratch_files,
-    select_documents,
-    selected_shapes,
-    selected_vectors,
     selects_all,
+    survey,
+    surveyed_shapes,
 )
-from export_pipeline.engine.writers import CONTENT_TYPES, Written, write_documents, write_vectors
+from export_pipeline.engine.writers import (
+    CONTENT_TYPES,
+    DocumentsWriter,
+    VectorsWriter,
+    Written,
+)
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.store import PublishedExport, Store
+from export_pipeline.store.batches import BATCH_ROWS
+from export_pipeline.store.segments import segment_schema, vector_column
+
+# Rows x columns per batch of a csv or parquet export: a wide file takes fewer rows at once.
+BATCH_CELLS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -44,45 +59,98 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def load(plan: ExportPlan, store: Store, settings: Settings) -> int:
-    """Step 1: filter and sample into the export's own DuckDB file; returns the match count."""
+def load(plan: ExportPlan, store: Store, settings: Settings) -> Selection:
+    """Step 1: where the selection must be known before writing (a sample's cutoff, the
+    columns of a filtered csv or parquet export), a pass over the matches decides it."""
     with open_scratch(plan, settings) as con:
-        return select_documents(con, plan, store)
+        return survey(con, plan, store)
 
 
-def write(plan: ExportPlan, store: Store, settings: Settings) -> Outputs:
-    """Step 2: write the documents file (and vectors file) into scratch space."""
+def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selection) -> Outputs:
+    """Step 2: the documents file (and vectors file) in scratch space, batch by batch."""
     fmt = plan.request.format
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
-        shape = _shape(con, plan, store)
-        documents = write_documents(
-            con, fmt, shape, plan.select_paths, out / plan.documents_name, presorted=ordered(plan)
+        shape = _shape(con, plan, store, selection, settings.max_columns)
+        documents = DocumentsWriter(
+            con, fmt, shape, plan.select_paths, out / plan.documents_name, settings.max_columns
         )
-        files = [_output("documents", plan.documents_name, fmt, documents)]
+        indexes = plan.collection.vector_indexes
+        vectors = None
         if plan.request.include_vectors:
-            vectors = write_vectors(
-                con,
-                selected_vectors(con, plan, store),
-                fmt,
-                plan.collection.vector_indexes,
-                out / plan.vectors_name,
-            )
-            files.append(_output("vectors", plan.vectors_name, fmt, vectors))
+            vectors = VectorsWriter(con, fmt, indexes, out / plan.vectors_name)
+        columns = ["document_id", "doc"]
+        if vectors is not None:
+            columns += [vector_column(index.name) for index in indexes]
+        where, params = chosen(plan, selection)
+        rows = store.documents.rows(
+            plan.collection, columns, duck.batch_bytes(con), _batch_rows(shape, fmt)
+        )
+        empty: pa.Table | None = None
+        for batch in rows:
+            empty = batch.slice(0, 0)
+            batch = keep(con, batch, where, params)
+            if batch.num_rows:
+                documents.write(batch)
+                if vectors is not None:
+                    vectors.write(batch)
+        written = documents.close()
+        files = [_output("documents", plan.documents_name, fmt, written)]
+        if vectors is not None:
+            schema = empty.schema if empty is not None else _empty_rows(plan).schema
+            done = vectors.close(schema.empty_table())
+            files.append(_output("vectors", plan.vectors_name, fmt, done))
     return Outputs(
-        document_count=documents.rows,
+        document_count=written.rows,
         files=files,
-        warnings=shape.warnings + documents.warnings,
+        warnings=written.warnings,
+        preview=markdown_table(preview_rows(written.head, fmt)),
     )
 
 
-def _shape(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Shape:
-    """What the writer needs to know of the exported documents' structure."""
-    if plan.request.format == "json" and plan.select_paths is None and not selects_all(plan):
-        keys = top_level_keys(con, SELECTED)
-        if keys is not None:
-            return keys
-    return inspect(con, selected_shapes(plan, store), plan.select_paths)
+def _shape(
+    con: duckdb.DuckDBPyConnection,
+    plan: ExportPlan,
+    store: Store,
+    selection: Selection,
+    max_columns: int,
+) -> Shape | None:
+    """What the writer needs to know of the exported documents' structure; None for a json
+    export without listed fields of a selection (it lists the keys it writes)."""
+    fmt, select = plan.request.format, plan.select_paths
+    if fmt == "json" and select is None and not selects_all(plan):
+        return None
+    if selection.surveyed:
+        shapes = surveyed_shapes(con, selection)
+    else:
+        shapes = store.documents.shapes(plan.collection) or _shapes_by_pass(con, plan, store)
+    return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)
+
+
+def _shapes_by_pass(
+    con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store
+) -> list[tuple[str, int]]:
+    """Every document's structure, counted (for segments written without a sidecar)."""
+    counts: Counter[str] = Counter()
+    sql = f"SELECT json_structure(doc)::VARCHAR, count(*) FROM {duck.BATCH} GROUP BY 1"
+    for batch in store.documents.rows(plan.collection, ["doc"], duck.batch_bytes(con)):
+        found = duck.on_batch(con, sql, batch)
+        for shape, count in zip(*(column.to_pylist() for column in found.columns), strict=True):
+            counts[shape] += count
+    return list(counts.items())
+
+
+def _batch_rows(shape: Shape | None, fmt: str) -> int:
+    if shape is None or fmt == "json" or shape.whole_document:
+        return BATCH_ROWS
+    columns = width.leaves(shape.structure, arrays_whole=fmt == "csv")
+    return max(64, min(BATCH_ROWS, BATCH_CELLS // columns))
+
+
+def _empty_rows(plan: ExportPlan) -> pa.Table:
+    """A snapshot with no segments still has a schema: the segment layout's."""
+    schema = segment_schema(plan.collection.vector_indexes)
+    return schema.empty_table()
 
 
 def _output(role: str, name: str, fmt: str, written: Written) -> OutputFile:
@@ -157,8 +225,8 @@ def run_export(
     storage = storage or open_storage(settings)
     plan = plan_export(store, namespace, collection, request or {})
     try:
-        load(plan, store, settings)
-        outputs = write(plan, store, settings)
+        selection = load(plan, store, settings)
+        outputs = write(plan, store, settings, selection)
         return publish(plan, outputs, storage, settings, store)
     finally:
         cleanup(plan)

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         "1GB", description="DuckDB memory_limit of an ingest (sorting an unsorted file needs more)."
     )
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads per connection.")
+    max_columns: int = Field(
+        1000,
+        ge=2,
+        description="Leaf columns a csv or parquet export may have; past it the widest objects"
+        " are written as JSON text (see docs: wide documents).",
+    )
     segment_retention_seconds: int = Field(
         3600,
         ge=0,

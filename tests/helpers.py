@@ -85,6 +85,7 @@ def read_json_lines(uri: str) -> list[dict[str, Any]]:
 
 def read_csv(uri: str) -> list[list[str]]:
     """All rows of a csv export (header first), parsed by Python's csv module."""
+    csv.field_size_limit(2**31 - 1)  # cells may be documents of megabytes
     text = local_path(uri).read_bytes().decode("utf-8")
     return list(csv.reader(io.StringIO(text, newline="")))
 

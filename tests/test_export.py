@@ -872,7 +872,7 @@ def test_W7_failed_write_step_leaves_nothing(
     def broken_write(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("writer crashed")
 
-    monkeypatch.setattr(export_module, "write_vectors", broken_write)
+    monkeypatch.setattr(export_module.VectorsWriter, "write", broken_write)
     with pytest.raises(RuntimeError, match="writer crashed"):
         run(store, ns, col, {"format": "parquet", "include_vectors": True})
     assert_nothing_published(store.settings)
@@ -1050,7 +1050,7 @@ def test_F4_R7_invalid_request_or_unknown_collection_fails_before_reading(
     def must_not_read(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("documents were read before the request was validated")
 
-    monkeypatch.setattr(type(store.documents), "scan_sql", must_not_read)
+    monkeypatch.setattr(type(store.documents), "rows", must_not_read)
     with pytest.raises(error) as info:
         run_export(namespace, collection, request_body, settings=store.settings)
     if error is ValidationError:

@@ -15,7 +15,7 @@ from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
 from export_pipeline.export import run_export
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store, VectorIndex
-from export_pipeline.store.documents import shapes_file
+from export_pipeline.store.segments import shapes_file
 
 INDEXES = [
     VectorIndex(name="dense", dimensions=3),
@@ -429,7 +429,7 @@ def test_D1_D2_D3_store_persists_across_instances(store: Store, settings: Settin
 def test_O3_ingest_writes_segments_sorted_by_id_whatever_the_file_order(
     store: Store, monkeypatch: pytest.MonkeyPatch, ids: list[str]
 ) -> None:
-    monkeypatch.setattr("export_pipeline.store.documents.SEGMENT_BATCH_ROWS", 2)
+    monkeypatch.setattr("export_pipeline.store.jsonl.BATCH_ROWS", 2)
     ns, col = make_collection(store, [{"document_id": i, "n": n} for n, i in enumerate(ids)])
     (segment,) = store.documents.segment_files(col)
     stored = pq.read_table(segment, columns=["document_id"]).column(0).to_pylist()

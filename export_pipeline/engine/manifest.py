@@ -33,6 +33,7 @@ class Outputs(BaseModel):
     document_count: int
     files: list[OutputFile]
     warnings: list[str]
+    preview: str = ""  # the first rows as a markdown table, for the run's metadata
 
 
 def sha256_of(path: Path) -> str:

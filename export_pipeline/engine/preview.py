@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import csv
 import json
-from itertools import islice
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
 
-PREVIEW_ROWS = 10
 CELL_CHARS = 60
 
 
-def preview_rows(path: Path, fmt: str, rows: int = PREVIEW_ROWS) -> list[dict[str, Any]]:
-    """Up to `rows` exported documents, read from the start of the file without loading it."""
-    if fmt == "parquet":
-        parquet = pq.ParquetFile(path)
-        if parquet.metadata.num_rows == 0:
-            return []
-        return next(parquet.iter_batches(batch_size=rows)).to_pylist()[:rows]
-    with open(path, encoding="utf-8", newline="") as handle:
-        if fmt == "csv":
-            return list(islice(csv.DictReader(handle), rows))
-        return [json.loads(line) for line in islice(handle, rows)]
+def preview_rows(head: pa.Table | None, fmt: str) -> list[dict[str, Any]]:
+    """The rows a writer kept from the start of its file, as dicts (json lines parsed)."""
+    if head is None or head.num_rows == 0:
+        return []
+    if fmt == "json":
+        return [json.loads(line) for line in head.column(0).to_pylist()]
+    # Long text is cut before it becomes Python strings: a cell shows 60 characters anyway.
+    columns = [
+        pc.utf8_slice_codeunits(column, 0, CELL_CHARS + 1)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        else column
+        for column in head.columns
+    ]
+    return pa.Table.from_arrays(columns, names=head.column_names).to_pylist()
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
-
-from export_pipeline import duck
-from export_pipeline.paths import json_path
+from export_pipeline.engine import shapes as shapes_module
+from export_pipeline.engine import width
 
 JSON_TEXT = "JSON"
 _SCALARS = {
@@ -30,54 +28,61 @@ Path_ = tuple[str, ...]
 
 @dataclass
 class Shape:
-    """What one pass over the selected documents learned."""
+    """What the writers need to know of the exported documents' structure."""
 
     structure: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    whole_document: bool = False  # too wide for columns: document_id plus the JSON text
+    collapsed: list[str] = field(default_factory=list)  # objects made JSON text for width
 
 
-def inspect(con: duckdb.DuckDBPyConnection, shapes: str, select: list[str] | None) -> Shape:
-    """The merged JSON structure, and which selected paths no document has (S3).
-
-    `shapes` is a FROM-source of (doc, n): one representative document per distinct
-    structure and how many documents have it. json_group_structure over every row would
-    hold kilobytes per row until it finishes (out of memory at 200,000 documents under a
-    1 GB limit); over representatives it is small.
-    """
-    present = "".join(
-        f", sum(n) FILTER (WHERE json_extract(doc, {duck.literal(json_path(path))}) IS NOT NULL)"
-        for path in select or []
-    )
-    row = con.execute(
-        f"SELECT json_group_structure(CAST(doc AS JSON)){present} FROM {shapes}"
-    ).fetchall()[0]
-    structure = json.loads(row[0]) if row[0] else _empty_structure(select)
-    missing = [
-        path
-        for path, count in zip(select or [], row[1:], strict=True)
-        if not count and path != "document_id"  # always exported, even with no documents
-    ]
+def shape_of(
+    shapes: Iterable[tuple[str, int]],
+    select: list[str] | None,
+    *,
+    fmt: str,
+    max_columns: int,
+) -> Shape:
+    """The merged structure of the exported documents (from their distinct structures and
+    counts), which listed paths no document has (S3), and the width limit applied."""
+    present = dict.fromkeys(select or [], 0)
+    parsed = []
+    for text, count in shapes:
+        structure = shapes_module.parse(text)
+        if select is not None:
+            for path in select:
+                if shapes_module.has_path(structure, path):
+                    present[path] += count
+            structure = shapes_module.project(structure, select)
+        parsed.append(structure)
+    merged = shapes_module.merge_all(parsed)
+    structure = merged if isinstance(merged, dict) and merged else _empty_structure(select)
+    missing = [path for path, count in present.items() if not count and path != "document_id"]
     warnings = [
         f"selected field {path!r} is not present in any exported document (S3)" for path in missing
     ]
-    return Shape(structure=structure, warnings=warnings)
-
-
-def top_level_keys(con: duckdb.DuckDBPyConnection, table: str) -> Shape | None:
-    """The shape json lines need (top-level keys only), or None for an empty table.
-
-    Merging whole structures costs about five times as much, for a json export without
-    select_fields that only lists the keys in its manifest.
-    """
-    keys = con.execute(f"SELECT DISTINCT unnest(json_keys(doc)) FROM {table}").fetchall()
-    if not keys:
-        return None
-    return Shape(structure={key: None for (key,) in keys}, warnings=[])
-
-
-def shapes_of(table: str) -> str:
-    """A (doc, n) shapes source computed from a table of documents."""
-    return f"(SELECT min(doc) AS doc, count(*) AS n FROM {table} GROUP BY json_structure(doc))"
+    if fmt == "json":
+        return Shape(structure=structure, warnings=warnings)
+    fitted = width.fit(structure, max_columns, arrays_whole=fmt == "csv")
+    if fitted.whole_document:
+        warnings.append(
+            f"the documents have {fitted.columns:,} {fmt} columns, more than"
+            f" EXPORT_PIPELINE_MAX_COLUMNS={max_columns:,}, and {len(structure):,} top-level keys:"
+            f" written as two columns, document_id and {width.WHOLE_DOCUMENT!r} (the document's"
+            " JSON text)"
+        )
+    warnings += [
+        f"field {path!r} has too many keys to be columns (the file would have"
+        f" {fitted.columns:,}, more than EXPORT_PIPELINE_MAX_COLUMNS={max_columns:,});"
+        " written as JSON text"
+        for path in fitted.collapsed
+    ]
+    return Shape(
+        structure=fitted.structure,
+        warnings=warnings,
+        whole_document=fitted.whole_document,
+        collapsed=fitted.collapsed,
+    )
 
 
 def _empty_structure(select: list[str] | None) -> dict[str, Any]:

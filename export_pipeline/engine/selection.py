@@ -1,4 +1,10 @@
-"""Plan -> the `selected` table in the export's own DuckDB file: filter, sample, project."""
+"""Which documents an export takes: the filter and the sample, decided batch by batch.
+
+Only a sample needs a pass over the matches before writing (to find the N-th match by rank),
+and so do csv and parquet exports of a filtered or sampled selection, whose columns must be
+known before the first row is written. That pass (`survey`) keeps, per match, its rank, id
+and JSON structure in the export's own DuckDB file; the write pass reads it back.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,29 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+from pydantic import BaseModel
 
 from export_pipeline import duck
 from export_pipeline.engine.plan import ExportPlan
-from export_pipeline.engine.schema import shapes_of
 from export_pipeline.filters import install_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
-from export_pipeline.store.jsonl import vector_column
 
-SELECTED = "selected"
-BATCH_ROWS = 16_384
+# O2: documents are ranked by a hash of seed and id, and the first N kept. Hashing the
+# joined text (combining two hashes only mixes them weakly) gives each seed its own
+# pseudo-random order. Only ids are ranked: documents never pass through a reservoir.
+_RANK = "hash(CAST(? AS VARCHAR) || ':' || document_id)"
+CANDIDATES = "candidates"
+
+
+class Selection(BaseModel):
+    """What the survey decided: small, so it can pass between steps."""
+
+    surveyed: bool = False  # the candidates table holds every match (rank, id, structure)
+    matched: int | None = None  # documents the export writes, when known before writing
+    cutoff: tuple[int, str] | None = None  # the N-th match's (rank, id) when sampling
 
 
 def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnection:
@@ -29,60 +46,78 @@ def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnect
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
     )
-    if ordered(plan):
-        # The snapshot's rows come in document_id order by themselves: keep that order
-        # instead of sorting documents and vectors again (O3).
-        con.execute("SET preserve_insertion_order = true")
+    # Per-batch queries return rows in the batch's (document_id) order.
+    con.execute("SET preserve_insertion_order = true")
     install_macros(con)
     return con
 
 
-def ordered(plan: ExportPlan) -> bool:
-    """Whether a scan of the snapshot is already in document_id order: every segment is
-    sorted, so a snapshot of at most one segment is."""
-    return len(plan.collection.segments) <= 1
+def selects_all(plan: ExportPlan) -> bool:
+    """Whether the export takes every document of its snapshot (no filter, no sample)."""
+    return plan.filter_sql == "TRUE" and plan.request.sample_size is None
 
 
-# O2: documents are ranked by a hash of seed and id, and the first N kept. Hashing the
-# joined text (combining two hashes only mixes them weakly) gives each seed its own
-# pseudo-random order. Only ids are ranked: documents and vectors never pass through a
-# reservoir.
-_RANK = "hash(CAST(? AS VARCHAR) || ':' || document_id)"
-
-
-def select_documents(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> int:
-    """Materialise the matching (and sampled) documents, projected per S1/S2; return the count."""
-    source = store.documents.scan_sql(plan.collection)
+def needs_survey(plan: ExportPlan) -> bool:
+    """A sample needs its cutoff; csv, parquet and listed fields need the selection's shapes."""
     if plan.request.sample_size is not None:
-        # The N-th (rank, id) of the matches: "at or before it" is then a row predicate,
-        # which keeps any scan of the segments in its own (sorted) order.
-        con.execute(
-            f"CREATE TABLE sample_cutoff AS SELECT {_RANK} AS rank, document_id FROM {source}"
-            f" WHERE {plan.filter_sql} ORDER BY rank, document_id LIMIT 1 OFFSET ?",
-            [plan.sample_seed, *plan.filter_params, plan.request.sample_size - 1],
-        )
-    where, params = chosen(con, plan)
-    line = projection_sql(plan.select_paths) if plan.select_paths else "doc"
-    # Every document of the snapshot: a view over the segments, so the documents are not
-    # copied once more before they are written.
-    kind = "VIEW" if selects_all(plan) else "TABLE"
-    con.execute(
-        f"CREATE {kind} {SELECTED} AS SELECT document_id, {line} AS doc FROM {source}"
-        f" WHERE {where}",
-        params,
+        return True
+    return not selects_all(plan) and (
+        plan.request.format != "json" or plan.select_paths is not None
     )
-    return con.execute(f"SELECT count(*) FROM {SELECTED}").fetchall()[0][0]
 
 
-def chosen(con: duckdb.DuckDBPyConnection, plan: ExportPlan) -> tuple[str, list[Any]]:
-    """The row predicate (and its parameters) that picks the exported documents."""
-    where, params = plan.filter_sql, list(plan.filter_params)
-    cutoff = []
+def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Selection:
+    """Pass over the matches before writing: their ranks, ids and structures; the cutoff."""
+    if not needs_survey(plan):
+        return Selection()
+    shapes = plan.request.format != "json" or plan.select_paths is not None
+    reads_docs = shapes or plan.filter_sql != "TRUE"
+    rank = _RANK if plan.request.sample_size is not None else "NULL::UBIGINT"
+    shape = "json_structure(doc)::VARCHAR" if shapes else "NULL::VARCHAR"
+    con.execute(f"CREATE TABLE {CANDIDATES} (rank UBIGINT, document_id VARCHAR, shape VARCHAR)")
+    sql = (
+        f"INSERT INTO {CANDIDATES} SELECT {rank}, document_id, {shape} FROM {duck.BATCH}"
+        f" WHERE {plan.filter_sql}"
+    )
+    seed = [str(plan.sample_seed)] if plan.request.sample_size is not None else []
+    columns = ["document_id", "doc"] if reads_docs else ["document_id"]
+    for batch in store.documents.rows(plan.collection, columns, duck.batch_bytes(con)):
+        _execute(con, sql, batch, [*seed, *plan.filter_params])
+    cutoff = None
     if plan.request.sample_size is not None:
-        cutoff = con.execute("SELECT rank, document_id FROM sample_cutoff").fetchall()
-    if cutoff:  # with fewer matches than sample_size, every match is taken
-        rank, document_id = cutoff[0]
-        seed = plan.sample_seed
+        found = con.execute(
+            f"SELECT rank, document_id FROM {CANDIDATES} ORDER BY rank, document_id"
+            " LIMIT 1 OFFSET ?",
+            [plan.request.sample_size - 1],
+        ).fetchall()
+        cutoff = (int(found[0][0]), found[0][1]) if found else None
+    selection = Selection(surveyed=True, cutoff=cutoff)
+    where, params = _chosen_candidates(selection)
+    (count,) = con.execute(f"SELECT count(*) FROM {CANDIDATES} WHERE {where}", params).fetchall()[0]
+    return selection.model_copy(update={"matched": count})
+
+
+def surveyed_shapes(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[tuple[str, int]]:
+    """The distinct structures of the chosen documents, with counts."""
+    where, params = _chosen_candidates(selection)
+    return con.execute(
+        f"SELECT shape, count(*) FROM {CANDIDATES} WHERE {where} GROUP BY shape", params
+    ).fetchall()
+
+
+def _chosen_candidates(selection: Selection) -> tuple[str, list[Any]]:
+    if selection.cutoff is None:
+        return "TRUE", []
+    rank, document_id = selection.cutoff
+    return "(rank < ? OR (rank = ? AND document_id <= ?))", [rank, rank, document_id]
+
+
+def chosen(plan: ExportPlan, selection: Selection) -> tuple[str, list[Any]]:
+    """The row predicate over a batch (document_id, doc) that picks the exported documents."""
+    where, params = plan.filter_sql, list(plan.filter_params)
+    if selection.cutoff is not None:  # with fewer matches than sample_size, every match
+        rank, document_id = selection.cutoff
+        seed = str(plan.sample_seed)
         where = (
             f"({where}) AND ({_RANK} < ?::UBIGINT OR ({_RANK} = ?::UBIGINT AND document_id <= ?))"
         )
@@ -90,19 +125,22 @@ def chosen(con: duckdb.DuckDBPyConnection, plan: ExportPlan) -> tuple[str, list[
     return where, params
 
 
-def selected_shapes(plan: ExportPlan, store: Store) -> str:
-    """The (doc, n) shapes of the exported documents: from the segments' sidecars when the
-    export takes every document, else from the selected documents themselves."""
-    sidecars = store.documents.shapes_sql(plan.collection)
-    if not selects_all(plan) or sidecars is None:
-        return shapes_of(SELECTED)
-    doc = projection_sql(plan.select_paths) if plan.select_paths else "doc"
-    return f"(SELECT {doc} AS doc, n FROM {sidecars})"
+def keep(
+    con: duckdb.DuckDBPyConnection, batch: pa.Table, where: str, params: list[Any]
+) -> pa.Table:
+    """The rows of `batch` the predicate holds for, in their order."""
+    if where == "TRUE":
+        return batch
+    mask = duck.on_batch(con, f"SELECT ({where}) AS keep FROM {duck.BATCH}", batch, params)
+    return batch.filter(mask.column(0))
 
 
-def selects_all(plan: ExportPlan) -> bool:
-    """Whether the export takes every document of its snapshot (no filter, no sample)."""
-    return plan.filter_sql == "TRUE" and plan.request.sample_size is None
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, batch: pa.Table, params: list[Any]) -> None:
+    con.register(duck.BATCH, batch)
+    try:
+        con.execute(sql, params or None)
+    finally:
+        con.unregister(duck.BATCH)
 
 
 def projection_sql(paths: list[str]) -> str:
@@ -127,26 +165,6 @@ def _object_sql(tree: dict[str, dict], prefix: list[str]) -> str:
         members.append(f"""'"{key}":' || {value}""")
     # concat_ws skips NULLs: a missing member disappears, and an empty object with it.
     return f"'{{' || nullif(concat_ws(',', {', '.join(members)}), '') || '}}'"
-
-
-def selected_vectors(
-    con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store
-) -> tuple[str, list[Any], bool]:
-    """W1: a query for document_id plus one column per vector index of the selected
-    documents, its parameters, and whether its rows already come in document_id order.
-
-    Segments are sorted by document_id and the selection is a row predicate, so a
-    one-segment snapshot is read in order (with insertion order kept) and its vectors are
-    never sorted; several segments are sorted together.
-    """
-    columns = "".join(
-        f", {duck.identifier(vector_column(index.name))} AS {duck.identifier(index.name)}"
-        for index in plan.collection.vector_indexes
-    )
-    where, params = chosen(con, plan)
-    source = store.documents.scan_sql(plan.collection)
-    order = "" if ordered(plan) else " ORDER BY document_id"
-    return f"SELECT document_id{columns} FROM {source} WHERE {where}{order}", params, ordered(plan)
 
 
 def scratch_files(plan: ExportPlan) -> Path:

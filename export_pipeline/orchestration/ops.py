@@ -14,7 +14,7 @@ from export_pipeline import export as steps
 from export_pipeline.contract import ExportResponse
 from export_pipeline.engine.manifest import Outputs
 from export_pipeline.engine.plan import ExportPlan, plan_export
-from export_pipeline.engine.preview import markdown_table, preview_rows
+from export_pipeline.engine.selection import Selection
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import ExportConfig
@@ -38,7 +38,7 @@ class Progress(BaseModel):
 
     plan: ExportPlan
     seconds: dict[str, float] = {}
-    matched: int | None = None
+    selection: Selection = Selection()
     outputs: Outputs | None = None
     preview: str | None = None
     response: ExportResponse | None = None
@@ -112,7 +112,10 @@ def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
     context.instance.add_run_tags(context.run_id, {**found, tags.EXPORT_ID: plan.export_id})
 
 
-@dg.op(description="Filter and sample the documents into the export's own DuckDB file.")
+@dg.op(
+    description="Decide the selection where it must be known before writing: a sample's"
+    " cutoff, the columns of a filtered csv or parquet export."
+)
 def load_documents(
     context: dg.OpExecutionContext,
     progress: Progress,
@@ -120,11 +123,12 @@ def load_documents(
     storage: StorageResource,
     duckdb: DuckDBResource,
 ) -> Progress:
-    """Step 1: select the documents; returns how many matched."""
+    """Step 1: a pass over the matches, when the export needs one."""
     settings = settings_of(store, storage, duckdb)
     with _step(context, progress, "load"):
-        progress.matched = steps.load(progress.plan, Store(settings), settings)
-    context.add_output_metadata({"matched": progress.matched})
+        progress.selection = steps.load(progress.plan, Store(settings), settings)
+    if progress.selection.matched is not None:
+        context.add_output_metadata({"matched": progress.selection.matched})
     return progress
 
 
@@ -139,9 +143,8 @@ def write_files(
     """Step 2: the files, with checksums and a preview of the first rows."""
     settings = settings_of(store, storage, duckdb)
     with _step(context, progress, "write"):
-        outputs = steps.write(progress.plan, Store(settings), settings)
-        rows = preview_rows(outputs.files[0].path, progress.plan.request.format)
-        progress.preview = markdown_table(rows)
+        outputs = steps.write(progress.plan, Store(settings), settings, progress.selection)
+        progress.preview = outputs.preview
         progress.outputs = outputs
     context.add_output_metadata({f.name: f.bytes for f in outputs.files})
     return progress

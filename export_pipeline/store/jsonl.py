@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from itertools import count
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -11,40 +12,18 @@ import pyarrow as pa
 import simdjson
 
 from export_pipeline.errors import ValidationError
+from export_pipeline.jsontext import MAX_DOCUMENT_DEPTH, nesting_problem
 from export_pipeline.store import lines
 from export_pipeline.store.catalog import Collection, VectorIndex
 from export_pipeline.store.lines import VECTORS_KEY
+from export_pipeline.store.segments import internal_suffix, segment_schema, vector_type
 
 SYSTEM_KEYS = ("collection_id", "_internal")  # set by the store, whatever the line says
 BATCH_ROWS = 4096
-
-
-def vector_column(index_name: str) -> str:
-    """The segment column holding one vector index."""
-    return f"vec_{index_name}"
-
-
-def vector_type(index: VectorIndex) -> pa.DataType:
-    """W4 vector types: dense fixed_size_list<float32>, sparse struct of lists."""
-    if index.type == "dense":
-        return pa.list_(pa.float32(), index.dimensions)
-    return pa.struct([("indices", pa.list_(pa.int32())), ("values", pa.list_(pa.float32()))])
-
-
-def segment_schema(indexes: list[VectorIndex]) -> pa.Schema:
-    """The columns of a stored segment: id, creation time, the document's JSON text, vectors."""
-    fields = [
-        pa.field("document_id", pa.string(), nullable=False),
-        pa.field("created_at", pa.string(), nullable=False),
-        pa.field("doc", pa.string(), nullable=False),
-    ]
-    fields += [pa.field(vector_column(index.name), vector_type(index)) for index in indexes]
-    return pa.schema(fields)
-
-
-def internal_suffix(created_at: str, updated_at: str) -> str:
-    """The tail of every stored document: `_internal` last, fixed width (upserts rely on it)."""
-    return f',"_internal":{{"created_at":"{created_at}","updated_at":"{updated_at}"}}}}'
+BATCH_BYTES = 16 * 1024 * 1024  # a batch is flushed at this much document text
+# A line (one document with its vectors) may hold at most this much: MongoDB's limit for a
+# document. Longer lines are refused before they are read whole.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class LineError(ValidationError):
@@ -71,9 +50,13 @@ class BatchBuilder:
         self.ids: list[str] = []
         self.docs: list[str] = []
         self.vectors: dict[str, list[Any]] = {name: [] for name in self.indexes}
+        self.bytes = 0
 
     def add(self, raw: bytes, line: int) -> None:
         """Parse and validate one line and queue its document."""
+        problem = nesting_problem(raw, MAX_DOCUMENT_DEPTH)
+        if problem is not None:  # before any parser recurses into it
+            raise LineError(line, f"the document is {problem}")
         try:
             document, vectors = lines.parse(self.parser, raw)
         except lines.LineProblem as exc:
@@ -97,6 +80,7 @@ class BatchBuilder:
         tail = ',"collection_id":' + self.cid + self.suffix
         self.docs.append(head + ("," + body[1:-1] if len(body) > 2 else "") + tail)
         self.ids.append(document_id)
+        self.bytes += len(raw)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -181,16 +165,32 @@ def _vector_array(index: VectorIndex, values: list[Any]) -> pa.Array:
     return pa.array(rows, kind)
 
 
+def read_lines(source: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each non-blank line; a line over `max_bytes` is refused
+    without being read whole."""
+    for number in count(1):
+        raw = source.readline(max_bytes + 2)  # room for the limit and a CRLF line end
+        if not raw:
+            return
+        if len(raw.rstrip(b"\r\n")) > max_bytes:
+            limit = f"{max_bytes:,} bytes ({max_bytes // (1024 * 1024)} MiB)"
+            raise LineError(number, f"the line is longer than {limit}, the document limit")
+        if raw.strip():
+            yield number, raw
+
+
 def batches(
-    lines: Iterable[bytes], collection: Collection, now: str, rows: int = BATCH_ROWS
+    source: BinaryIO,
+    collection: Collection,
+    now: str,
 ) -> Iterator[pa.RecordBatch]:
-    """Parse and validate JSONL lines into record batches; blank lines are skipped."""
+    """Parse and validate JSONL lines into record batches of at most BATCH_ROWS documents or
+    about BATCH_BYTES of text; blank lines are skipped."""
+    rows, max_bytes = BATCH_ROWS, BATCH_BYTES
     builder = BatchBuilder(collection, now)
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
+    for number, raw in read_lines(source):
         builder.add(raw, number)
-        if len(builder) >= rows:
+        if len(builder) >= rows or builder.bytes >= max_bytes:
             yield builder.flush()
     if len(builder):
         yield builder.flush()

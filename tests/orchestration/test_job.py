@@ -265,11 +265,11 @@ def test_each_op_with_build_op_context(
     config = ExportConfig.of(ns.name, col.name, {"format": "csv", "filters": {"AND": [SCIENCE]}})
 
     progress = plan_export_op(context, config)
-    assert progress.plan.collection.id == col.id and progress.matched is None
+    assert progress.plan.collection.id == col.id and progress.selection.matched is None
     assert not progress.plan.scratch_dir.exists()  # planning reads no document
 
     progress = load_documents(context, progress)
-    assert progress.matched == len(science_ids())
+    assert progress.selection.matched == len(science_ids())  # a csv filter surveys first
 
     progress = write_files(context, progress)
     (documents,) = progress.outputs.files
