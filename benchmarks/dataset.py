@@ -33,7 +33,7 @@ from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store, VectorIndex
 
-GENERATOR_VERSION = 1  # bump when the documents change, so cached collections are rebuilt
+GENERATOR_VERSION = 2  # bump when the documents or the segment layout change (rebuilds caches)
 AUTHORS = ["Ada", "Grace", "Alan", "Edsger"]
 NAMESPACE = "bench"
 META_NAME = "bench-dataset.json"

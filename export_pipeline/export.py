@@ -72,28 +72,39 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
         shape = _shape(con, plan, store, selection, settings.max_columns)
-        documents = DocumentsWriter(
-            con, fmt, shape, plan.select_paths, out / plan.documents_name, settings.max_columns
-        )
-        indexes = plan.collection.vector_indexes
+        where = chosen(plan, selection)
         vectors = None
         if plan.request.include_vectors:
-            vectors = VectorsWriter(con, fmt, indexes, out / plan.vectors_name)
+            vectors = VectorsWriter(
+                con, fmt, plan.collection.vector_indexes, out / plan.vectors_name
+            )
+        # Without vectors the predicate runs inside the documents' own query; with them, rows
+        # are picked first so that both files get the same ones.
+        documents = DocumentsWriter(
+            con,
+            fmt,
+            shape,
+            plan.select_paths,
+            out / plan.documents_name,
+            settings.max_columns,
+            where=where if vectors is None else ("TRUE", []),
+        )
         columns = ["document_id", "doc"]
         if vectors is not None:
-            columns += [vector_column(index.name) for index in indexes]
-        where, params = chosen(plan, selection)
+            columns += [vector_column(index.name) for index in plan.collection.vector_indexes]
         rows = store.documents.rows(
             plan.collection, columns, duck.batch_bytes(con), _batch_rows(shape, fmt)
         )
         empty: pa.Table | None = None
         for batch in rows:
             empty = batch.slice(0, 0)
-            batch = keep(con, batch, where, params)
+            if vectors is None:
+                documents.write(batch)
+                continue
+            batch = keep(con, batch, *where)
             if batch.num_rows:
                 documents.write(batch)
-                if vectors is not None:
-                    vectors.write(batch)
+                vectors.write(batch)
         written = documents.close()
         files = [_output("documents", plan.documents_name, fmt, written)]
         if vectors is not None:
@@ -121,7 +132,7 @@ def _shape(
     if fmt == "json" and select is None and not selects_all(plan):
         return None
     if selection.surveyed:
-        shapes = surveyed_shapes(con, selection)
+        shapes = surveyed_shapes(con)
     else:
         shapes = store.documents.shapes(plan.collection) or _shapes_by_pass(con, plan, store)
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)

@@ -2,17 +2,21 @@
 
 Only a sample needs a pass over the matches before writing (to find the N-th match by rank),
 and so do csv and parquet exports of a filtered or sampled selection, whose columns must be
-known before the first row is written. That pass (`survey`) keeps, per match, its rank, id
-and JSON structure in the export's own DuckDB file; the write pass reads it back.
+known before the first row is written. That pass (`survey`) keeps only the N lowest-ranked
+matches of a sample, and of every match only its structure's count; the counts go to the
+export's own DuckDB file for the write step.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from export_pipeline import duck
@@ -26,13 +30,13 @@ from export_pipeline.store import Store
 # joined text (combining two hashes only mixes them weakly) gives each seed its own
 # pseudo-random order. Only ids are ranked: documents never pass through a reservoir.
 _RANK = "hash(CAST(? AS VARCHAR) || ':' || document_id)"
-CANDIDATES = "candidates"
+CHOSEN_SHAPES = "chosen_shapes"
 
 
 class Selection(BaseModel):
     """What the survey decided: small, so it can pass between steps."""
 
-    surveyed: bool = False  # the candidates table holds every match (rank, id, structure)
+    surveyed: bool = False  # the scratch database holds the chosen documents' structures
     matched: int | None = None  # documents the export writes, when known before writing
     cutoff: tuple[int, str] | None = None  # the N-th match's (rank, id) when sampling
 
@@ -67,49 +71,105 @@ def needs_survey(plan: ExportPlan) -> bool:
 
 
 def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Selection:
-    """Pass over the matches before writing: their ranks, ids and structures; the cutoff."""
+    """A pass over the matches before writing: the sample's cutoff, and the structures of
+    the chosen documents (kept in the scratch database for the write step)."""
     if not needs_survey(plan):
         return Selection()
     shapes = plan.request.format != "json" or plan.select_paths is not None
     reads_docs = shapes or plan.filter_sql != "TRUE"
-    rank = _RANK if plan.request.sample_size is not None else "NULL::UBIGINT"
-    shape = "json_structure(doc)::VARCHAR" if shapes else "NULL::VARCHAR"
-    con.execute(f"CREATE TABLE {CANDIDATES} (rank UBIGINT, document_id VARCHAR, shape VARCHAR)")
+    columns = ["document_id", "doc"] if reads_docs else ["document_id"]
+    rows = store.documents.rows(plan.collection, columns, duck.batch_bytes(con))
+    if plan.request.sample_size is None:
+        counts = _count_shapes(con, plan, rows)
+        matched, cutoff = sum(counts.values()), None
+    else:
+        counts, matched, cutoff = _sample(con, plan, rows, shapes)
+    table = pa.table(
+        {"shape": list(counts), "n": list(counts.values())},
+        schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
+    )
+    con.register("counted", table)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {CHOSEN_SHAPES} AS SELECT * FROM counted")
+    finally:
+        con.unregister("counted")
+    return Selection(surveyed=True, matched=matched, cutoff=cutoff)
+
+
+def _count_shapes(
+    con: duckdb.DuckDBPyConnection, plan: ExportPlan, rows: Iterator[pa.Table]
+) -> Counter[str]:
+    """The matches' structures, counted batch by batch (nothing kept per document)."""
+    counts: Counter[str] = Counter()
     sql = (
-        f"INSERT INTO {CANDIDATES} SELECT {rank}, document_id, {shape} FROM {duck.BATCH}"
+        f"SELECT json_structure(doc)::VARCHAR, count(*) FROM {duck.BATCH}"
+        f" WHERE {plan.filter_sql} GROUP BY 1"
+    )
+    for batch in rows:
+        found = duck.on_batch(con, sql, batch, plan.filter_params)
+        counts.update(dict(zip(*(c.to_pylist() for c in found.columns), strict=True)))
+    return counts
+
+
+def _sample(
+    con: duckdb.DuckDBPyConnection, plan: ExportPlan, rows: Iterator[pa.Table], shapes: bool
+) -> tuple[Counter[str], int, tuple[int, str] | None]:
+    """The N lowest-ranked matches (O2), kept N at a time: their structures, their number,
+    and the N-th's (rank, id), or no cutoff when fewer match."""
+    size = plan.request.sample_size
+    assert size is not None
+    shape = "json_structure(doc)::VARCHAR" if shapes else "NULL::VARCHAR"
+    sql = (
+        f"SELECT {_RANK} AS rank, document_id, {shape} AS shape FROM {duck.BATCH}"
         f" WHERE {plan.filter_sql}"
     )
-    seed = [str(plan.sample_seed)] if plan.request.sample_size is not None else []
-    columns = ["document_id", "doc"] if reads_docs else ["document_id"]
-    for batch in store.documents.rows(plan.collection, columns, duck.batch_bytes(con)):
-        _execute(con, sql, batch, [*seed, *plan.filter_params])
+    params = [str(plan.sample_seed), *plan.filter_params]
+    known: dict[str, int] = {}  # structure text -> a small number; documents keep the number
+    kept: list[pa.Table] = []
+    held = 0
+    for batch in rows:
+        found = duck.on_batch(con, sql, batch, params)
+        kept.append(_numbered(found, known))
+        held += found.num_rows
+        if held > 2 * size:  # only ever the N lowest can be chosen: drop the rest
+            kept = [_lowest(pa.concat_tables(kept), size)]
+            held = kept[0].num_rows
+    chosen = _lowest(pa.concat_tables(kept), size) if kept else None
+    if chosen is None or chosen.num_rows == 0:
+        return Counter(), 0, None
+    texts = {number: text for text, number in known.items()}
+    numbers = Counter(chosen.column("shape").to_pylist())
+    counts = Counter({texts[n]: count for n, count in numbers.items() if n in texts})
     cutoff = None
-    if plan.request.sample_size is not None:
-        found = con.execute(
-            f"SELECT rank, document_id FROM {CANDIDATES} ORDER BY rank, document_id"
-            " LIMIT 1 OFFSET ?",
-            [plan.request.sample_size - 1],
-        ).fetchall()
-        cutoff = (int(found[0][0]), found[0][1]) if found else None
-    selection = Selection(surveyed=True, cutoff=cutoff)
-    where, params = _chosen_candidates(selection)
-    (count,) = con.execute(f"SELECT count(*) FROM {CANDIDATES} WHERE {where}", params).fetchall()[0]
-    return selection.model_copy(update={"matched": count})
+    if chosen.num_rows == size:
+        last = chosen.slice(size - 1, 1).to_pylist()[0]
+        cutoff = (int(last["rank"]), last["document_id"])
+    return counts, chosen.num_rows, cutoff
 
 
-def surveyed_shapes(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[tuple[str, int]]:
+def _numbered(found: pa.Table, known: dict[str, int]) -> pa.Table:
+    """The batch's structures replaced by numbers (one text per distinct structure)."""
+    encoded = pc.dictionary_encode(found.column("shape").combine_chunks())
+    numbers = [
+        known.setdefault(text, len(known)) if text is not None else -1
+        for text in encoded.dictionary.to_pylist()
+    ]
+    mapped = pc.take(pa.array(numbers, pa.int32()), encoded.indices)
+    return pa.table(
+        {"rank": found.column("rank"), "document_id": found.column("document_id"), "shape": mapped}
+    )
+
+
+def _lowest(table: pa.Table, size: int) -> pa.Table:
+    order = [("rank", "ascending"), ("document_id", "ascending")]
+    if table.num_rows > size:
+        table = table.take(pc.select_k_unstable(table, size, order))
+    return table.take(pc.sort_indices(table, order))
+
+
+def surveyed_shapes(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
     """The distinct structures of the chosen documents, with counts."""
-    where, params = _chosen_candidates(selection)
-    return con.execute(
-        f"SELECT shape, count(*) FROM {CANDIDATES} WHERE {where} GROUP BY shape", params
-    ).fetchall()
-
-
-def _chosen_candidates(selection: Selection) -> tuple[str, list[Any]]:
-    if selection.cutoff is None:
-        return "TRUE", []
-    rank, document_id = selection.cutoff
-    return "(rank < ? OR (rank = ? AND document_id <= ?))", [rank, rank, document_id]
+    return con.execute(f"SELECT shape, n FROM {CHOSEN_SHAPES}").fetchall()
 
 
 def chosen(plan: ExportPlan, selection: Selection) -> tuple[str, list[Any]]:
@@ -133,14 +193,6 @@ def keep(
         return batch
     mask = duck.on_batch(con, f"SELECT ({where}) AS keep FROM {duck.BATCH}", batch, params)
     return batch.filter(mask.column(0))
-
-
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, batch: pa.Table, params: list[Any]) -> None:
-    con.register(duck.BATCH, batch)
-    try:
-        con.execute(sql, params or None)
-    finally:
-        con.unregister(duck.BATCH)
 
 
 def projection_sql(paths: list[str]) -> str:

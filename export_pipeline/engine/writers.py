@@ -55,7 +55,9 @@ class DocumentsWriter:
         select: list[str] | None,
         path: Path,
         max_keys: int,
+        where: tuple[str, list[Any]] = ("TRUE", []),
     ) -> None:
+        """`where` picks the rows of each batch to write (a predicate and its parameters)."""
         self.con, self.fmt, self.select = con, fmt, select
         self.max_keys = max_keys
         self.warnings = list(shape.warnings) if shape else []
@@ -63,10 +65,12 @@ class DocumentsWriter:
         self.keys: set[str] | None = None if shape is None else set(shape.structure)
         self.found_keys: set[str] = set()
         doc = projection_sql(select) if select else "doc"
-        source = f"(SELECT document_id, {doc} AS doc FROM {duck.BATCH})"
+        condition, self.where_params = where
+        source = f"(SELECT document_id, {doc} AS doc FROM {duck.BATCH} WHERE {condition})"
         self.params: list[Any] = []
         if fmt == "json":
-            self.sql = None if select is None else f"SELECT doc FROM {source} s"
+            passthrough = select is None and condition == "TRUE"
+            self.sql = None if passthrough else f"SELECT doc FROM {source} s"
             self.writer = TableWriter(path, lambda schema: LineSink(path))
         elif shape is None:
             raise ValueError("csv and parquet need the documents' shape")
@@ -96,7 +100,8 @@ class DocumentsWriter:
         self.writer.write(out)
 
     def _run(self, rows: pa.Table) -> pa.Table:
-        return duck.on_batch(self.con, self.sql or "", rows, self.params)
+        # Placeholders: the conversion's (outer query) come first, then the predicate's.
+        return duck.on_batch(self.con, self.sql or "", rows, self.params + self.where_params)
 
     def _gather_keys(self, lines: pa.Table) -> None:
         found = duck.on_batch(

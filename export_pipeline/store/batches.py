@@ -9,8 +9,11 @@ to DuckDB on its own.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -78,7 +81,7 @@ def read_run(
     """A parquet file's rows, one row group at a time, cut to bounded batches."""
     with pq.ParquetFile(path, filesystem=filesystem) as parquet:
         for group in range(parquet.metadata.num_row_groups):
-            rows = parquet.read_row_group(group, columns=columns, use_threads=False)
+            rows = parquet.read_row_group(group, columns=columns)
             yield from byte_chunks(rows, max_bytes, max_rows)
 
 
@@ -126,3 +129,42 @@ def rebatch(tables: Iterable[pa.Table], max_bytes: int, max_rows: int) -> Iterat
     """Cut a stream of tables into bounded batches (merging produces uneven sizes)."""
     for table in tables:
         yield from byte_chunks(table, max_bytes, max_rows)
+
+
+_DONE = object()
+
+
+def prefetch(tables: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """The same tables, read ahead by a thread while the caller works on the last one
+    (Arrow's reads release the GIL, so reading overlaps DuckDB and the writers)."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer is gone
+
+    def produce() -> None:
+        try:
+            for table in tables:
+                if not offer(table):
+                    return
+            offer(_DONE)
+        except BaseException as exc:  # re-raised in the consumer
+            offer(exc)
+
+    thread = threading.Thread(target=produce, daemon=True, name="prefetch")
+    thread.start()
+    try:
+        while (item := ahead.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -20,7 +20,14 @@ from export_pipeline import duck
 from export_pipeline.errors import ConflictError
 from export_pipeline.settings import Settings
 from export_pipeline.store import ingest as steps
-from export_pipeline.store.batches import BATCH_BYTES, BATCH_ROWS, merge_sorted, read_run, rebatch
+from export_pipeline.store.batches import (
+    BATCH_BYTES,
+    BATCH_ROWS,
+    merge_sorted,
+    prefetch,
+    read_run,
+    rebatch,
+)
 from export_pipeline.store.catalog import Catalog, Collection, utc_now
 from export_pipeline.store.segments import shapes_file
 
@@ -66,8 +73,8 @@ class DocumentStore:
             read_run(path, columns, max_bytes, max_rows) for path in self.segment_files(collection)
         ]
         if len(runs) == 1:
-            return runs[0]
-        return rebatch(merge_sorted(runs), max_bytes, max_rows)
+            return prefetch(runs[0])
+        return prefetch(rebatch(merge_sorted(runs), max_bytes, max_rows))
 
     def shapes(self, collection: Collection) -> list[tuple[str, int]] | None:
         """Every distinct JSON structure of the snapshot's documents with its count, from the

@@ -85,12 +85,32 @@ class SegmentWriter:
         self.rows = 0
         self._writer = pq.ParquetWriter(path, schema, compression=SEGMENT_COMPRESSION)
         self._shapes: list[pa.Table] = []
+        self._pending: list[pa.Table] = []  # rows waiting to fill a row group
+        self._pending_rows = self._pending_bytes = 0
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Append rows (in document_id order, after the rows written so far)."""
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        table = table.cast(self.schema)
-        for chunk in byte_chunks(table, ROW_GROUP_BYTES, ROW_GROUP_ROWS):
+        self._pending.append(table.cast(self.schema))
+        self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
+        # Small batches are gathered into full row groups: fewer, larger reads later.
+        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        if not self._pending:
+            return
+        chunks = list(byte_chunks(pa.concat_tables(self._pending), ROW_GROUP_BYTES, ROW_GROUP_ROWS))
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+        if not final and chunks:  # the remainder waits for more rows
+            last = chunks.pop()
+            self._pending, self._pending_rows, self._pending_bytes = (
+                [last],
+                last.num_rows,
+                last.nbytes,
+            )
+        for chunk in chunks:
             self._writer.write_table(chunk)
             self.rows += chunk.num_rows
             if self.shapes:
@@ -121,6 +141,7 @@ class SegmentWriter:
 
     def close(self) -> None:
         """Finish the segment and write its sidecar."""
+        self._flush(final=True)
         self._writer.close()
         if self.shapes:
             pq.write_table(self._merged().select(["shape", "n"]), shapes_file(self.path))
