@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -23,6 +22,7 @@ from export_pipeline.api.openapi import (
 )
 from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import ValidationError
+from export_pipeline.jsontext import load_json
 from export_pipeline.links import ExportLinks, fresh_links
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.launch import local_instance, prepare
@@ -137,12 +137,7 @@ def _request_body(request: Request, raw: bytes) -> dict[str, Any] | None:
             "the body must be JSON sent as Content-Type: application/json",
             [{"loc": "(body)", "msg": f"content type {media or 'missing'}"}],
         )
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(
-            f"the body is not valid JSON: {exc}", [{"loc": "(body)", "msg": str(exc)}]
-        ) from None
+    body = load_json(raw, "the body")
     if body is not None and not isinstance(body, dict):
         raise ValidationError(
             "the body must be a JSON object", [{"loc": "(body)", "msg": "not an object"}]

@@ -16,6 +16,7 @@ from export_pipeline.errors import (
     ExportPipelineError,
     NotFoundError,
     ValidationError,
+    from_pydantic,
 )
 from export_pipeline.orchestration.pool import RunTimedOut
 
@@ -115,12 +116,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": ".".join(str(part) for part in err["loc"]), "msg": err["msg"]}
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details)
-        return envelope(422, "ValidationError", f"invalid request: {summary}", details)
+        error = from_pydantic(exc)
+        return envelope(422, error.type_name, error.message, error.details)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
