@@ -212,11 +212,9 @@ def demo(store: Store, settings: Settings) -> dict[str, Any]:
 
 def serve(host: str, port: int, settings: Settings) -> int:
     """Run the HTTP API (uvicorn) until interrupted; logs go to stderr, never keys or links."""
-    import uvicorn
+    from export_pipeline.api import server  # FastAPI and uvicorn load for this command only
 
-    from export_pipeline.api.app import create_app
-
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    server.serve(host, port, settings)
     return 0
 
 
