@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
 from export_pipeline.errors import ConflictError, ExportPipelineError, ValidationError
+from export_pipeline.jsontext import load_json
 from export_pipeline.links import fresh_links
 from export_pipeline.settings import Settings
 from export_pipeline.store import ApiKey, Store, VectorIndex
@@ -29,6 +30,13 @@ def _vector_index(spec: str) -> VectorIndex:
         return VectorIndex(name=parts[0], dimensions=int(parts[1]), type=[*parts, "dense"][2])
     except ValueError as exc:
         raise ValidationError(f"invalid --vector-index {spec!r}: {exc}") from None
+
+
+def _port(text: str) -> int:
+    # Checked here: uvicorn reports a port out of range as an internal error, after startup.
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the HTTP API until interrupted")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
 
     commands.add_parser("demo", help="build a demo collection and export it")
     return parser
@@ -89,13 +97,11 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     """The export request: the --request body, with explicit flags layered on top."""
     body: Any = {}
     if args.request:
-        text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
-        try:
-            body = json.loads(text) if text.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"--request is not valid JSON: {exc}") from None
+        what = "--request (stdin)" if args.request == "-" else f"--request {args.request}"
+        raw = _read_request(args.request, what)
+        body = load_json(raw, what) if raw.strip() else {}
         if not isinstance(body, dict):
-            raise ValidationError("--request must hold a JSON object")
+            raise ValidationError(f"{what} must hold a JSON object")
     flags = {
         "format": args.format,
         "select_fields": args.select_fields.split(",") if args.select_fields else None,
@@ -104,6 +110,22 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         "include_vectors": args.include_vectors,
     }
     return body | {key: value for key, value in flags.items() if value is not None}
+
+
+def _read_request(source: str, what: str) -> bytes:
+    """The bytes of --request: stdin for `-`, else the file. One that cannot be read is the
+    user's to fix (exit 2), named with the reason."""
+    try:
+        if source != "-":
+            return Path(source).read_bytes()
+        if sys.stdin is None:  # started with stdin closed
+            raise OSError("stdin is closed")
+        return sys.stdin.buffer.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValidationError(
+            f"{what}: cannot read it: {reason}", [{"loc": "--request", "msg": reason}]
+        ) from None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -190,11 +212,9 @@ def demo(store: Store, settings: Settings) -> dict[str, Any]:
 
 def serve(host: str, port: int, settings: Settings) -> int:
     """Run the HTTP API (uvicorn) until interrupted; logs go to stderr, never keys or links."""
-    import uvicorn
+    from export_pipeline.api import server  # FastAPI and uvicorn load for this command only
 
-    from export_pipeline.api.app import create_app
-
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    server.serve(host, port, settings)
     return 0
 
 

@@ -43,9 +43,10 @@ class ConflictError(ExportPipelineError):
 
 
 def validation_details(exc: Any, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
-    """Turn a pydantic ValidationError into `[{"loc": "filters.AND.0.operator", "msg": ...}]`."""
+    """Turn a pydantic (or FastAPI request) validation error into
+    `[{"loc": "filters.AND.0.operator", "msg": ...}]`; a problem with the whole input has loc ""."""
     details = []
-    for err in exc.errors(include_url=False):
+    for err in exc.errors():
         loc = [*prefix, *(part for part in err["loc"] if not _is_union_tag(part))]
         msg = err["msg"].removeprefix("Value error, ")
         details.append({"loc": ".".join(str(p) for p in loc), "msg": msg})
@@ -57,11 +58,18 @@ def _is_union_tag(part: str | int) -> bool:
     return part in ("condition", "group")
 
 
+def problems(details: list[dict[str, Any]], whole: str = "(body)") -> str:
+    """Details in one line, `loc: msg; loc: msg`. A problem without a location is about the
+    whole input, named `whole` ("(body)", "(file)"); with `whole=""` its message stands alone."""
+    return "; ".join(
+        f"{d['loc'] or whole}: {d['msg']}" if d["loc"] or whole else d["msg"] for d in details
+    )
+
+
 def from_pydantic(exc: Any, prefix: tuple[str | int, ...] = ()) -> ValidationError:
     """A ValidationError whose message lists every problem with its location."""
     details = validation_details(exc, prefix)
-    summary = "; ".join(f"{d['loc'] or '(body)'}: {d['msg']}" for d in details)
-    return ValidationError(f"invalid request: {summary}", details)
+    return ValidationError(f"invalid request: {problems(details)}", details)
 
 
 def from_dict(error: dict[str, Any]) -> ExportPipelineError:

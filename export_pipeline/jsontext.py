@@ -45,6 +45,12 @@ def nesting_problem(raw: bytes, limit: int) -> str | None:
     offset = int(deeper[0])
     line = raw.count(b"\n", 0, offset) + 1
     column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    return too_deep(limit, line, column)
+
+
+def too_deep(limit: int, line: int, column: int) -> str:
+    """The one wording of "too deep", for JSON here and for YAML (schedules) alike; line and
+    column count from 1."""
     return f"nested deeper than {limit} levels (at line {line}, column {column})"
 
 

@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     api_rate_limit_per_minute: int = Field(
         0, ge=0, description="Requests per minute per API key (0: no limit)."
     )
+    api_header_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        description="Seconds a client has to send a request's headers, from connecting (or from"
+        " the first byte of the next request on a kept-alive connection); then the server"
+        " answers 408 and closes the connection.",
+    )
+    api_body_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        description="Seconds a client has to send a whole request body (at most 1 MiB) once its"
+        " headers are in; then the server answers 408 and closes the connection.",
+    )
 
     @field_validator("drop_dir", mode="before")
     @classmethod

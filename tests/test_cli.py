@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -11,9 +12,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import files_under
 
 from export_pipeline.cli import main
 from export_pipeline.contract import ExportResponse
+from export_pipeline.jsontext import MAX_REQUEST_DEPTH
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_e9b29afa5f7a4441.txt"
 
@@ -31,9 +34,10 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     monkeypatch.setenv("EXPORT_PIPELINE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("EXPORT_PIPELINE_STORAGE", raising=False)
 
-    def run(*argv: str, stdin: str | None = None) -> tuple[int, dict[str, Any]]:
-        if stdin is not None:
-            monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(stdin))
+    def run(*argv: str, stdin: str | bytes | None = None) -> tuple[int, dict[str, Any]]:
+        if stdin is not None:  # a text stream over bytes, as a real stdin is
+            data = stdin.encode() if isinstance(stdin, str) else stdin
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
         code = main(list(argv))
         out = capsys.readouterr().out
         return code, json.loads(out)
@@ -118,12 +122,77 @@ def test_request_from_stdin_with_flags_on_top(cli, people: Path) -> None:
         (["export", "people", "-n", "nobody"], 3, "NotFoundError"),
         (["namespace", "create", "hr-team"], 1, "ConflictError"),
         (["frobnicate"], 2, "ValidationError"),
+        (["serve", "--port", "70000"], 2, "ValidationError"),
     ],
 )
 def test_errors_are_one_json_object_with_exit_code(cli, people, argv, code, kind) -> None:
     got, out = cli(*argv)
     assert got == code
     assert set(out) == {"error"} and out["error"]["type"] == kind and out["error"]["message"]
+
+
+# --- User mistakes in --request are user errors (exit 2), never internal ones ------------
+
+DEEP = b'{"filters": ' * 10_000 + b"{}" + b"}" * 10_000  # parsed, this hit the recursion limit
+
+
+def nothing_exported(home: Path) -> bool:
+    """No file published and no Dagster run recorded (a run's events get their own .db)."""
+    runs = home / "dagster" / "history" / "runs"
+    run_files = [path for path in files_under(runs) if path.name != "index.db"]
+    return files_under(home / "exports") == [] and run_files == []
+
+
+def test_a_request_file_nested_10000_levels_is_refused_with_its_location(
+    cli, people: Path, tmp_path: Path
+) -> None:
+    request = tmp_path / "deep.json"
+    request.write_bytes(DEEP)
+    code, out = cli("export", "people", "-n", "hr-team", "--request", str(request))
+    assert code == 2 and out["error"]["type"] == "ValidationError"
+    column = 12 * MAX_REQUEST_DEPTH + 1  # the 65th '{"filters": ' opens past the limit
+    assert out["error"]["message"] == (
+        f"--request {request} is nested deeper than 64 levels (at line 1, column {column})"
+    )
+    assert nothing_exported(tmp_path / "home")
+
+
+def test_a_request_on_stdin_nested_10000_levels_is_refused(cli, people: Path, tmp_path) -> None:
+    code, out = cli("export", "people", "-n", "hr-team", "--request", "-", stdin=DEEP)
+    assert code == 2 and out["error"]["type"] == "ValidationError"
+    assert out["error"]["message"].startswith("--request (stdin) is nested deeper than 64 levels")
+    assert nothing_exported(tmp_path / "home")
+
+
+def test_a_request_nested_as_deep_as_allowed_is_checked_by_the_contract(cli, people) -> None:
+    # 64 levels pass the nesting check; the contract then says what is wrong, still exit 2.
+    body = '{"filters": ' * 63 + "{}" + "}" * 63
+    code, out = cli("export", "people", "-n", "hr-team", "--request", "-", stdin=body)
+    assert code == 2 and out["error"]["type"] == "ValidationError"
+    assert out["error"]["message"].startswith("invalid request: filters")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: None, "--request {path}: cannot read it: No such file or directory"),
+        (lambda path: path.mkdir(), "--request {path}: cannot read it: Is a directory"),
+        (
+            lambda path: path.write_bytes(b'{"format": "c\xe9sv"}'),
+            "--request {path} is not valid JSON: 'utf-8' codec can't decode byte 0xe9",
+        ),
+    ],
+    ids=["missing", "a directory", "not UTF-8"],
+)
+def test_an_unreadable_request_file_is_named_with_exit_2(
+    cli, people: Path, tmp_path: Path, make: Any, message: str
+) -> None:
+    request = tmp_path / "request.json"
+    make(request)
+    code, out = cli("export", "people", "-n", "hr-team", "--request", str(request))
+    assert code == 2 and out["error"]["type"] == "ValidationError", out
+    assert out["error"]["message"].startswith(message.format(path=request))
+    assert nothing_exported(tmp_path / "home")
 
 
 def test_ingest_error_names_the_line_and_changes_nothing(cli, people: Path, tmp_path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -23,6 +23,7 @@ from export_pipeline.api.openapi import (
 )
 from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import ValidationError
+from export_pipeline.jsontext import load_json
 from export_pipeline.links import ExportLinks, fresh_links
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.launch import local_instance, prepare
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
     )
     async def export_collection(collection_identifier: str, request: Request) -> JSONResponse:
         """Export a collection's documents (and vectors) to a file behind a download link."""
-        raw = await _body(request)
+        raw = await _body(request, settings.api_body_timeout_seconds)
         run = await run_in_threadpool(
             _export, settings, limiter, request, collection_identifier, raw, app.state.pool
         )
@@ -113,17 +114,24 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
     return app
 
 
-async def _body(request: Request) -> bytes:
-    """The raw body, refused past 1 MiB without reading the rest."""
+async def _body(request: Request, timeout: float) -> bytes:
+    """The raw body, refused past 1 MiB without reading the rest, and past `timeout` seconds
+    (a client trickling its body would otherwise hold the request open for good)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise errors.PayloadTooLargeError(f"request body over {MAX_BODY_BYTES} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise errors.PayloadTooLargeError(f"request body over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise errors.PayloadTooLargeError(f"request body over {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.RequestTimeoutError(
+            f"request body not received within {timeout:g} s ({size} bytes arrived)"
+        ) from None
     return b"".join(chunks)
 
 
@@ -137,12 +145,7 @@ def _request_body(request: Request, raw: bytes) -> dict[str, Any] | None:
             "the body must be JSON sent as Content-Type: application/json",
             [{"loc": "(body)", "msg": f"content type {media or 'missing'}"}],
         )
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(
-            f"the body is not valid JSON: {exc}", [{"loc": "(body)", "msg": str(exc)}]
-        ) from None
+    body = load_json(raw, "the body")
     if body is not None and not isinstance(body, dict):
         raise ValidationError(
             "the body must be a JSON object", [{"loc": "(body)", "msg": "not an object"}]

@@ -10,12 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from export_pipeline.errors import (
     ConflictError,
     ExportPipelineError,
     NotFoundError,
     ValidationError,
+    from_pydantic,
 )
 from export_pipeline.orchestration.pool import RunTimedOut
 
@@ -50,6 +53,12 @@ class PayloadTooLargeError(ApiError):
     """The body is over the limit."""
 
     type_name, status = "PayloadTooLargeError", 413
+
+
+class RequestTimeoutError(ApiError):
+    """The client did not send the whole request in time; the connection is closed after."""
+
+    type_name, status = "RequestTimeoutError", 408
 
 
 class RateLimitError(ApiError):
@@ -88,10 +97,15 @@ class ErrorEnvelope(BaseModel):
 
 def envelope(status: int, type_name: str, message: str, details: Any = None) -> JSONResponse:
     """The H3 envelope as a response."""
+    return JSONResponse(envelope_body(status, type_name, message, details), status_code=status)
+
+
+def envelope_body(status: int, type_name: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The H3 envelope as data (the server writes it itself where no app runs: 408)."""
     body = ErrorEnvelope(
         status=status, error=ErrorBody(message=message, type=type_name, details=details)
     )
-    return JSONResponse(body.model_dump(), status_code=status)
+    return body.model_dump()
 
 
 def status_of(exc: ExportPipelineError) -> int:
@@ -111,16 +125,23 @@ def install(app: FastAPI) -> None:
         response = envelope(status, type_name, exc.message, exc.details)
         if isinstance(exc, RateLimitError):
             response.headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, RequestTimeoutError):
+            # The rest of the body may still come; the connection cannot carry another request.
+            response.headers["Connection"] = "close"
+            log.warning("%s: %s; answered 408, connection closed", _who(request), exc.message)
         return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": ".".join(str(part) for part in err["loc"]), "msg": err["msg"]}
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details)
-        return envelope(422, "ValidationError", f"invalid request: {summary}", details)
+        error = from_pydantic(exc)
+        return envelope(422, error.type_name, error.message, error.details)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # A client hanging up is its own business: one line, no traceback, nothing launched
+        # (the body is read before anything else happens). Nobody reads the response.
+        log.info("%s: disconnected before sending the whole request", _who(request))
+        return Response(status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -131,3 +152,9 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return envelope(500, "InternalServerError", "internal error: the export service failed")
+
+
+def _who(request: Request) -> str:
+    """`127.0.0.1:5555 - POST /path`: who asked for what, as uvicorn's lines name a client."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "client"
+    return f"{client} - {request.method} {request.url.path}"

@@ -11,7 +11,6 @@ lists, reads and moves.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticError
 
-from export_pipeline.errors import ExportPipelineError, ValidationError
+from export_pipeline.errors import (
+    ExportPipelineError,
+    ValidationError,
+    problems,
+    validation_details,
+)
+from export_pipeline.jsontext import load_json
 from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
 from export_pipeline.storage import s3_options
@@ -122,20 +127,13 @@ def decide(store: Store, name: str, data: bytes) -> Decision:
 
 
 def _parse(data: bytes) -> DroppedRequest:
-    try:
-        raw = json.loads(data)
-    except ValueError as exc:  # JSONDecodeError and undecodable bytes alike
-        raise ValidationError(f"not valid JSON: {exc}") from None
+    raw = load_json(data, "the request file")
     try:
         return DroppedRequest.model_validate(raw)
     except PydanticError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}"
-            for err in exc.errors(include_url=False)
-        )
         raise ValidationError(
-            f'invalid request file: {problems} (expected {{"namespace", "collection",'
-            ' "request"}})'
+            f"invalid request file: {problems(validation_details(exc), whole='(file)')}"
+            ' (expected {"namespace", "collection", "request"})'
         ) from None
 
 

@@ -31,7 +31,14 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic import ValidationError as PydanticError
 
 from export_pipeline.engine.plan import parse_request
-from export_pipeline.errors import ExportPipelineError, NotFoundError, ValidationError
+from export_pipeline.errors import (
+    ExportPipelineError,
+    NotFoundError,
+    ValidationError,
+    problems,
+    validation_details,
+)
+from export_pipeline.jsontext import MAX_REQUEST_DEPTH, too_deep
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
@@ -59,16 +66,16 @@ class ScheduleEntry(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not is_valid_name(value):
-            raise ValueError(f"name {value!r} is not a valid Dagster name ([A-Za-z0-9_]+)")
+            raise ValueError(f"{value!r} is not a valid Dagster name ([A-Za-z0-9_]+)")
         if value in RESERVED_NAMES:
-            raise ValueError(f"name {value!r} is taken by a sensor of export_pipeline")
+            raise ValueError(f"{value!r} is taken by a sensor of export_pipeline")
         return value
 
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None and not is_valid_cron_string(value):
-            raise ValueError(f"cron {value!r} is not a valid cron expression")
+            raise ValueError(f"{value!r} is not a valid cron expression")
         return value
 
     @field_validator("timezone")
@@ -77,17 +84,21 @@ class ScheduleEntry(BaseModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"timezone {value!r} is not an IANA time zone") from None
+            raise ValueError(f"{value!r} is not an IANA time zone") from None
         return value
 
-    @field_validator("request")
-    @classmethod
-    def _request(cls, value: dict[str, Any]) -> dict[str, Any]:
+    @model_validator(mode="after")
+    def _request_valid(self) -> Self:
         try:
-            parse_request(value)  # the contract's own message, as the CLI and API give it
+            parse_request(self.request)  # the contract's own problems, as the CLI and API say
         except ExportPipelineError as exc:
-            raise ValueError(exc.message) from None
-        return value
+            # Located inside the entry (request.filters.AND.0.operator), as every other key.
+            located = [
+                {**d, "loc": f"request.{d['loc']}" if d["loc"] else "request"}
+                for d in exc.details or []
+            ]
+            raise ValueError(problems(located) if located else exc.message) from None
+        return self
 
     @model_validator(mode="after")
     def _triggered(self) -> Self:
@@ -106,9 +117,16 @@ class ScheduleEntry(BaseModel):
 def load_schedules(path: Path) -> list[ScheduleEntry]:
     """The file's entries; a ValidationError naming file, entry and problem otherwise."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValidationError(f"{path}: cannot read the schedules file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
+    try:
+        problem = _nesting_problem(text, MAX_REQUEST_DEPTH)
+        if problem is not None:
+            raise ValidationError(f"{path}: {problem}")
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValidationError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if raw is None:  # an empty file declares no schedules
@@ -124,7 +142,9 @@ def load_schedules(path: Path) -> list[ScheduleEntry]:
         try:
             entry = ScheduleEntry.model_validate(item)
         except PydanticError as exc:
-            raise ValidationError(f"{where}: {_problems(exc)}") from None
+            # A problem of the whole entry (no cron nor on_change) says so in its own words.
+            summary = problems(validation_details(exc), whole="")
+            raise ValidationError(f"{where}: {summary}") from None
         if entry.name in first_seen:
             raise ValidationError(
                 f"{where}: name {entry.name!r} is already used by entry #{first_seen[entry.name]}"
@@ -132,6 +152,23 @@ def load_schedules(path: Path) -> list[ScheduleEntry]:
         first_seen[entry.name] = number
         entries.append(entry)
     return entries
+
+
+def _nesting_problem(text: str, limit: int) -> str | None:
+    """Where the YAML nests deeper than `limit` (as jsontext says it of JSON), or None.
+
+    PyYAML builds nodes and objects recursively, so a deep file ends in RecursionError; its
+    parser is a state machine, so the events can be counted first at any depth."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > limit:
+                mark = event.start_mark
+                return too_deep(limit, mark.line + 1, mark.column + 1)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def _entry_label(item: object, number: int) -> str:
@@ -151,18 +188,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         mark = exc.problem_mark
         return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
     return str(exc)
-
-
-def _problems(exc: PydanticError) -> str:
-    """Every problem in one line; our validators' messages already name their field."""
-    problems = []
-    for err in exc.errors(include_url=False):
-        if err["type"] == "value_error":
-            problems.append(err["msg"].removeprefix("Value error, "))
-        else:
-            loc = ".".join(str(part) for part in err["loc"]) or "(entry)"
-            problems.append(f"{loc}: {err['msg']}")
-    return "; ".join(problems)
 
 
 def build_schedule(entry: ScheduleEntry, settings: Settings) -> dg.ScheduleDefinition:

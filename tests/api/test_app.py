@@ -210,6 +210,32 @@ def test_H3_non_json_body_or_wrong_content_type_is_422(
     error_of(response, 422, "ValidationError")
 
 
+DEEP = b'{"filters": ' * 10_000 + b"{}" + b"}" * 10_000  # parsed, this was a 500 and a traceback
+
+
+@pytest.mark.parametrize(
+    ("content", "message", "loc"),
+    [
+        (DEEP, "the body is nested deeper than 64 levels (at line 1, column 769)", "(body)"),
+        (b"[" * 64 + b"]" * 64, "the body must be a JSON object", "(body)"),  # as deep as allowed
+        (b'{"format": "c\xe9sv"}', "the body is not valid JSON: 'utf-8' codec can't", "(body)"),
+        (b'{"filters": ' * 63 + b"{}" + b"}" * 63, "invalid request: filters", "filters"),
+    ],
+    ids=["nested 10,000 levels", "nested 64 levels", "not UTF-8", "deep filters"],
+)
+def test_H3_deep_or_undecodable_bodies_are_422_and_launch_nothing(
+    world: World, content: bytes, message: str, loc: str
+) -> None:
+    runs = len(local_instance(world.settings).get_runs())
+    response = world.post(
+        "people", key=world.key_a, content=content, headers={"Content-Type": "application/json"}
+    )
+    error = error_of(response, 422, "ValidationError")
+    assert error["message"].startswith(message)
+    assert error["details"][0]["loc"].startswith(loc)
+    assert len(local_instance(world.settings).get_runs()) == runs
+
+
 def test_H3_body_over_one_mib_is_413(world: World) -> None:
     big = {"select_fields": ["document_id"], "padding": "x" * (1024 * 1024)}
     error_of(world.post("people", big, key=world.key_a), 413, "PayloadTooLargeError")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,13 +19,11 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import PEOPLE, SEED_MATCHES, SEED_REQUEST, free_port
+from helpers import PEOPLE, SEED_MATCHES, SEED_REQUEST, running_server
 
 from export_pipeline.orchestration import tags
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
-
-BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -89,34 +84,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator
             made = store.catalog.create_collection(ns, collection, [])
             store.ingest(ns.id, made.id, source)
     key, _ = store.keys.create([store.catalog.namespace("team-a")], "server test")
-    port, log = free_port(), root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(BIN / "export-pipeline"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    served = Server(f"http://127.0.0.1:{port}", settings, key, log)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if served.call("GET", "/healthz", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield served
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    log = root / "server.log"
+    with running_server(env, log) as url:
+        yield Server(url, settings, key, log)
 
 
 def test_seed_curl_body_returns_a_working_presigned_link(server: Server) -> None:

@@ -89,23 +89,23 @@ BAD_FILES = {
     "entry not a mapping": (GOOD + "- just a string\n", ["entry #2: an entry must be a mapping"]),
     "bad cron": (
         GOOD + "- {name: nightly, cron: bad cron, namespace: n, collection: c}\n",
-        ["entry 'nightly' (#2): cron 'bad cron' is not a valid cron expression"],
+        ["entry 'nightly' (#2): cron: 'bad cron' is not a valid cron expression"],
     ),
     "seconds cron": (
         "- {name: fast, cron: '* * * * * *', namespace: n, collection: c}\n",
-        ["entry 'fast' (#1): cron '* * * * * *' is not a valid cron expression"],
+        ["entry 'fast' (#1): cron: '* * * * * *' is not a valid cron expression"],
     ),
     "bad timezone": (
         "- {name: a, cron: '@daily', timezone: Mars/Olympus, namespace: n, collection: c}\n",
-        ["entry 'a' (#1): timezone 'Mars/Olympus' is not an IANA time zone"],
+        ["entry 'a' (#1): timezone: 'Mars/Olympus' is not an IANA time zone"],
     ),
     "invalid Dagster name": (
         "- {name: my export, cron: '@daily', namespace: n, collection: c}\n",
-        ["entry 'my export' (#1): name 'my export' is not a valid Dagster name"],
+        ["entry 'my export' (#1): name: 'my export' is not a valid Dagster name"],
     ),
     "name of a sensor": (
         "- {name: export_request_drop, cron: '@daily', namespace: n, collection: c}\n",
-        ["name 'export_request_drop' is taken by a sensor"],
+        ["name: 'export_request_drop' is taken by a sensor"],
     ),
     "duplicate names": (
         GOOD + GOOD.replace("0 2", "0 3"),
@@ -124,11 +124,11 @@ BAD_FILES = {
         GOOD.replace(
             "{format: csv}", "{filters: {AND: [{field: metadata.n, operator: like, value: 1}]}}"
         ),
-        ["entry 'first' (#1): invalid request: filters.AND.0.operator:"],
+        ["entry 'first' (#1): request.filters.AND.0.operator:"],
     ),
     "bad format": (
         GOOD.replace("format: csv", "format: xlsx"),
-        ["entry 'first' (#1): invalid request: format:"],
+        ["entry 'first' (#1): request.format:"],
     ),
     "request not a mapping": (
         GOOD.replace("request: {format: csv}", "request: csv"),
@@ -141,6 +141,16 @@ BAD_FILES = {
     "default_status without cron": (
         "- {name: a, on_change: true, default_status: running, namespace: n, collection: c}\n",
         ["default_status applies to the cron schedule"],
+    ),
+    # PyYAML builds nested nodes recursively: these ended in RecursionError, a traceback.
+    "nested 10,000 levels, flow style": (
+        GOOD.replace("{format: csv}", "[" * 10_000 + "]" * 10_000),
+        ["schedules.yaml: nested deeper than 64 levels (at line 5, column 74)"],
+    ),
+    "nested 10,000 levels, block style": (
+        GOOD.replace("{format: csv}", "")
+        + "".join(f"{'  ' * depth}a:\n" for depth in range(2, 10_002)),
+        ["schedules.yaml: nested deeper than 64 levels (at line 68, column 129)"],
     ),
     "unknown default_status": (
         GOOD + "  default_status: paused\n",
@@ -161,6 +171,14 @@ def test_a_malformed_file_fails_with_one_message_naming_file_entry_and_problem(
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "schedules.yaml"
+    path.write_bytes(GOOD.replace("first", "caf\xe9").encode("latin-1"))
+    with pytest.raises(ValidationError) as caught:
+        load_schedules(path)
+    assert caught.value.message == (f"{path}: not UTF-8 text (byte 11): invalid continuation byte")
 
 
 def test_a_missing_file_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
@@ -268,5 +286,5 @@ def test_definitions_fail_to_load_with_a_malformed_schedules_file(
     settings: Settings, tmp_path: Path
 ) -> None:
     path = write_file(tmp_path, GOOD.replace("0 2 * * *", "bad cron"))
-    with pytest.raises(ValidationError, match=r"entry 'first' \(#1\): cron 'bad cron'"):
+    with pytest.raises(ValidationError, match=r"entry 'first' \(#1\): cron: 'bad cron'"):
         build_definitions(settings.model_copy(update={"schedules": path}))

@@ -141,8 +141,23 @@ def test_the_same_content_dropped_twice_has_the_same_run_key(
 
 
 BAD_REQUESTS: dict[str, tuple[bytes | dict[str, Any], list[str]]] = {
-    "invalid JSON": (b'{"namespace": "test-ns",', ["ValidationError: not valid JSON"]),
-    "not UTF-8": (b"\xff\xfe{}", ["ValidationError: not valid JSON"]),
+    "invalid JSON": (
+        b'{"namespace": "test-ns",',
+        ["ValidationError: the request file is not valid JSON"],
+    ),
+    "not UTF-8": (b"\xff\xfe{}", ["ValidationError: the request file is not valid JSON"]),
+    # Parsed as it is, this reached Python's recursion limit: the tick failed, every tick.
+    "nested 10,000 levels": (
+        b"[" * 10_000 + b"]" * 10_000,
+        ["ValidationError: the request file is nested deeper than 64 levels", "line 1, column 65"],
+    ),
+    "a request nested 10,000 levels": (
+        b'{"namespace": "test-ns", "collection": "things",\n "request": '
+        + b'{"filters": ' * 10_000
+        + b"{}"
+        + b"}" * 10_001,
+        ["nested deeper than 64 levels (at line 2, column 769)"],
+    ),
     "not an object": ([VALID], ["invalid request file: (file):"]),
     "missing keys": (
         {"namespace": "test-ns"},
