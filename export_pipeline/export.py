@@ -10,6 +10,7 @@ from typing import Any
 
 import duckdb
 
+from export_pipeline import duck
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
@@ -140,6 +141,7 @@ def publish(
 def cleanup(plan: ExportPlan) -> None:
     """Remove the export's scratch space, whether it succeeded or failed."""
     shutil.rmtree(plan.scratch_dir, ignore_errors=True)
+    duck.discard(plan.scratch_dir)  # its DuckDB file, where a `?` in the path kept it aside
 
 
 def run_export(

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection
 
+from export_pipeline import duck
 from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import ExportPipelineError, from_dict
 from export_pipeline.orchestration import tags
@@ -154,6 +155,7 @@ class RunPool:
             export_id = run.tags.get(tags.EXPORT_ID)
             if export_id:
                 shutil.rmtree(self.settings.scratch_dir / export_id, ignore_errors=True)
+                duck.discard(self.settings.scratch_dir / export_id)
         replacement = _Worker(self.settings)
         with self._lock:
             self._workers[self._workers.index(worker)] = replacement
