@@ -126,6 +126,7 @@ _WORDINGS = [
     ("readonly database", errno.EROFS),
     ("permission denied", errno.EACCES),
     ("operation not permitted", errno.EPERM),
+    ("no such file or directory", errno.ENOENT),
 ]
 # SQLite's words when it cannot say why: the folder is examined instead.
 _VAGUE = ("unable to open database file", "disk i/o error")

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,15 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 import pytest
 from conftest import make_collection
+from fastapi.testclient import TestClient
 from helpers import files_under
 
-from export_pipeline.errors import NotFoundError
+from export_pipeline.api.app import create_app
+from export_pipeline.errors import (
+    CHANGED_NOTHING,
+    PUBLISHED_NOTHING,
+    EnvironmentProblem,
+    InsufficientStorage,
+    NotFoundError,
+    TransientStorageError,
+    environment_problem,
+    guard,
+)
+from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store, VectorIndex
-
-pytestmark = pytest.mark.slow
 
 SCRIPT = Path(sys.executable).parent / "export-pipeline"
 DIMENSIONS = 64
@@ -144,6 +156,7 @@ def assert_nothing_published(home: Path, exports: Path, scratch: Path) -> None:
     assert not any(scratch.glob("exp_*")), "an export's scratch folder was left"
 
 
+@pytest.mark.slow
 def test_full_scratch_fails_the_export_naming_the_scratch_and_publishes_nothing(
     tmp_path: Path, tmpfs: Callable[..., Path]
 ) -> None:
@@ -160,6 +173,7 @@ def test_full_scratch_fails_the_export_naming_the_scratch_and_publishes_nothing(
     assert catalog_state(home) == before
 
 
+@pytest.mark.slow
 def test_full_exports_folder_fails_at_once_naming_it_and_publishes_nothing(
     tmp_path: Path, tmpfs: Callable[..., Path]
 ) -> None:
@@ -180,6 +194,7 @@ def test_full_exports_folder_fails_at_once_naming_it_and_publishes_nothing(
     assert not instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
 
 
+@pytest.mark.slow
 def test_full_home_fails_ingest_export_and_catalog_writes_changing_nothing(
     tmp_path: Path, tmpfs: Callable[..., Path]
 ) -> None:
@@ -206,6 +221,7 @@ def test_full_home_fails_ingest_export_and_catalog_writes_changing_nothing(
     assert catalog_state(home) == before
 
 
+@pytest.mark.slow
 def test_full_catalog_refuses_a_namespace_naming_the_catalog(
     tmp_path: Path, tmpfs: Callable[..., Path]
 ) -> None:
@@ -225,6 +241,7 @@ def test_full_catalog_refuses_a_namespace_naming_the_catalog(
         names.namespace("second")
 
 
+@pytest.mark.slow
 def test_read_only_home_fails_every_write_naming_the_path_and_changes_nothing(
     tmp_path: Path, tmpfs: Callable[..., Path]
 ) -> None:
@@ -246,3 +263,88 @@ def test_read_only_home_fails_every_write_naming_the_path_and_changes_nothing(
         remount(home, "rw")
     assert contents(home) == files
     assert catalog_state(home) == before
+
+
+@pytest.mark.slow
+def test_api_answers_507_for_a_full_scratch_without_the_servers_paths(
+    tmp_path: Path, tmpfs: Callable[..., Path]
+) -> None:
+    home = tmp_path / "home"
+    collection_at(home)
+    scratch = tmpfs(tmp_path / "scratch")
+    settings = Settings(home=home, scratch=scratch)
+    key, _ = Store(settings).keys.create([Store(settings).catalog.namespace("env-ns")], "k")
+    pool = RunPool(settings, workers=1, per_collection=1)
+    try:
+        with TestClient(create_app(settings, pool)) as client:
+            response = client.post(
+                "/v1/collections/docs/export",
+                json={"format": "json", "include_vectors": True},
+                headers={"Authorization": f"Bearer {key}", "X-Namespace": "env-ns"},
+            )
+    finally:
+        pool.close()
+    assert response.status_code == 507
+    error = response.json()["error"]
+    assert error["type"] == "InsufficientStorageError"
+    assert error["message"].startswith(
+        "No space left on device in the server's scratch space: nothing was published (run "
+    )
+    assert str(tmp_path) not in response.text  # no server path reaches a client
+    assert error["details"]["errno"] == "ENOSPC"
+    assert_nothing_published(home, home / "exports", scratch)
+
+
+# How each kind of failure is read, on real exceptions raised by the libraries themselves.
+
+
+def test_a_permission_error_names_the_path_and_its_folder(tmp_path: Path) -> None:
+    denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "home" / "x"))
+    problem = environment_problem(denied, tmp_path / "home", "home", PUBLISHED_NOTHING)
+    assert isinstance(problem, EnvironmentProblem)
+    assert problem.exit_code == 1 and problem.type_name == "EnvironmentError"
+    assert (
+        problem.message == f"Permission denied at {tmp_path}/home/x (home): nothing was published"
+    )
+    assert problem.details["errno"] == "EACCES"
+
+
+def test_duckdb_and_sqlite_errors_name_their_files(tmp_path: Path) -> None:
+    target = tmp_path / "gone" / "documents.parquet"
+    with pytest.raises(duckdb.IOException) as duck_error:
+        duckdb.connect().execute(f"COPY (SELECT 1) TO '{target}' (FORMAT parquet)")
+    problem = environment_problem(duck_error.value, tmp_path, "scratch space", PUBLISHED_NOTHING)
+    assert problem is not None and problem.details["errno"] == "ENOENT"
+    assert problem.message == (
+        f"No such file or directory at {target} (scratch space): nothing was published"
+    )
+    catalog = tmp_path / "gone" / "catalog.sqlite"
+    with pytest.raises(sqlite3.OperationalError) as sqlite_error:
+        sqlite3.connect(catalog)
+    problem = environment_problem(sqlite_error.value, catalog, "catalog", CHANGED_NOTHING)
+    assert problem is not None
+    assert problem.message == (
+        f"unable to open database file at {catalog} (catalog): nothing was changed"
+    )
+
+
+def test_other_errors_are_left_alone_and_outer_guards_say_what_was_left_undone(
+    tmp_path: Path,
+) -> None:
+    for other in (ValueError("a bug"), TransientStorageError("503 Slow Down")):
+        assert environment_problem(other, tmp_path, "home", CHANGED_NOTHING) is None
+    # An inner guard names the catalog; the export's outer guard says nothing was published.
+    with (
+        pytest.raises(InsufficientStorage) as raised,
+        guard(tmp_path, "home", PUBLISHED_NOTHING),
+        guard(tmp_path / "catalog.sqlite", "catalog"),
+    ):
+        raise sqlite3.OperationalError("database or disk is full")
+    assert raised.value.message == (
+        f"No space left on device at {tmp_path}/catalog.sqlite (catalog): nothing was published"
+    )
+    client = raised.value.for_client()
+    assert (
+        client.message == "No space left on device in the server's catalog: nothing was published"
+    )
+    assert str(tmp_path) not in json.dumps(client.to_dict())
