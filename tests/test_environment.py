@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import pytest
 from conftest import make_collection
 from fastapi.testclient import TestClient
@@ -28,14 +26,7 @@ from helpers import files_under
 
 from export_pipeline.api.app import create_app
 from export_pipeline.errors import (
-    CHANGED_NOTHING,
-    PUBLISHED_NOTHING,
-    EnvironmentProblem,
-    InsufficientStorage,
     NotFoundError,
-    TransientStorageError,
-    environment_problem,
-    guard,
 )
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
@@ -293,58 +284,3 @@ def test_api_answers_507_for_a_full_scratch_without_the_servers_paths(
     assert str(tmp_path) not in response.text  # no server path reaches a client
     assert error["details"]["errno"] == "ENOSPC"
     assert_nothing_published(home, home / "exports", scratch)
-
-
-# How each kind of failure is read, on real exceptions raised by the libraries themselves.
-
-
-def test_a_permission_error_names_the_path_and_its_folder(tmp_path: Path) -> None:
-    denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "home" / "x"))
-    problem = environment_problem(denied, tmp_path / "home", "home", PUBLISHED_NOTHING)
-    assert isinstance(problem, EnvironmentProblem)
-    assert problem.exit_code == 1 and problem.type_name == "EnvironmentError"
-    assert (
-        problem.message == f"Permission denied at {tmp_path}/home/x (home): nothing was published"
-    )
-    assert problem.details["errno"] == "EACCES"
-
-
-def test_duckdb_and_sqlite_errors_name_their_files(tmp_path: Path) -> None:
-    target = tmp_path / "gone" / "documents.parquet"
-    with pytest.raises(duckdb.IOException) as duck_error:
-        duckdb.connect().execute(f"COPY (SELECT 1) TO '{target}' (FORMAT parquet)")
-    problem = environment_problem(duck_error.value, tmp_path, "scratch space", PUBLISHED_NOTHING)
-    assert problem is not None and problem.details["errno"] == "ENOENT"
-    assert problem.message == (
-        f"No such file or directory at {target} (scratch space): nothing was published"
-    )
-    catalog = tmp_path / "gone" / "catalog.sqlite"
-    with pytest.raises(sqlite3.OperationalError) as sqlite_error:
-        sqlite3.connect(catalog)
-    problem = environment_problem(sqlite_error.value, catalog, "catalog", CHANGED_NOTHING)
-    assert problem is not None
-    assert problem.message == (
-        f"unable to open database file at {catalog} (catalog): nothing was changed"
-    )
-
-
-def test_other_errors_are_left_alone_and_outer_guards_say_what_was_left_undone(
-    tmp_path: Path,
-) -> None:
-    for other in (ValueError("a bug"), TransientStorageError("503 Slow Down")):
-        assert environment_problem(other, tmp_path, "home", CHANGED_NOTHING) is None
-    # An inner guard names the catalog; the export's outer guard says nothing was published.
-    with (
-        pytest.raises(InsufficientStorage) as raised,
-        guard(tmp_path, "home", PUBLISHED_NOTHING),
-        guard(tmp_path / "catalog.sqlite", "catalog"),
-    ):
-        raise sqlite3.OperationalError("database or disk is full")
-    assert raised.value.message == (
-        f"No space left on device at {tmp_path}/catalog.sqlite (catalog): nothing was published"
-    )
-    client = raised.value.for_client()
-    assert (
-        client.message == "No space left on device in the server's catalog: nothing was published"
-    )
-    assert str(tmp_path) not in json.dumps(client.to_dict())
