@@ -86,3 +86,20 @@ def test_a_problem_crosses_process_boundaries_as_a_dict(tmp_path: Path) -> None:
     assert back.for_client().message == (
         "No space left on device in the server's exports folder: nothing was published"
     )
+
+
+def test_duckdb_out_of_room_to_spill_is_a_full_scratch(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    con.execute(f"SET temp_directory = '{tmp_path / 'spill'}'")
+    # The same error as a full disk under the temp folder, on a disk that is not full.
+    con.execute("SET memory_limit = '20MB'")
+    con.execute("SET max_temp_directory_size = '1MB'")
+    con.execute("SET threads = 1")
+    with pytest.raises(duckdb.OutOfMemoryException) as raised:
+        con.execute("CREATE TABLE t AS SELECT repeat('x', 100) || range AS a FROM range(1000000)")
+        con.execute("CREATE TABLE u AS SELECT * FROM t ORDER BY a DESC")
+    problem = environment_problem(raised.value, tmp_path, "scratch space", PUBLISHED_NOTHING)
+    assert isinstance(problem, InsufficientStorage)
+    assert problem.message == (
+        f"No space left on device at {tmp_path} (scratch space): nothing was published"
+    )
