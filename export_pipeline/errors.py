@@ -158,6 +158,8 @@ def environment_problem(
         if code is None:
             continue
         path = Path(os.fsdecode(path)) if path else _quoted_path(str(seen)) or where
+        if code == errno.EEXIST and path.is_file():  # a folder was made where a file is
+            code = errno.ENOTDIR
         cause = os.strerror(code) if code > 0 else str(seen).strip().split("\n")[0]
         label = place if _inside(path, where) else None
         return EnvironmentProblem.of(cause, path, code if code > 0 else None, label, outcome)

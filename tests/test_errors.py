@@ -103,3 +103,11 @@ def test_duckdb_out_of_room_to_spill_is_a_full_scratch(tmp_path: Path) -> None:
     assert problem.message == (
         f"No space left on device at {tmp_path} (scratch space): nothing was published"
     )
+
+
+def test_a_home_that_is_a_file_is_not_a_directory(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    with pytest.raises(EnvironmentProblem) as raised, guard(home, "home"):
+        home.mkdir(parents=True, exist_ok=True)
+    assert raised.value.message == f"Not a directory at {home} (home): nothing was changed"
