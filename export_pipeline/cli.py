@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
-from export_pipeline.errors import ConflictError, ExportPipelineError, ValidationError
+from export_pipeline.errors import (
+    CHANGED_NOTHING,
+    INGESTED_NOTHING,
+    PUBLISHED_NOTHING,
+    ConflictError,
+    ExportPipelineError,
+    ValidationError,
+    guard,
+)
 from export_pipeline.jsontext import load_json
 from export_pipeline.links import fresh_links
 from export_pipeline.settings import Settings
@@ -218,13 +226,19 @@ def serve(host: str, port: int, settings: Settings) -> int:
     return 0
 
 
+_OUTCOMES = {"export": PUBLISHED_NOTHING, "demo": PUBLISHED_NOTHING, "ingest": INGESTED_NOTHING}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `export-pipeline` console script."""
     try:
         args = build_parser().parse_args(argv)
+        settings = Settings()
         if args.command == "serve":
-            return serve(args.host, args.port, Settings())
-        output = run(args, Settings())
+            return serve(args.host, args.port, settings)
+        # A full or read-only disk anywhere below is said in one line naming the path.
+        with guard(settings.home_dir, "home", _OUTCOMES.get(args.command, CHANGED_NOTHING)):
+            output = run(args, settings)
     except ExportPipelineError as exc:
         print(json.dumps({"error": exc.to_dict()}))
         return exc.exit_code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,14 @@ import pyarrow as pa
 
 
 def connect(
-    database: Path | str = ":memory:",
-    *,
-    temp_dir: Path,
-    memory_limit: str = "512MB",
-    threads: int = 2,
+    *, temp_dir: Path, memory_limit: str = "512MB", threads: int = 2
 ) -> duckdb.DuckDBPyConnection:
-    """A connection with bounded memory that spills to `temp_dir`."""
-    con = duckdb.connect(str(database))
+    """An in-memory connection with bounded memory that spills to `temp_dir`.
+
+    Never a database file: nothing here outlives one step, and DuckDB 2.0.1 cannot keep a
+    database under a path holding a `?` (it cuts the write-ahead log's name there).
+    """
+    con = duckdb.connect(":memory:")
     temp_dir.mkdir(parents=True, exist_ok=True)
     con.execute(f"SET temp_directory = {literal(str(temp_dir))}")
     con.execute(f"SET memory_limit = {literal(memory_limit)}")
@@ -40,8 +41,13 @@ def identifier(name: str) -> str:
 
 
 def parquet_source(files: list[Path]) -> str:
-    """A FROM-clause source reading the given parquet files."""
-    listing = ", ".join(literal(str(path)) for path in files)
+    """A FROM-clause source reading exactly the given parquet files.
+
+    DuckDB expands `*`, `?` and `[...]` in every path it reads, also in a list of files: a
+    home such as `/data/a?b` would read `/data/axb`'s files too. Each such character is put
+    in a bracket of its own, which matches only itself.
+    """
+    listing = ", ".join(literal(_glob_escaped(str(path))) for path in files)
     return f"read_parquet([{listing}])"
 
 
@@ -76,3 +82,7 @@ def batch_bytes(con: duckdb.DuckDBPyConnection) -> int:
     number, _, unit = str(text).partition(" ")
     limit = float(number) * _UNITS.get(unit, 1)
     return max(1 << 20, min(MAX_BATCH_BYTES, int(limit // 16)))
+
+
+def _glob_escaped(path: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", path)

@@ -132,7 +132,7 @@ def _shape(
     if fmt == "json" and select is None and not selects_all(plan):
         return None
     if selection.surveyed:
-        shapes = surveyed_shapes(con)
+        shapes = surveyed_shapes(plan)
     else:
         shapes = store.documents.shapes(plan.collection) or _shapes_by_pass(con, plan, store)
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)

@@ -25,7 +25,12 @@ from helpers import (
 )
 
 from export_pipeline import export as export_module
-from export_pipeline.errors import ExportPipelineError, NotFoundError, ValidationError
+from export_pipeline.errors import (
+    EnvironmentProblem,
+    ExportPipelineError,
+    NotFoundError,
+    ValidationError,
+)
 from export_pipeline.export import ExportResult, run_export
 from export_pipeline.settings import Settings
 from export_pipeline.storage import local as local_storage
@@ -884,7 +889,7 @@ def test_W7_unwritable_storage_root_leaves_nothing(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", storage=blocker.as_uri())
     store = Store(settings)
     ns, col = make_collection(store, PEOPLE[:3])
-    with pytest.raises(OSError):
+    with pytest.raises(EnvironmentProblem, match=r"^Not a directory at .*nothing was published$"):
         run_export(ns.id, col.id, {"format": "json"}, settings=settings)
     assert scratch_leftovers(settings) == []
     assert blocker.read_text() == "a file where the storage root should be"

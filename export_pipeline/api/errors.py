@@ -15,7 +15,9 @@ from starlette.responses import Response
 
 from export_pipeline.errors import (
     ConflictError,
+    EnvironmentProblem,
     ExportPipelineError,
+    InsufficientStorage,
     NotFoundError,
     ValidationError,
     from_pydantic,
@@ -76,6 +78,7 @@ _STATUS = {
     NotFoundError: 404,
     ConflictError: 409,
     RunTimedOut: 504,
+    InsufficientStorage: 507,  # a full disk: the request may succeed once space is freed
 }
 
 
@@ -121,6 +124,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ExportPipelineError)
     async def _ours(request: Request, exc: ExportPipelineError) -> JSONResponse:
         status = status_of(exc)
+        if isinstance(exc, EnvironmentProblem):
+            # The operator reads the path in the log; the client learns what, not where.
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+            exc = exc.for_client()
         type_name = "InternalServerError" if status == 500 else exc.type_name
         response = envelope(status, type_name, exc.message, exc.details)
         if isinstance(exc, RateLimitError):

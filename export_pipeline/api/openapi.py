@@ -56,6 +56,7 @@ _MEANINGS = {
     429: "Too many requests for this key; see Retry-After",
     500: "The export failed; the message says what failed, with the run id",
     504: "The export ran over the time limit and was cancelled",
+    507: "A disk of the server filled up (InsufficientStorageError); nothing was published",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": meaning}

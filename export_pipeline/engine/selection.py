@@ -3,8 +3,8 @@
 Only a sample needs a pass over the matches before writing (to find the N-th match by rank),
 and so do csv and parquet exports of a filtered or sampled selection, whose columns must be
 known before the first row is written. That pass (`survey`) keeps only the N lowest-ranked
-matches of a sample, and of every match only its structure's count; the counts go to the
-export's own DuckDB file for the write step.
+matches of a sample, and of every match only its structure's count; the counts go to a
+small file in the export's scratch folder for the write step.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from export_pipeline import duck
@@ -30,7 +31,6 @@ from export_pipeline.store import Store
 # joined text (combining two hashes only mixes them weakly) gives each seed its own
 # pseudo-random order. Only ids are ranked: documents never pass through a reservoir.
 _RANK = "hash(CAST(? AS VARCHAR) || ':' || document_id)"
-CHOSEN_SHAPES = "chosen_shapes"
 
 
 class Selection(BaseModel):
@@ -42,10 +42,9 @@ class Selection(BaseModel):
 
 
 def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnection:
-    """The export's own DuckDB database file in its scratch folder (never a shared one)."""
+    """The export's own DuckDB connection, spilling into its scratch folder."""
     plan.scratch_dir.mkdir(parents=True, exist_ok=True)
     con = duck.connect(
-        plan.scratch_dir / "work.duckdb",
         temp_dir=plan.scratch_dir / "duckdb_tmp",
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
@@ -88,11 +87,7 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
         {"shape": list(counts), "n": list(counts.values())},
         schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
     )
-    con.register("counted", table)
-    try:
-        con.execute(f"CREATE OR REPLACE TABLE {CHOSEN_SHAPES} AS SELECT * FROM counted")
-    finally:
-        con.unregister("counted")
+    pq.write_table(table, _chosen_shapes(plan))
     return Selection(surveyed=True, matched=matched, cutoff=cutoff)
 
 
@@ -167,9 +162,15 @@ def _lowest(table: pa.Table, size: int) -> pa.Table:
     return table.take(pc.sort_indices(table, order))
 
 
-def surveyed_shapes(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+def surveyed_shapes(plan: ExportPlan) -> list[tuple[str, int]]:
     """The distinct structures of the chosen documents, with counts."""
-    return con.execute(f"SELECT shape, n FROM {CHOSEN_SHAPES}").fetchall()
+    table = pq.read_table(_chosen_shapes(plan))
+    return list(zip(table.column("shape").to_pylist(), table.column("n").to_pylist(), strict=True))
+
+
+def _chosen_shapes(plan: ExportPlan) -> Path:
+    """Where the survey leaves its counts for the write step (small: one row per structure)."""
+    return plan.scratch_dir / "chosen_shapes.parquet"
 
 
 def chosen(plan: ExportPlan, selection: Selection) -> tuple[str, list[Any]]:

@@ -13,7 +13,13 @@ from typing import Any
 import dagster as dg
 
 from export_pipeline.contract import ExportResponse
-from export_pipeline.errors import ExportPipelineError, from_dict
+from export_pipeline.errors import (
+    PUBLISHED_NOTHING,
+    EnvironmentProblem,
+    ExportPipelineError,
+    from_dict,
+    guard,
+)
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.job import export_collection
@@ -60,10 +66,11 @@ def dagster_home(settings: Settings) -> Path:
 def local_instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance the UI shows, created from the template on first use."""
     home = dagster_home(settings)
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
-    return dg.DagsterInstance.from_config(str(home))
+    with guard(home, "Dagster instance"):
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+        return dg.DagsterInstance.from_config(str(home))
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,9 @@ def execute(
     instance: dg.DagsterInstance | None = None,
 ) -> ExportRun:
     """Run one export in this process as a run of the job, recorded in the instance."""
-    launch = prepare(Store(settings), namespace, collection, body, trigger)
-    return run_launch(launch, settings, instance or local_instance(settings))
+    with guard(settings.home_dir, "home", PUBLISHED_NOTHING):
+        launch = prepare(Store(settings), namespace, collection, body, trigger)
+        return run_launch(launch, settings, instance or local_instance(settings))
 
 
 def run_launch(
@@ -95,14 +103,17 @@ def run_launch(
     run_id: str | None = None,
 ) -> ExportRun:
     """One run of the job in this process for a prepared launch; the core's error if it fails."""
-    result = export_collection.execute_in_process(
-        run_config=launch.run_config,
-        tags=launch.tags,
-        run_id=run_id,
-        instance=instance,
-        resources=resources_from(settings),
-        raise_on_error=False,
-    )
+    # The instance records every event: a full or read-only DAGSTER_HOME fails the launch
+    # itself, outside any op.
+    with guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING):
+        result = export_collection.execute_in_process(
+            run_config=launch.run_config,
+            tags=launch.tags,
+            run_id=run_id,
+            instance=instance,
+            resources=resources_from(settings),
+            raise_on_error=False,
+        )
     if not result.success:
         raise run_error(result)
     progress: Progress = result.output_for_node("publish_files")
@@ -118,7 +129,10 @@ def run_error(result: dg.ExecuteInProcessResult) -> ExportPipelineError:
         data = event.step_failure_data
         metadata = data.user_failure_data.metadata if data.user_failure_data else {}
         if "error" in metadata:
-            return from_dict(metadata["error"].value)
+            error = from_dict(metadata["error"].value)
+            if isinstance(error, EnvironmentProblem):  # the API names the run, not the path
+                error.details = {**(error.details or {}), "run_id": result.run_id}
+            return error
         message = data.error.message.strip() if data.error else "the export failed"
         return ExportPipelineError(f"{event.step_key}: {message} (run {result.run_id})")
     return ExportPipelineError(f"the export run {result.run_id} failed")

@@ -15,7 +15,7 @@ from export_pipeline.contract import ExportResponse
 from export_pipeline.engine.manifest import Outputs
 from export_pipeline.engine.plan import ExportPlan, plan_export
 from export_pipeline.engine.selection import Selection
-from export_pipeline.errors import ExportPipelineError
+from export_pipeline.errors import PUBLISHED_NOTHING, ExportPipelineError, guard
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.resources import (
@@ -56,23 +56,35 @@ def failure(exc: ExportPipelineError) -> dg.Failure:
 
 @contextmanager
 def _step(context: dg.OpExecutionContext, progress: Progress, name: str) -> Iterator[None]:
-    """Time a step; on failure remove the scratch space unless the op is about to be retried."""
+    """Time a step; on failure remove the scratch space unless the op is about to be retried.
+
+    Only transient storage errors are retried. A full or read-only folder becomes the core's
+    EnvironmentProblem (naming the path) and, like any other error, fails the run at once:
+    Dagster's RetryPolicy would otherwise retry whatever an op raises.
+    """
     started = time.perf_counter()
     try:
-        yield
+        # Errors that name no path (DuckDB, pyarrow) happen in the export's scratch space.
+        with guard(progress.plan.scratch_dir, "scratch space", PUBLISHED_NOTHING):
+            yield
     except TransientStorageError as exc:
         if context.retry_number < PUBLISH_RETRIES:
             context.log.warning(f"{name}: transient storage error, retrying: {exc}")
             raise  # the RetryPolicy runs the op again; its files must still be there
         steps.cleanup(progress.plan)
-        raise dg.Failure(
-            description=f"storage kept failing after {PUBLISH_RETRIES + 1} attempts: {exc}",
-            allow_retries=False,
+        attempts = PUBLISH_RETRIES + 1
+        raise failure(
+            ExportPipelineError(f"storage kept failing after {attempts} attempts: {exc}")
         ) from None
     except ExportPipelineError as exc:
         steps.cleanup(progress.plan)
         raise failure(exc) from None
-    except BaseException:  # including a run being cancelled: a failed export leaves nothing
+    except Exception as exc:  # unforeseen: said with its type, and never retried either
+        steps.cleanup(progress.plan)
+        said = f"{context.op_def.name}: {type(exc).__name__}: {exc} (run {context.run_id})"
+        unforeseen = ExportPipelineError(said)
+        raise failure(unforeseen) from exc
+    except BaseException:  # a run being cancelled: a failed export leaves nothing
         steps.cleanup(progress.plan)
         raise
     progress.seconds[name] = round(time.perf_counter() - started, 3)
@@ -93,7 +105,9 @@ def plan_export_op(
     started = time.perf_counter()
     settings = settings_of(store, storage, duckdb)
     try:
-        plan = plan_export(Store(settings), config.namespace, config.collection, config.request())
+        with guard(settings.home_dir, "home", PUBLISHED_NOTHING):
+            store = Store(settings)
+            plan = plan_export(store, config.namespace, config.collection, config.request())
     except ExportPipelineError as exc:
         raise failure(exc) from None
     _tag_run(context, plan)

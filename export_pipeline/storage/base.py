@@ -6,6 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+# Defined with the rest of the error vocabulary; storage backends raise it.
+from export_pipeline.errors import TransientStorageError
+
+__all__ = [
+    "LocalFile",
+    "PublishedObject",
+    "Storage",
+    "TransientStorageError",
+    "export_prefix",
+    "published",
+]
+
 
 @dataclass(frozen=True)
 class LocalFile:
@@ -73,11 +85,3 @@ def published(storage: Storage, prefix: str, files: list[LocalFile]) -> list[Pub
 def export_prefix(namespace_id: str, collection_id: str, export_id: str) -> str:
     """W6: every export has its own folder under the storage root."""
     return f"{namespace_id}/exports/{collection_id}/{export_id}"
-
-
-class TransientStorageError(Exception):
-    """A storage failure worth retrying: a timeout, throttling, a server error.
-
-    Backends raise it only where the same call may succeed later; anything else (a missing
-    bucket, denied access) is permanent and fails the export at once.
-    """

@@ -6,9 +6,15 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
-from export_pipeline.errors import ExportPipelineError, NotFoundError
+from export_pipeline.errors import (
+    PUBLISHED_NOTHING,
+    ExportPipelineError,
+    NotFoundError,
+    ValidationError,
+    guard,
+)
 from export_pipeline.storage.base import LocalFile, PublishedObject, published
 
 
@@ -27,25 +33,45 @@ class LocalStorage:
 
     @classmethod
     def from_uri(cls, uri: str) -> LocalStorage:
-        """`file:///abs/path` or a plain path."""
-        parsed = urlparse(uri)
-        return cls(Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri))
+        """`file:///abs/path` or a plain path (taken literally).
+
+        A URI is percent-decoded, as `Path.as_uri()` encodes it. One holding what an encoded
+        URI never holds (a space, `?`, `#`, a non-ASCII letter) was written by hand as the
+        path itself, and is taken literally: its `%41` stays `%41`. A file URI has no query
+        or fragment, so `?` and `#` are part of the path, not cut off as urlparse would.
+        """
+        if not uri.startswith("file:"):
+            return cls(Path(uri))
+        rest = uri.removeprefix("file:")
+        if rest.startswith("//"):  # file://host/path: only the local host is ours
+            host, slash, rest = rest[2:].partition("/")
+            if host not in ("", "localhost"):
+                raise ValidationError(f"storage target {uri!r} names another host ({host})")
+            rest = slash + rest
+        if not rest.startswith("/"):
+            raise ValidationError(f"storage target {uri!r} is not file:///absolute/path")
+        written = not rest.isascii() or any(char in rest for char in " ?#")
+        return cls(Path(rest if written else unquote(rest)))
 
     def publish(self, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
-        """Copy the files into a staging folder beside the root, then rename it into place."""
+        """Copy the files into a staging folder beside the root, then rename it into place.
+
+        A full or read-only exports folder fails with the path and cause, leaving nothing.
+        """
         final = self.root / prefix
         if final.exists():
             raise ExportPipelineError(f"export folder {prefix} already exists")
         staging = self.root / ".staging" / uuid.uuid4().hex
-        staging.mkdir(parents=True)
-        try:
-            for file in files:
-                shutil.move(file.path, staging / file.name)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with guard(self.root, "exports folder", PUBLISHED_NOTHING):
+            try:
+                staging.mkdir(parents=True)
+                for file in files:
+                    shutil.move(file.path, staging / file.name)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, final)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         return published(self, prefix, files)
 
     def uri_of(self, key: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from export_pipeline.errors import INGESTED_NOTHING, guard
 from export_pipeline.settings import Settings
 from export_pipeline.store.catalog import Catalog, Collection, Namespace, VectorIndex
 from export_pipeline.store.documents import DocumentStore, IngestResult
@@ -39,6 +40,9 @@ class Store:
     def ingest(
         self, namespace: str, collection: str, source: Path, *, upsert: bool = False
     ) -> IngestResult:
-        """Ingest a JSONL file into a collection (all or nothing)."""
-        _, found = self.resolve(namespace, collection)
-        return self.documents.ingest(found, source, upsert=upsert)
+        """Ingest a JSONL file into a collection (all or nothing); a full or read-only disk
+        fails naming the path, and the collection is left as it was."""
+        with guard(self.settings.home_dir, "home", INGESTED_NOTHING):
+            _, found = self.resolve(namespace, collection)
+            with guard(self.documents.collection_dir(found), "collection folder"):
+                return self.documents.ingest(found, source, upsert=upsert)

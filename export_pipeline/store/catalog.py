@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
+from export_pipeline.errors import ConflictError, NotFoundError, ValidationError, guard
 
 NAME = re.compile(r"[A-Za-z0-9_-]{3,100}")
 INDEX_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
@@ -113,21 +113,25 @@ class Catalog:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        home.mkdir(parents=True, exist_ok=True)
         self.path = home / "catalog.sqlite"
+        with guard(home, "home"):
+            home.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.row_factory = sqlite3.Row
-            yield db
-        finally:
-            db.close()
+        # SQLite says "unable to open database file" or "database or disk is full" without a
+        # path: the guard names the catalog and, where it can tell, why.
+        with guard(self.path, "catalog"):
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                db.row_factory = sqlite3.Row
+                yield db
+            finally:
+                db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -14,7 +14,7 @@ from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.engine.manifest import sha256_of
 from export_pipeline.engine.plan import parse_request
-from export_pipeline.errors import NotFoundError, ValidationError
+from export_pipeline.errors import EnvironmentProblem, NotFoundError, ValidationError
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.job import export_collection
@@ -211,7 +211,10 @@ def test_failed_publish_publishes_nothing_and_removes_scratch(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the storage root should be")
     broken = settings.model_copy(update={"storage": (blocker / "exports").as_uri()})
-    with pytest.raises(Exception, match="publish_files"):
+    # A permanent storage error: said with its path, and not retried.
+    with pytest.raises(
+        EnvironmentProblem, match=r"^Not a directory at .*not-a-folder.*: nothing was published$"
+    ):
         execute(
             broken,
             ns.name,
@@ -224,6 +227,8 @@ def test_failed_publish_publishes_nothing_and_removes_scratch(
     assert blocker.read_text().startswith("a file")
     (run,) = instance.get_runs()
     assert run.status == dg.DagsterRunStatus.FAILURE
+    retries = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert retries == []
 
 
 def test_transient_storage_error_is_retried_and_the_export_completes(
