@@ -47,8 +47,10 @@ test-ui: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider -m ui tests/ui
 
 # Ours against a hand-written DuckDB COPY, 1M docs x 384 dims; options: `python -m benchmarks -h`.
+# Then messy collections (100k distinct keys, 32 levels) against tidy twins of the same bytes.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.messy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

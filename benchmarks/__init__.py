@@ -9,4 +9,6 @@
 - `measure`   running a child and reading its rusage (peak RSS is per child)
 - `agreement` reading both outputs back and comparing them document by document
 - `report`    the printed table and build/bench.json
+- `messy`     `python -m benchmarks.messy`: wide and deep collections against tidy twins
+  (`messy_data` generates them, `messy_report` prints the table)
 """

@@ -76,6 +76,7 @@ def ours(spec: dict[str, Any]) -> dict[str, Any]:
             "steps": steps,
             "memory_limit": settings.duckdb_memory_limit,
             "threads": settings.duckdb_threads,
+            "max_columns": settings.max_columns,
             "warnings": result.manifest.get("warnings", []),
         },
     }

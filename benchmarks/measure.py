@@ -62,16 +62,25 @@ class Measurement:
         return out
 
 
-def child_env() -> dict[str, str]:
-    """The environment for children: the repository importable from any working directory."""
-    env = dict(os.environ)
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for children: the repository importable from any working directory,
+    plus `extra` variables (settings such as EXPORT_PIPELINE_MAX_COLUMNS, which the child's
+    Settings reads)."""
+    env = {**os.environ, **(extra or {})}
     paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
 
-def run_child(spec: dict[str, Any], workdir: Path, *, cwd: Path | None = None) -> Measurement:
-    """Run `spec` in a fresh child (through the launcher) and return its measurement."""
+def run_child(
+    spec: dict[str, Any],
+    workdir: Path,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Measurement:
+    """Run `spec` in a fresh child (through the launcher) and return its measurement; `env`
+    adds variables to the child's environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = workdir / "spec.json", workdir / "result.json"
     rusage_path = workdir / "rusage.json"
@@ -86,7 +95,7 @@ def run_child(spec: dict[str, Any], workdir: Path, *, cwd: Path | None = None) -
         str(result_path),
         str(rusage_path),
     ]
-    code = subprocess.run(command, cwd=cwd or workdir, env=child_env(), check=False).returncode
+    code = subprocess.run(command, cwd=cwd or workdir, env=child_env(env), check=False).returncode
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     usage = json.loads(rusage_path.read_text()) if rusage_path.exists() else {}
     if code != 0 or "seconds" not in result:

@@ -135,3 +135,85 @@ def test_through_dagster_runs_the_job_and_agrees_with_the_reference(tmp_path: Pa
     report = json.loads(out.read_text())
     assert report["params"]["through"] == "dagster" and report["agreement_ok"] is True
     assert all(case["ours"]["extra"]["run_id"] for case in report["cases"])
+
+
+# --- messy collections (`python -m benchmarks.messy`) -----------------------------------
+
+
+def test_messy_collections_have_their_shape_and_their_twins_bytes(tmp_path: Path) -> None:
+    """Wide: a key per document; deep: exactly the deepest ingest accepts; twins: same bytes."""
+    from benchmarks import messy_data
+    from export_pipeline.jsontext import MAX_DOCUMENT_DEPTH, nesting_problem
+
+    n = 250
+    for kind in messy_data.MESSY:
+        messy, tidy = tmp_path / f"{kind}.jsonl", tmp_path / f"{kind}-tidy.jsonl"
+        assert messy_data.write_jsonl(messy, kind, False, n) == messy_data.write_jsonl(
+            tidy, kind, True, n
+        )
+        lines = messy.read_bytes().splitlines()
+        assert len(lines) == n
+        docs = [orjson.loads(line) for line in lines]
+        twins = [orjson.loads(line) for line in tidy.read_bytes().splitlines()]
+        assert [d["rating"] for d in docs] == [d["rating"] for d in twins]
+        keys = {key for doc in docs for key in doc.get("attributes", doc)}
+        tidy_keys = {key for doc in twins for key in doc.get("attributes", doc)}
+        if kind == "deep":
+            assert all(nesting_problem(line, MAX_DOCUMENT_DEPTH) is None for line in lines)
+            assert all(nesting_problem(line, MAX_DOCUMENT_DEPTH - 1) for line in lines)
+        else:
+            assert len(keys - tidy_keys) == n - 1  # every document brings its own key
+            assert len(tidy_keys) <= 5
+    again = tmp_path / "again.jsonl"
+    messy_data.write_jsonl(again, "wide", False, n)
+    assert again.read_bytes() == (tmp_path / "wide.jsonl").read_bytes()  # deterministic
+
+
+@pytest.mark.slow
+def test_messy_quick_run_covers_every_case_and_collapses_the_wide_ones(tmp_path: Path) -> None:
+    out = tmp_path / "messy.json"
+    paths = ["--home", str(tmp_path / "home"), "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.messy", "--quick", *paths],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["params"]["n"] == 300 and report["failed_cases"] == []
+    assert {name: c["ingest"]["rows"] for name, c in report["collections"].items()} == {
+        name: 300
+        for name in ["wide", "wide-tidy", "wide-nested", "wide-nested-tidy", "deep", "deep-tidy"]
+    }
+    cases = {(c["collection"], c["case"]): c for c in report["cases"]}
+    assert list(cases) == [
+        (kind, f"{fmt}/{variant}")
+        for kind in ["wide", "wide-nested", "deep"]
+        for fmt in ["json", "csv", "parquet"]
+        for variant in ["full", "filter"]
+    ]
+    for (kind, name), case in cases.items():
+        messy, tidy = case["messy"], case["tidy"]
+        assert messy["rows"] == tidy["rows"], (kind, name)
+        if name.endswith("full"):
+            assert messy["rows"] == 300
+        else:  # the same ~15% of every collection: the twins draw the same ratings
+            assert messy["rows"] == cases[("wide", "json/filter")]["messy"]["rows"]
+            assert 30 <= messy["rows"] <= 60
+        assert messy["peak_rss_bytes"] > 0 and messy["bytes"] > 0 and tidy["bytes"] > 0
+        assert tidy["warnings_count"] == 0, (kind, name, tidy["extra"]["warnings"])
+        assert case["ratios"]["seconds"] is not None
+    for fmt in ["csv", "parquet"]:
+        wide = cases[("wide", f"{fmt}/full")]["messy"]
+        assert list(wide["columns"]) == ["document_id", "document"]
+        assert any("written as two columns" in w for w in wide["extra"]["warnings"])
+        nested = cases[("wide-nested", f"{fmt}/full")]["messy"]
+        assert {"title", "rating", "category", "attributes"} <= set(nested["columns"])
+        assert any("field 'attributes' has too many keys" in w for w in nested["extra"]["warnings"])
+    parquet = cases[("wide-nested", "parquet/full")]["messy"]["columns"]
+    assert parquet["attributes"] == "string" and parquet["rating"] == "double"
+    assert "wide-nested parquet/filter" in " ".join(run.stdout.split())  # the table was printed
+    assert not list((tmp_path / "home" / "runs").rglob("published"))  # outputs removed
