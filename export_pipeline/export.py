@@ -135,7 +135,16 @@ def _shape(
         shapes = surveyed_shapes(plan)
     else:
         shapes = store.documents.shapes(plan.collection) or _shapes_by_pass(con, plan, store)
+    if fmt == "json" and select is None:  # json lines need only the top-level keys
+        return Shape(structure=dict.fromkeys(_top_level_keys(con, shapes)))
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)
+
+
+def _top_level_keys(con: duckdb.DuckDBPyConnection, shapes: list[tuple[str, int]]) -> list[str]:
+    """The keys of the structures' top levels, found by DuckDB (there may be one per document)."""
+    texts = pa.table({"doc": pa.array([text for text, _ in shapes], pa.string())})
+    found = duck.on_batch(con, f"SELECT DISTINCT unnest(json_keys(doc)) FROM {duck.BATCH}", texts)
+    return found.column(0).to_pylist()
 
 
 def _shapes_by_pass(

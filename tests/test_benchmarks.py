@@ -212,7 +212,8 @@ def test_messy_quick_run_covers_every_case_and_collapses_the_wide_ones(tmp_path:
         assert any("written as two columns" in w for w in wide["extra"]["warnings"])
         nested = cases[("wide-nested", f"{fmt}/full")]["messy"]
         assert {"title", "rating", "category", "attributes"} <= set(nested["columns"])
-        assert any("field 'attributes' has too many keys" in w for w in nested["extra"]["warnings"])
+        warned = nested["extra"]["warnings"]
+        assert any("field 'attributes' has more keys than" in w for w in warned)
     parquet = cases[("wide-nested", "parquet/full")]["messy"]["columns"]
     assert parquet["attributes"] == "string" and parquet["rating"] == "double"
     assert "wide-nested parquet/filter" in " ".join(run.stdout.split())  # the table was printed

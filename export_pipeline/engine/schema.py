@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,53 @@ def shape_of(
     """The merged structure of the exported documents (from their distinct structures and
     counts), which listed paths no document has (S3), and the width limit applied."""
     present = dict.fromkeys(select or [], 0)
-    parsed = []
+    parsed = _parsed(shapes, select, present)
+    # JSON lines need no columns; csv and parquet stop merging past what they could hold.
+    max_keys = None if fmt == "json" else max_columns
+    merged = shapes_module.merge_all(parsed, max_keys)
+    for _ in parsed:  # a merge that stopped early still counts where listed paths are (S3)
+        pass
+    if merged is None or merged == {}:
+        merged = _empty_structure(select)
+    missing = [path for path, count in present.items() if not count and path != "document_id"]
+    warnings = [
+        f"selected field {path!r} is not present in any exported document (S3)" for path in missing
+    ]
+    if fmt == "json":
+        return Shape(structure=merged, warnings=warnings)
+    fitted = width.fit(merged, max_columns, arrays_whole=fmt == "csv")
+    limit = f"EXPORT_PIPELINE_MAX_COLUMNS={max_columns:,}"
+    if fitted.whole_document:
+        return Shape(
+            structure=fitted.structure,
+            warnings=[
+                *warnings,
+                f"the documents have more {fmt} columns than {limit} even with their widest"
+                f" objects as JSON text: written as two columns, document_id and"
+                f" {width.WHOLE_DOCUMENT!r} (each document's JSON text)",
+            ],
+            whole_document=True,
+        )
+    warnings += [
+        f"field {path!r} has more keys than {limit}; written as JSON text"
+        for path in fitted.too_wide
+    ]
+    warnings += [
+        f"field {path!r} has too many keys to be columns (the file would have"
+        f" {fitted.columns:,}, more than {limit}); written as JSON text"
+        for path in fitted.collapsed
+    ]
+    return Shape(
+        structure=fitted.structure,
+        warnings=warnings,
+        collapsed=[*fitted.too_wide, *fitted.collapsed],
+    )
+
+
+def _parsed(
+    shapes: Iterable[tuple[str, int]], select: list[str] | None, present: dict[str, int]
+) -> Iterator[Structure]:
+    """Each structure, projected to the listed paths; counts where each path is present."""
     for text, count in shapes:
         structure = shapes_module.parse(text)
         if select is not None:
@@ -54,35 +100,7 @@ def shape_of(
                 if shapes_module.has_path(structure, path):
                     present[path] += count
             structure = shapes_module.project(structure, select)
-        parsed.append(structure)
-    merged = shapes_module.merge_all(parsed)
-    structure = merged if isinstance(merged, dict) and merged else _empty_structure(select)
-    missing = [path for path, count in present.items() if not count and path != "document_id"]
-    warnings = [
-        f"selected field {path!r} is not present in any exported document (S3)" for path in missing
-    ]
-    if fmt == "json":
-        return Shape(structure=structure, warnings=warnings)
-    fitted = width.fit(structure, max_columns, arrays_whole=fmt == "csv")
-    if fitted.whole_document:
-        warnings.append(
-            f"the documents have {fitted.columns:,} {fmt} columns, more than"
-            f" EXPORT_PIPELINE_MAX_COLUMNS={max_columns:,}, and {len(structure):,} top-level keys:"
-            f" written as two columns, document_id and {width.WHOLE_DOCUMENT!r} (the document's"
-            " JSON text)"
-        )
-    warnings += [
-        f"field {path!r} has too many keys to be columns (the file would have"
-        f" {fitted.columns:,}, more than EXPORT_PIPELINE_MAX_COLUMNS={max_columns:,});"
-        " written as JSON text"
-        for path in fitted.collapsed
-    ]
-    return Shape(
-        structure=fitted.structure,
-        warnings=warnings,
-        whole_document=fitted.whole_document,
-        collapsed=fitted.collapsed,
-    )
+        yield structure
 
 
 def _empty_structure(select: list[str] | None) -> dict[str, Any]:

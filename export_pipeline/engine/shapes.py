@@ -24,12 +24,17 @@ Structure = Any  # a type name (str), an object (dict of Structure) or an array 
 
 CLASH = "JSON"
 NULL = "NULL"
+# An object with more keys than a file may have columns: it can only ever be JSON text, so
+# merging stops looking into it (a key per document would make the merge itself quadratic).
+WIDE = "JSON (wide)"
 _INTEGERS = {"UBIGINT", "BIGINT", "HUGEINT"}
 
 
 def parse(text: str | bytes) -> Structure:
     """One document's structure (`json_structure(doc)`), with empty objects as `{}`."""
-    return _empty_objects(orjson.loads(text), in_array=False)
+    structure = orjson.loads(text)
+    clash = CLASH if isinstance(text, str) else CLASH.encode()
+    return _empty_objects(structure, in_array=False) if clash in text else structure
 
 
 def _empty_objects(node: Structure, in_array: bool) -> Structure:
@@ -40,23 +45,26 @@ def _empty_objects(node: Structure, in_array: bool) -> Structure:
     return {} if node == CLASH and not in_array else node
 
 
-def merge(a: Structure, b: Structure) -> Structure:
-    """The structure of documents of structures `a` and `b` (json_group_structure's rules).
+def merge(a: Structure, b: Structure, max_keys: int | None = None) -> Structure:
+    """The structure of documents of structures `a` and `b` (json_group_structure's rules);
+    an object of more than `max_keys` keys becomes WIDE.
 
     Objects of `a` are updated in place and may take over parts of `b`: pass structures
     the caller does not use afterwards (merging thousands of keys one shape at a time must
     not copy the keys gathered so far each time).
     """
+    if a == WIDE or b == WIDE:
+        return WIDE
     if a == NULL:
         return b
     if b == NULL:
         return a
     if isinstance(a, dict) and isinstance(b, dict):
         for key, child in b.items():
-            a[key] = merge(a[key], child) if key in a else child
-        return a
+            a[key] = merge(a[key], child, max_keys) if key in a else child
+        return WIDE if max_keys is not None and len(a) > max_keys else a
     if isinstance(a, list) and isinstance(b, list):
-        return [merge(a[0], b[0])]
+        return [merge(a[0], b[0], max_keys)]
     if isinstance(a, str) and isinstance(b, str):
         return _scalar(a, b)
     return CLASH
@@ -72,11 +80,14 @@ def _scalar(a: str, b: str) -> str:
     return CLASH
 
 
-def merge_all(structures: Iterable[Structure]) -> Structure | None:
-    """The merge of every structure, or None when there are none."""
+def merge_all(structures: Iterable[Structure], max_keys: int | None = None) -> Structure | None:
+    """The merge of every structure, or None when there are none; WIDE as soon as the top
+    level has more than `max_keys` keys."""
     merged: Structure | None = None
     for structure in structures:
-        merged = structure if merged is None else merge(merged, structure)
+        merged = structure if merged is None else merge(merged, structure, max_keys)
+        if merged == WIDE:
+            return WIDE
     return merged
 
 

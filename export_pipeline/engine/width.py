@@ -15,7 +15,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from export_pipeline.engine.shapes import CLASH, Structure
+from export_pipeline.engine.shapes import CLASH, WIDE, Structure
 
 WHOLE_DOCUMENT = "document"
 _ELEMENT = "[]"
@@ -28,19 +28,25 @@ class Fitted:
     """A structure that fits, and what had to become JSON text for it."""
 
     structure: dict[str, Any]
-    collapsed: list[str] = field(default_factory=list)  # paths, e.g. "attrs" or "items[].x"
+    # paths, e.g. "attrs" or "items[].x": objects of more keys than `limit` (merged as WIDE),
+    # then the widest others
+    too_wide: list[str] = field(default_factory=list)
+    collapsed: list[str] = field(default_factory=list)
     whole_document: bool = False
-    columns: int = 0  # leaf columns of the structure as given
+    columns: int = 0  # leaf columns left for the rest, before collapsing the widest others
 
 
-def fit(structure: dict[str, Any], limit: int, *, arrays_whole: bool) -> Fitted:
+def fit(structure: Structure, limit: int, *, arrays_whole: bool) -> Fitted:
     """Collapse the widest objects of `structure` until at most `limit` leaf columns remain.
 
     `arrays_whole` counts an array as one column (csv cells) rather than looking into its
-    elements (parquet lists of structs).
+    elements (parquet lists of structs). A WIDE top level (more keys than `limit`) leaves
+    only the whole document.
     """
-    total = leaves(structure, arrays_whole)
-    fitted = Fitted(structure=structure, columns=total)
+    if not isinstance(structure, dict):
+        return Fitted(structure={}, whole_document=True)
+    fitted = Fitted(structure=structure, too_wide=_replace_wide(structure, (), arrays_whole))
+    total = fitted.columns = leaves(structure, arrays_whole)
     if total <= limit:
         return fitted
     heap = [
@@ -61,6 +67,25 @@ def fit(structure: dict[str, Any], limit: int, *, arrays_whole: bool) -> Fitted:
         fitted.collapsed.append(label(path))
     fitted.whole_document = total > limit
     return fitted
+
+
+def _replace_wide(node: Structure, path: Path_, arrays_whole: bool) -> list[str]:
+    """Turn WIDE objects into JSON text in place; their paths."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, child in node.items():
+            if child == WIDE:
+                node[key] = CLASH
+                found.append(label((*path, key)))
+            else:
+                found += _replace_wide(child, (*path, key), arrays_whole)
+    elif isinstance(node, list):
+        if node[0] == WIDE:
+            node[0] = CLASH
+            found.append(label((*path, _ELEMENT)))
+        else:
+            found += _replace_wide(node[0], (*path, _ELEMENT), arrays_whole)
+    return found
 
 
 def leaves(node: Structure, arrays_whole: bool) -> int:
