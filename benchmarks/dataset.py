@@ -150,16 +150,9 @@ def prepare(home: Path, n: int, dims: int, seed: int = 42, log: Log = print) -> 
     name = f"docs-{n}-{dims}"
     meta_path = home / META_NAME
     wanted = {"generator": GENERATOR_VERSION, "n": n, "dims": dims, "seed": seed}
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if {k: meta.get(k) for k in wanted} == wanted and _complete(home, name, n):
-            log(f"reusing the collection in {home} ({n:,} docs x {dims} dims)")
-            return _dataset(home, n, dims, name, {**meta, "reused": True})
-        log(f"{home} holds another benchmark collection; rebuilding it")
-        shutil.rmtree(home)
-    elif home.exists() and any(home.iterdir()):
-        raise SystemExit(f"{home} exists and is not a benchmark home; pick another --home")
-    home.mkdir(parents=True, exist_ok=True)
+    found = reusable(meta_path, wanted, lambda: _complete(home, name, n), log)
+    if found is not None:
+        return _dataset(home, n, dims, name, {**found, "reused": True})
     try:
         meta = {**wanted, "generate": _generate(home, n, dims, seed, log)}
         meta["ingest"] = _ingest(home, name, dims, log)
@@ -171,6 +164,25 @@ def prepare(home: Path, n: int, dims: int, seed: int = 42, log: Log = print) -> 
         raise
     dataset.meta = {**meta, "reused": False}
     return dataset
+
+
+def reusable(
+    meta_path: Path, wanted: dict[str, Any], complete: Callable[[], bool], log: Log
+) -> dict[str, Any] | None:
+    """The metadata of a benchmark home built with the same parameters (None: it was not,
+    and the home is now empty, ready to build)."""
+    home = meta_path.parent
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if {k: meta.get(k) for k in wanted} == wanted and complete():
+            log(f"reusing {home} (ingest figures from the run that built it)")
+            return meta
+        log(f"{home} holds other benchmark collections; rebuilding them")
+        shutil.rmtree(home)
+    elif home.exists() and any(home.iterdir()):
+        raise SystemExit(f"{home} exists and is not a benchmark home; pick another --home")
+    home.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def _complete(home: Path, name: str, n: int) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from benchmarks import messy_data, messy_report
+from benchmarks.dataset import reusable
 from benchmarks.measure import ChildFailed, Measurement, run_child
 from benchmarks.report import write_json
 from export_pipeline.errors import NotFoundError
@@ -105,16 +106,9 @@ def prepare(home: Path, n: int, log: Any = print) -> dict[str, Any]:
     each in a measured child; per collection name its JSONL bytes, generation and ingest."""
     meta_path = home / META_NAME
     wanted = {"generator": messy_data.GENERATOR_VERSION, "n": n, "seed": SEED}
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if {k: meta.get(k) for k in wanted} == wanted and _complete(home, n):
-            log(f"reusing the collections in {home} (ingest figures from the run that built them)")
-            return {**meta, "reused": True}
-        log(f"{home} holds other benchmark collections; rebuilding them")
-        shutil.rmtree(home)
-    elif home.exists() and any(home.iterdir()):
-        raise SystemExit(f"{home} exists and is not a messy benchmark home; pick another --home")
-    home.mkdir(parents=True, exist_ok=True)
+    found = reusable(meta_path, wanted, lambda: _complete(home, n), log)
+    if found is not None:
+        return {**found, "reused": True}
     try:
         store = Store(Settings(home=home))
         namespace = store.catalog.create_namespace(NAMESPACE)
