@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import datetime
 from enum import StrEnum
@@ -21,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from export_pipeline.duck import shared_connection
 from export_pipeline.paths import FieldPath, validate_path
 
 Format = Literal["json", "csv", "parquet"]
@@ -73,10 +75,14 @@ def _check_number(value: Any) -> None:
         raise ValueError("integers must fit in 64 bits")
 
 
+@functools.lru_cache(maxsize=4096)
 def re2_problem(pattern: str) -> str | None:
-    """Why DuckDB's RE2 rejects `pattern`, or None when it compiles."""
+    """Why DuckDB's RE2 rejects `pattern`, or None when it compiles.
+
+    One shared connection: a connection per pattern cost ~25 ms, 23 s for 1,000 regexes.
+    """
     try:
-        with duckdb.connect() as con:
+        with shared_connection() as con:
             con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
     except duckdb.Error as exc:
         return str(exc).split("Error: ", 1)[-1]
