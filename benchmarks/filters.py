@@ -1,6 +1,7 @@
 """Large filters (issue 10): 1,000 conditions per operator, a mix, nested, distinct fields.
 
-    python benchmarks/filters.py [--n 1000,10000] [--cases eq,mix] [--timeout 300]
+    python benchmarks/filters.py [--n 1000,10000] [--cases eq,mix] [--conditions 1000]
+                                 [--timeout 300]
 
 Each case runs in its own child process, on a DuckDB connection made like an export's
 (`duck.connect`: memory_limit 512MB, 2 threads): compile (validation included), then the
@@ -52,15 +53,31 @@ def condition(op: str, i: int) -> dict[str, Any]:
 
 
 def build_filter(case: str) -> dict[str, Any]:
-    """The case's filter: 1,000 conditions."""
+    """The case's filter: CONDITIONS conditions (in_limit: 100,000 in values)."""
     if case == "distinct":  # every condition on its own field
-        return {"OR": [{"field": f"metadata.f{i}", "value": i} for i in range(CONDITIONS)]}
+        fields = [{"field": f"metadata.f{i}", "value": i % 50} for i in range(CONDITIONS)]
+        return {"OR": [{"AND": [field]} for field in fields]}
+    if case == "eq_merged":  # one field's eq conditions in one OR act as one `in`
+        return {"OR": [condition("eq", i) for i in range(CONDITIONS)]}
+    if case == "in_limit":  # the most in/nin values a filter may hold
+        fields = ["metadata.title", "metadata.category", "tags", "metadata.author.name"]
+        return {
+            "OR": [
+                {"AND": [{"field": fields[i % 4], "operator": "in", "value": [f"v{i}-{j}"
+                 for j in range(10_000)]}]}
+                for i in range(10)
+            ]
+        }  # fmt: skip
     ops = list(OPERATORS) if case in ("mix", "nested") else [case]
-    conditions = [condition(op, i) for i, op in enumerate(islice(cycle(ops), CONDITIONS))]
+    # each condition in its own group, so that none are merged
+    conditions = [
+        {"AND": [condition(op, i)]} for i, op in enumerate(islice(cycle(ops), CONDITIONS))
+    ]
     if case != "nested":
         return {"OR": conditions}
-    # a chain 16 levels deep, alternating OR, AND and NOT, holding the conditions in turn
-    levels = 15
+    # a chain 16 levels deep (the last one the conditions' own groups), alternating OR, AND
+    # and NOT, holding the conditions in turn
+    levels = 14
     per_level = CONDITIONS // levels
     node: dict[str, Any] = {"OR": conditions[levels * per_level :]}
     for level in range(levels):
@@ -118,6 +135,7 @@ def measure(case: str, docs: Path, timeout: float) -> dict[str, Any]:
     """Run `case` in a child; its result, or how it failed, with its peak RSS."""
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out, tempfile.TemporaryFile() as err:
         argv = [sys.executable, __file__, "--child", case, str(docs), out.name]
+        argv += ["--conditions", str(CONDITIONS)]
         process = subprocess.Popen(argv, stderr=err)
         timer = threading.Timer(timeout, process.kill)
         timer.start()
@@ -136,12 +154,17 @@ def measure(case: str, docs: Path, timeout: float) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Print a markdown table of every case and document count (or run one child)."""
+    global CONDITIONS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="1000,10000")
-    parser.add_argument("--cases", default=",".join([*OPERATORS, "mix", "nested", "distinct"]))
+    cases = [*OPERATORS, "mix", "nested", "distinct", "eq_merged", "in_limit"]
+    parser.add_argument("--cases", default=",".join(cases))
+    parser.add_argument("--conditions", type=int, default=CONDITIONS)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    CONDITIONS = args.conditions
     if args.child:
         case, docs, out = args.child
         Path(out).write_text(json.dumps(child(case, Path(docs))))

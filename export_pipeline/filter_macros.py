@@ -1,8 +1,9 @@
 """The TEMP macros compiled filters call, and the contract's ISO-8601 reading (F3, F6).
 
-A compiled filter reads each distinct field path once per document and turns the value into
-a few typed lists and extremes (its "features"); conditions then test those with plain
-functions. The macros here build the features, so the SQL of one filter stays short.
+A compiled filter builds, once per document, the "features" its conditions test: for each
+field a condition names, typed lists of its elements and their extremes. Conditions test
+them with plain functions. The macros here build the features, so a filter's SQL stays
+short; `fold_values` computes what SQL derives from bound values alone.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ _NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 _KINDS = {
     "s": ("('VARCHAR')", "_p.x"),
     "l": ("('VARCHAR')", "lower(_p.x)"),
-    "i": ("('BIGINT', 'UBIGINT')", "TRY_CAST(_p.x AS HUGEINT)"),
+    "i": (_INTEGER, "TRY_CAST(_p.x AS HUGEINT)"),
     "d": ("('DOUBLE')", "TRY_CAST(_p.x AS DOUBLE)"),
-    "n": ("('BIGINT', 'UBIGINT', 'DOUBLE')", "TRY_CAST(_p.x AS DOUBLE)"),
+    "n": (_NUMBER, "TRY_CAST(_p.x AS DOUBLE)"),
     "b": ("('BOOLEAN')", "_p.x = 'true'"),
 }
 
