@@ -6,10 +6,10 @@ once per document and field (`filter_macros`), through a `Field`. Values travel 
 `text`, an integer as a double) is derived by DuckDB when the filter is compiled
 (`Field.fold`), since a query derives it again for every document.
 
-Each condition is kept to a few plain function calls: planning costs DuckDB about a
-millisecond per lambda or CASE in a filter, and a filter may hold 1,000 conditions. Only
-the string tests other than equality (starts_with, ends_with, regex, text) and long `in`
-lists loop over a field's elements with a lambda.
+Each condition is kept to a few plain function calls: a filter may hold 1,000 conditions,
+and DuckDB plans each lambda or CASE in about a millisecond. Only `in` and the string tests
+other than equality (starts_with, ends_with, regex, text) loop over a field's elements
+with a lambda.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ from export_pipeline.contract import FilterOperator
 from export_pipeline.filter_macros import FEATURES, iso_micros
 
 Op = FilterOperator
-# An `in` list up to this long is matched with list_has_any, which hashes it for every
-# document; a longer one by scanning it for each element (a lambda), which is faster per
-# document but costs more to plan.
-SHORT_IN = 64
 
 
 @dataclass(frozen=True)
@@ -114,12 +110,12 @@ def _in(field: Field, values: list[Any], cs: bool) -> CompiledFilter:
     bools = [v for v in values if isinstance(v, bool)]
 
     def member(feature: str, listed: list[Any]) -> CompiledFilter:
-        if len(listed) <= SHORT_IN:
-            return _test(f"list_has_any({{{feature}}}, ?)", field, listed)
-        scan = (
-            f"list_contains(list_transform({{{feature}}}, lambda _x: list_contains(?, _x)), true)"
-        )
-        return _test(scan, field, listed)
+        if len(listed) == 1:  # one value of a kind is eq, without a lambda (and its memory)
+            return _test(f"list_contains({{{feature}}}, ?)", field, listed[0])
+        # scanning the list for each element beats list_has_any, which hashes the list for
+        # every document: 1,000 lists of 3 values took 0.8 s on 10,000 documents against
+        # 2.3 s, of 64 values 1.1 s against 13.9 s
+        return _any(field, feature, "list_contains(?, _x)", listed)
 
     parts = []
     if strings:
@@ -170,7 +166,7 @@ def _ordering(symbol: str) -> Callable[[Field, Any, bool], CompiledFilter]:
     return build
 
 
-def _any_string(field: Field, test: str, value: Any, feature: str) -> CompiledFilter:
+def _any(field: Field, feature: str, test: str, value: Any) -> CompiledFilter:
     """Some element `_x` of the feature's list passes `test`, with `?` bound to `value`."""
     return _test(
         f"list_contains(list_transform({{{feature}}}, lambda _x: {test}), true)", field, value
@@ -179,7 +175,7 @@ def _any_string(field: Field, test: str, value: Any, feature: str) -> CompiledFi
 
 def _string_function(function: str) -> Callable[[Field, str, bool], CompiledFilter]:
     def build(field: Field, value: str, cs: bool) -> CompiledFilter:
-        return _any_string(field, f"{function}(_x, ?)", _fold(field, value, cs), "s" if cs else "l")
+        return _any(field, "s" if cs else "l", f"{function}(_x, ?)", _fold(field, value, cs))
 
     return build
 
@@ -187,12 +183,12 @@ def _string_function(function: str) -> Callable[[Field, str, bool], CompiledFilt
 def _regex(field: Field, value: str, cs: bool) -> CompiledFilter:
     # a search, not a full match; RE2's own case folding for the pattern
     flags = "'c'" if cs else "'i'"
-    return _any_string(field, f"regexp_matches(_x, ?, {flags})", value, "s")
+    return _any(field, "s", f"regexp_matches(_x, ?, {flags})", value)
 
 
 def _text(field: Field, value: str, cs: bool) -> CompiledFilter:
     # words are compared case-insensitively whatever F3 says (operator table)
-    return _any_string(field, "list_has_all(_x, ?)", field.fold("words", value), "w")
+    return _any(field, "w", "list_has_all(_x, ?)", field.fold("words", value))
 
 
 _NEGATIONS = {Op.ne: Op.eq, Op.nin: Op.in_}

@@ -62,6 +62,9 @@ MACROS: dict[str, str] = {
         f"xf_{kind}a(v)": f"CASE WHEN json_type(v) = 'ARRAY' THEN xf_{kind}(v) ELSE [] END"
         for kind in _KINDS
     },
+    # exists: the path is there; is_null: it is missing or null
+    "xf_e(v)": "v IS NOT NULL",
+    "xf_nul(v)": "coalesce(json_type(v), 'NULL') = 'NULL'",
     # a string value itself (for contains), as is and lowered
     "xf_sv(v)": "CASE WHEN json_type(v) = 'VARCHAR' THEN v ->> '$' END",
     "xf_lv(v)": "lower(xf_sv(v))",
@@ -92,15 +95,8 @@ MACROS: dict[str, str] = {
         for extreme in ("max", "min")
     },
 }
-# Features of the value's JSON type alone (`_t`, NULL when missing), read for all fields
-# at once by the multi-path json_type: exists, and is_null (missing or null).
-TYPE_FEATURES = {"e": "_t IS NOT NULL", "nul": "coalesce(_t, 'NULL') = 'NULL'"}
 # The features conditions may ask for.
-FEATURES = [*TYPE_FEATURES] + [
-    signature[3:-3]
-    for signature in MACROS
-    if signature.endswith("(v)") and "pairs" not in signature
-]
+FEATURES = [sig[3:-3] for sig in MACROS if sig.endswith("(v)") and sig != "xf_pairs(v)"]
 
 
 def install_macros(con: duckdb.DuckDBPyConnection) -> None:

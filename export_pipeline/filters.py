@@ -31,13 +31,7 @@ from export_pipeline.contract import (
     check_filter_size,
 )
 from export_pipeline.filter_conditions import CompiledFilter, condition, join, sql
-from export_pipeline.filter_macros import (
-    ISO_PATTERN,
-    TYPE_FEATURES,
-    fold_values,
-    install_macros,
-    iso_micros,
-)
+from export_pipeline.filter_macros import ISO_PATTERN, fold_values, install_macros, iso_micros
 from export_pipeline.paths import json_path
 
 __all__ = ["ISO_PATTERN", "CompiledFilter", "compile_filter", "install_macros", "iso_micros"]
@@ -85,7 +79,7 @@ class _Document:
 
     def __init__(self, column: str) -> None:
         self.column = column
-        self.paths: list[str] = []  # every field named
+        self.paths: list[str] = []  # distinct fields, in the order json_extract reads them
         self.features: dict[str, list[str]] = {}  # feature -> the fields it is built for
         self.folds: dict[str, list[Any]] = {}  # kind -> the values to fold
 
@@ -100,19 +94,20 @@ class _Document:
 
     def bind(self, body: CompiledFilter) -> CompiledFilter:
         """`body` with `_r` bound to the features, and the folded values filled in."""
-        # Each feature reads its fields itself: binding the fields' values once for all the
-        # features would keep copies of them per field and row of a vector (with 1,000 fields,
-        # ~250 MB more), which weighs more than parsing the document once per feature.
+        values = f"json_extract({self.column}, {_listed(self.paths)})"
+        # One json_extract for all features: the same call twice in a projection sets off
+        # DuckDB's common-subexpression pass, which took seconds on a large filter.
+        source = "_j" if len(self.features) > 1 else values
         features = []
         for name, paths in self.features.items():
-            if name in TYPE_FEATURES:
-                types = f"json_type({self.column}, {_listed(paths)})"
-                feature = f"list_transform({types}, lambda _t: {TYPE_FEATURES[name]})"
-            else:
-                values = f"json_extract({self.column}, {_listed(paths)})"
-                feature = f"list_transform({values}, lambda _v: xf_{name}(_v))"
-            features.append(f"'{name}': {feature}")
-        head, tail = _let("_r", "{" + ", ".join(features) + "}", "\0").split("\0")
+            chosen = _select(source, self.paths, paths)
+            features.append(f"'{name}': list_transform({chosen}, lambda _v: xf_{name}(_v))")
+        built = "{" + ", ".join(features) + "}"
+        if source == "_j":
+            built = _let("_j", values, built)
+        # the conditions sit one lambda deep: DuckDB's planning time multiplies with every
+        # lambda around them
+        head, tail = _let("_r", built, "\0").split("\0")
         folded = fold_values(self.folds)
 
         def fill(value: Any) -> Any:
@@ -147,6 +142,14 @@ def _position(items: list[str], item: str) -> int:
 def _listed(paths: list[str]) -> str:
     """A SQL list of the JSON paths of P1-valid field paths (no quote can occur in them)."""
     return "[" + ", ".join(f"'{json_path(path)}'" for path in paths) + "]"
+
+
+def _select(source: str, available: list[str], wanted: list[str]) -> str:
+    """SQL for the items of list `source` (holding `available`) that are `wanted`, in order."""
+    if wanted == available:
+        return source
+    positions = ", ".join(str(available.index(item) + 1) for item in wanted)
+    return f"list_select({source}, [{positions}])"
 
 
 def _let(name: str, value: str, body: str) -> str:
