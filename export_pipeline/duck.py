@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+_shared_lock = threading.Lock()
+_shared: dict[int, duckdb.DuckDBPyConnection] = {}  # process id -> its connection
 
 
 def connect(
@@ -28,6 +35,21 @@ def connect(
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+@contextmanager
+def shared_connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A process-wide in-memory connection for small queries on constants, one caller at a time.
+
+    Opening a connection costs ~20 ms, a query on an open one well under 1 ms. A forked
+    child opens its own: a DuckDB connection must not be used across fork.
+    """
+    with _shared_lock:
+        con = _shared.get(os.getpid())
+        if con is None:
+            con = _shared[os.getpid()] = duckdb.connect()
+            con.execute("SET threads = 1")
+        yield con
 
 
 def literal(text: str) -> str:

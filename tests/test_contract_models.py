@@ -270,6 +270,15 @@ def test_F4_conditions_counted_across_groups_and_shorthand() -> None:
     assert locs({"filters": {"OR": groups, "extra": 1}}) == ["filters"]
 
 
+def test_F4_in_values_counted_across_the_filter() -> None:
+    # ten lists of 10,000 (the limit of one list) are the limit of a filter: 100,000
+    ten = [cond(op, list(range(10_000))) for op in ["in", "nin"] * 5]
+    parse_request({"filters": {"OR": ten}})
+    details = rejected({"filters": {"OR": ten, "NOT": cond("in", [1])}})
+    assert [d["loc"] for d in details] == ["filters"]
+    assert "100000" in details[0]["msg"]
+
+
 def test_F4_F2_thousand_and_one_shorthand_conditions_rejected() -> None:
     assert locs({"filters": {f"k{i}": i for i in range(1001)}}) == ["filters"]
 

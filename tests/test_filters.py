@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -424,6 +425,48 @@ def test_in_mixes_kinds_and_null(con: duckdb.DuckDBPyConnection) -> None:
     check(con, docs, where("a", "in", [False]), "d7")
 
 
+def test_long_in_lists_of_every_kind(con: duckdb.DuckDBPyConnection) -> None:
+    filler = [f"zz{i}" for i in range(100)] + list(range(1000, 1100))
+    docs = docs_with("A", 1, 2.0, True, None, ABSENT, "1", [False, "z"], ["q", "zZ7"], 1.5)
+    values = ["a", 1, True, None, 1.5, *filler]
+    check(con, docs, where("a", "in", values), "d0 d1 d3 d4 d5 d8 d9")
+    check(con, docs, where("a", "nin", values), "d2 d6 d7")
+    check(con, docs, where("a", "in", values, case_sensitive=True), "d1 d3 d4 d5 d9")
+    check(con, docs, where("a", "in", [*filler, False, "Z"]), "d7 d8")
+
+
+def test_eq_and_in_on_one_field_in_an_or_act_as_one_in(con: duckdb.DuckDBPyConnection) -> None:
+    docs = docs_with(1, "X", None, ABSENT, [2, "y"], 3.0, "x")
+    a = [
+        {"field": "a", "value": 1},
+        {"field": "a", "operator": "in", "value": ["x", 3]},
+        {"field": "a", "operator": "eq", "value": None},
+        {"field": "a", "operator": "gt", "value": 1},
+    ]
+    check(con, docs, {"OR": a}, "d0 d1 d2 d3 d4 d5 d6")
+    check(con, docs, {"OR": a[:3]}, "d0 d1 d2 d3 d5 d6")
+    check(con, docs, {"OR": a[:2], "case_sensitive": True}, "d0 d5 d6")
+    check(con, docs, {"NOT": a[:2]}, "d2 d3 d4")
+    check(con, docs, {"AND": a[:2]}, "")
+    ne = [
+        {"field": "a", "operator": "ne", "value": 1},
+        {"field": "a", "operator": "nin", "value": ["x"]},
+    ]
+    check(con, docs, {"AND": ne}, "d2 d3 d4 d5")
+    check(con, docs, {"a": 2, "AND": ne}, "d4")
+    check(con, docs, {"OR": ne}, "d0 d1 d2 d3 d4 d5 d6")
+
+
+def test_case_folding_is_duckdbs_lower_on_both_sides(con: duckdb.DuckDBPyConnection) -> None:
+    # DuckDB lowers U+0130 to "i"; Python to "i" + U+0307. Values are folded by DuckDB too
+    # (when the filter is compiled), so both sides agree with each other, not with Python.
+    docs = docs_with("i", "\u0130", "i\u0307", ["x", "\u0130"])
+    for op, ids in [("eq", "d0 d1 d3"), ("ends_with", "d0 d1 d3"), ("starts_with", "d0 d1 d2 d3")]:
+        assert run(con, docs, where("a", op, "\u0130"))[0] == set(ids.split()), op
+    assert run(con, docs, where("a", "in", ["\u0130", "q"]))[0] == {"d0", "d1", "d3"}
+    assert run(con, docs, where("a", "nin", ["\u0130", "q"]))[0] == {"d2"}
+
+
 # security: values are always bound
 
 
@@ -451,8 +494,11 @@ def test_values_are_bound_parameters_never_sql_text(con: duckdb.DuckDBPyConnecti
             wrap = (lambda v: [v, "zz"]) if operator == "in" else (lambda v: v)
             compiled = compile_filter(where("s", operator, wrap(value)))
             # the SQL text does not depend on the value at all; the value is a parameter
+            # (lowered when case-insensitive, `text` split into words, as the filter is compiled)
             assert compiled.sql == compile_filter(where("s", operator, wrap("x"))).sql
-            assert wrap(value) in compiled.params or value in compiled.params
+            words = re.findall(r"[^\W_]+", value.lower())
+            bound = (wrap(value), value, wrap(value.lower()), value.lower(), words)
+            assert any(form in compiled.params for form in bound)
         check(con, docs, where("s", "eq", value, case_sensitive=True), f"d{i}")
         check(con, docs, where("s", "in", [value, "zz"], case_sensitive=True), f"d{i}")
         for operator in ("starts_with", "ends_with", "contains"):
