@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
+# Only what every command needs loads here: `--help` and a usage error answer in a few tens
+# of milliseconds, and each command imports its own part of the library (issue 11).
 from export_pipeline.errors import (
     CHANGED_NOTHING,
     INGESTED_NOTHING,
@@ -19,10 +19,10 @@ from export_pipeline.errors import (
     ValidationError,
     guard,
 )
-from export_pipeline.jsontext import load_json
-from export_pipeline.links import fresh_links
-from export_pipeline.settings import Settings
-from export_pipeline.store import ApiKey, Store, VectorIndex
+
+if TYPE_CHECKING:
+    from export_pipeline.settings import Settings
+    from export_pipeline.store import ApiKey, Store, VectorIndex
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _vector_index(spec: str) -> VectorIndex:
+    from export_pipeline.store import VectorIndex
+
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[1].isdigit():
         raise ValidationError(f"--vector-index takes NAME:DIMS[:dense|sparse], got {spec!r}")
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
     """The export request: the --request body, with explicit flags layered on top."""
+    from export_pipeline.jsontext import load_json
+
     body: Any = {}
     if args.request:
         what = "--request (stdin)" if args.request == "-" else f"--request {args.request}"
@@ -138,6 +142,8 @@ def _read_request(source: str, what: str) -> bytes:
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Carry out one parsed command and return its JSON result."""
+    from export_pipeline.store import Store
+
     store = Store(settings)
     if args.command == "namespace":
         created = store.catalog.create_namespace(args.name)
@@ -163,12 +169,14 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "version": result.version,
         }
     if args.command == "export":
-        from export_pipeline.orchestration.launch import execute  # Dagster loads in ~1.5 s
+        from export_pipeline.orchestration.launch import execute  # Dagster: ~0.9 s to import
 
         body = request_body(args)
         run = execute(settings, args.namespace, args.collection, body, trigger="cli")
         return run.response.model_dump(mode="json")
     if args.command == "url":
+        from export_pipeline.links import fresh_links
+
         links = fresh_links(store, settings, args.namespace, args.export_id)
         return links.model_dump(mode="json")
     if args.command == "key":
@@ -194,6 +202,10 @@ def _key_record(record: ApiKey) -> dict[str, Any]:
 
 def demo(store: Store, settings: Settings) -> dict[str, Any]:
     """Create (or refresh) the demo collection, export a sample, say where the files are."""
+    import tempfile
+
+    from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
+
     try:
         namespace = store.catalog.create_namespace("demo")
     except ConflictError:
@@ -229,10 +241,34 @@ def serve(host: str, port: int, settings: Settings) -> int:
 _OUTCOMES = {"export": PUBLISHED_NOTHING, "demo": PUBLISHED_NOTHING, "ingest": INGESTED_NOTHING}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `export-pipeline` console script."""
+def main(argv: list[str] | None = None, *, use_agent: bool = True) -> int:
+    """Entry point of the `export-pipeline` console script.
+
+    An `export` runs in the warm agent when one is up (`export_pipeline.agent`), else here,
+    after which an agent is started for the next one.
+    """
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
+    except ExportPipelineError as exc:
+        print(json.dumps({"error": exc.to_dict()}))
+        return exc.exit_code
+    if use_agent and args.command == "export":
+        from export_pipeline.agent import client
+
+        code = client.run(argv)
+        if code is not None:
+            return code
+        code = _main(args)
+        client.start()
+        return code
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        from export_pipeline.settings import Settings
+
         settings = Settings()
         if args.command == "serve":
             return serve(args.host, args.port, settings)
