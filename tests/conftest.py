@@ -20,6 +20,9 @@ _counter = itertools.count()
 # Runs go to the instance under each test's own home, never to a DAGSTER_HOME of the shell
 # (worker processes the tests start inherit this too).
 os.environ.pop("DAGSTER_HOME", None)
+# Each CLI call in the tests runs in its own process, as with a fresh install: no warm agent
+# outlives the suite. tests/test_agent.py switches it on where the agent is what is tested.
+os.environ["EXPORT_PIPELINE_AGENT"] = "off"
 
 
 @pytest.fixture

@@ -102,8 +102,12 @@ def test_disagreement_names_the_first_differing_document(tmp_path: Path) -> None
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return _bench_module("benchmarks", *args)
+
+
+def _bench_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -218,3 +222,24 @@ def test_messy_quick_run_covers_every_case_and_collapses_the_wide_ones(tmp_path:
     assert parquet["attributes"] == "string" and parquet["rating"] == "double"
     assert "wide-nested parquet/filter" in " ".join(run.stdout.split())  # the table was printed
     assert not list((tmp_path / "home" / "runs").rglob("published"))  # outputs removed
+
+
+@pytest.mark.slow
+def test_latency_run_times_every_path_a_person_waits_for(tmp_path: Path) -> None:
+    """`python -m benchmarks.latency` at a tiny size: --help, the small CLI export with and
+    without the agent, the API beside the engine, the large CLI exports beside the COPY."""
+    out = tmp_path / "latency.json"
+    sizes = ["--small", "40", "--medium", "60", "--large", "300", "--dims", "8", "--runs", "1"]
+    home = ["--home", str(tmp_path / "home"), "--out", str(out)]
+    run = _bench_module("benchmarks.latency", *sizes, *home)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert len(report["help"]) == 8 and all(s > 0 for s in report["help"].values())
+    assert report["small"]["n"] == 40 and report["small"]["cli"] > 0
+    assert report["small"]["cli_new_process"] > 0
+    medium = report["medium"]
+    assert medium["api_overhead"] == pytest.approx(medium["api"] - medium["engine"])
+    for fmt in ("json", "csv", "parquet"):
+        assert all(report["large"][fmt][side] > 0 for side in ("cli", "engine", "reference"))
+    assert "CLI export, 300 docs x 8, parquet without vectors" in run.stdout
+    assert not Path(report["agent_folder"]).exists()  # the run stopped its agent

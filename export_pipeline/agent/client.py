@@ -26,7 +26,7 @@ def run(argv: list[str]) -> int | None:
     try:
         for fd in (0, 1, 2):  # a closed stdin or stdout: run in-process, as without an agent
             os.fstat(fd)
-        path = protocol.folder() / f"{protocol.key(protocol.search_path())}.sock"
+        path = protocol.socket_path()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(path))
     except OSError:
@@ -70,10 +70,10 @@ def start() -> None:
     if not protocol.enabled():
         return
     try:
-        search_path = protocol.search_path()
-        place = protocol.folder()
-        name = protocol.key(search_path)
-        log = open(place / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        path = protocol.socket_path()
+        if path.with_suffix(".failed").exists():  # this code's agent could not start: no retry
+            return
+        log = open(path.with_suffix(".log"), "ab")  # noqa: SIM115 - handed to the child
     except OSError:
         return
     with log:
@@ -84,7 +84,7 @@ def start() -> None:
             "from export_pipeline.agent.server import main; main(sys.argv[1])"
         )
         subprocess.Popen(
-            [sys.executable, "-c", code, str(place / f"{name}.sock"), json.dumps(search_path)],
+            [sys.executable, "-c", code, str(path), json.dumps(protocol.search_path())],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -26,6 +26,8 @@ PACKAGE_DIR = Path(export_pipeline.__file__).resolve().parent
 
 _FRAME = struct.Struct("!cq")  # kind, value: b"P" the child's pid, b"X" its exit code
 _HEADER = struct.Struct("!I")
+# A socket's path may have at most 107 bytes (sun_path); the names in the folder take 40.
+_MAX_FOLDER = 64
 
 
 def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -36,8 +38,11 @@ def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
 def folder() -> Path:
     """This user's private folder for agent sockets, created 0700; refused if anyone else
     could reach into it."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    path = Path(base) / f"export-pipeline-agent-{os.getuid()}"
+    path = (
+        Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"export-pipeline-agent-{os.getuid()}"
+    )
+    if len(str(path)) > _MAX_FOLDER:
+        path = Path("/tmp") / path.name
     path.mkdir(mode=0o700, exist_ok=True)
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
@@ -57,6 +62,11 @@ def key(search_path: list[str]) -> str:
                 files.append((os.path.join(root, name), info.st_mtime_ns, info.st_size))
     text = json.dumps([sys.executable, search_path, str(PACKAGE_DIR), files])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def socket_path() -> Path:
+    """The agent's socket for this interpreter, import path and code."""
+    return folder() / f"{key(search_path())}.sock"
 
 
 def search_path() -> list[str]:

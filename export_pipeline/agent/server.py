@@ -31,9 +31,14 @@ _PRIVATE_PREFIXES = ("EXPORT_PIPELINE_", "DAGSTER_", "AWS_")
 def main(socket_path: str) -> None:
     """Warm up, listen on `socket_path` until idle, serve each connection in a fork."""
     idle_seconds = float(os.environ.get(protocol.IDLE_SWITCH) or 900)
-    _warm_up()
     path = Path(socket_path)
-    listener = _listen(path)
+    try:
+        _warm_up()
+        listener = _listen(path)
+    except BaseException:
+        # Said once in the log beside the socket; the CLI stops starting agents for this code.
+        path.with_suffix(".failed").touch()
+        raise
     inode = path.stat().st_ino
     last_request = time.monotonic()
     while True:
