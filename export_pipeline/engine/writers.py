@@ -17,12 +17,12 @@ import pyarrow as pa
 from export_pipeline import duck
 from export_pipeline.engine.schema import (
     Shape,
+    cell_sql,
     csv_columns,
     json_leaves,
     ordered,
     parquet_structure,
     pointer,
-    text_value_sql,
 )
 from export_pipeline.engine.selection import projection_sql
 from export_pipeline.engine.sinks import (
@@ -137,7 +137,7 @@ def _csv_query(
     # Parsed once into a struct of JSON leaves where the keys allow one; each cell is then a
     # field access instead of another parse of the document.
     cells = ", ".join(
-        f"{text_value_sql(_cell(c, leaves))} AS c{number}" for number, c in enumerate(columns)
+        f"{cell_sql(*_cell(c, leaves, structure))} AS c{number}" for number, c in enumerate(columns)
     )
     parsed = "from_json(doc, ?)" if leaves is not None else "NULL"
     sql = f"SELECT {cells} FROM (SELECT document_id, doc, {parsed} AS row FROM {source}) s"
@@ -145,15 +145,20 @@ def _csv_query(
     return sql, params, [".".join(c) for c in columns]
 
 
-def _cell(path: tuple[str, ...], leaves: dict[str, Any] | None) -> str:
-    """A csv cell's JSON value: a field of the parsed row where the structure has the path
-    all the way down, else read from the document text."""
-    expression, node = "s.row", leaves
+def _cell(
+    path: tuple[str, ...], leaves: dict[str, Any] | None, structure: dict[str, Any]
+) -> tuple[str, Any]:
+    """A csv cell's value and its merged type: a field of the parsed row where the structure
+    has the path all the way down, else read from the document text (type unknown)."""
+    expression, node, kind = "s.row", leaves, structure
     for key in path:
         if not isinstance(node, dict) or key not in node:
-            return f"json_extract(s.doc, {duck.literal(pointer(path))})"
+            return f"json_extract(s.doc, {duck.literal(pointer(path))})", None
         expression, node = f"struct_extract({expression}, {duck.literal(key)})", node[key]
-    return expression
+        kind = kind.get(key) if isinstance(kind, dict) else None
+    if isinstance(node, dict) or kind is None:  # an object's text (not reached: leaves)
+        return expression, None
+    return expression, "VARCHAR" if node == "VARCHAR" else kind
 
 
 def _parquet_query(
