@@ -28,7 +28,9 @@ from export_pipeline.engine.schema import Shape, shape_of
 from export_pipeline.engine.selection import (
     Selection,
     chosen,
+    chosen_rows,
     keep,
+    marked,
     open_scratch,
     scratch_files,
     selects_all,
@@ -40,12 +42,13 @@ from export_pipeline.engine.writers import (
     DocumentsWriter,
     VectorsWriter,
     Written,
+    top_level_keys,
 )
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.store import PublishedExport, Store
 from export_pipeline.store.batches import BATCH_ROWS
-from export_pipeline.store.segments import segment_schema, vector_column
+from export_pipeline.store.segments import SHAPE_ID, segment_schema, vector_column
 
 # Rows x columns per batch of a csv or parquet export: a wide file takes fewer rows at once.
 BATCH_CELLS = 4_000_000
@@ -72,14 +75,19 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
         shape = _shape(con, plan, store, selection, settings.max_columns)
+        # The survey marked the chosen rows; otherwise each batch is filtered here (a json
+        # export of a filter: one pass, the documents' text passed through).
         where = chosen(plan, selection)
+        bitmap = chosen_rows(plan) if selection.marked else None
+        # A json export of some documents lists the keys of their structures, by number.
+        structures = None
+        if shape is None and store.documents.numbered(plan.collection):
+            structures = [text for text, _ in store.documents.shapes(plan.collection) or []]
         vectors = None
         if plan.request.include_vectors:
             vectors = VectorsWriter(
                 con, fmt, plan.collection.vector_indexes, out / plan.vectors_name
             )
-        # Without vectors the predicate runs inside the documents' own query; with them, rows
-        # are picked first so that both files get the same ones.
         documents = DocumentsWriter(
             con,
             fmt,
@@ -87,24 +95,30 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
             plan.select_paths,
             out / plan.documents_name,
             settings.max_columns,
-            where=where if vectors is None else ("TRUE", []),
+            structures=structures,
         )
         columns = ["document_id", "doc"]
+        if structures is not None:
+            columns.append(SHAPE_ID)
         if vectors is not None:
             columns += [vector_column(index.name) for index in plan.collection.vector_indexes]
         rows = store.documents.rows(
             plan.collection, columns, duck.batch_bytes(con), _batch_rows(shape, fmt)
         )
         empty: pa.Table | None = None
+        start = 0
         for batch in rows:
             empty = batch.slice(0, 0)
-            if vectors is None:
-                documents.write(batch)
-                continue
-            batch = keep(con, batch, *where)
+            if bitmap is not None:  # rows not chosen never reach DuckDB
+                mask = marked(bitmap, start, batch.num_rows)
+                start += batch.num_rows
+                batch = batch.filter(mask)
+            else:
+                batch = keep(con, batch, *where)
             if batch.num_rows:
                 documents.write(batch)
-                vectors.write(batch)
+                if vectors is not None:
+                    vectors.write(batch)
         written = documents.close()
         files = [_output("documents", plan.documents_name, fmt, written)]
         if vectors is not None:
@@ -136,15 +150,8 @@ def _shape(
     else:
         shapes = store.documents.shapes(plan.collection) or _shapes_by_pass(con, plan, store)
     if fmt == "json" and select is None:  # json lines need only the top-level keys
-        return Shape(structure=dict.fromkeys(_top_level_keys(con, shapes)))
+        return Shape(structure=dict.fromkeys(top_level_keys(con, [text for text, _ in shapes])))
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)
-
-
-def _top_level_keys(con: duckdb.DuckDBPyConnection, shapes: list[tuple[str, int]]) -> list[str]:
-    """The keys of the structures' top levels, found by DuckDB (there may be one per document)."""
-    texts = pa.table({"doc": pa.array([text for text, _ in shapes], pa.string())})
-    found = duck.on_batch(con, f"SELECT DISTINCT unnest(json_keys(doc)) FROM {duck.BATCH}", texts)
-    return found.column(0).to_pylist()
 
 
 def _shapes_by_pass(
