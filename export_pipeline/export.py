@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -102,23 +103,29 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
             columns.append(SHAPE_ID)
         if vectors is not None:
             columns += [vector_column(index.name) for index in plan.collection.vector_indexes]
-        rows = store.documents.rows(
-            plan.collection, columns, duck.batch_bytes(con), _batch_rows(shape, fmt)
-        )
+        max_bytes, max_rows = duck.batch_bytes(con), _batch_rows(shape, fmt)
+        rows = store.documents.rows(plan.collection, columns, max_bytes, max_rows)
         empty: pa.Table | None = None
         start = 0
+
+        def chosen_rows_of(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+            nonlocal start
+            for batch in batches:
+                if bitmap is not None:  # rows not chosen never reach DuckDB
+                    mask = marked(bitmap, start, batch.num_rows)
+                    start += batch.num_rows
+                    yield batch.filter(mask)
+                else:
+                    yield keep(con, batch, *where)
+
+        # The few rows a batch keeps are gathered into full batches: one query per batch.
+        if bitmap is not None or where[0] != "TRUE":
+            rows = gathered(chosen_rows_of(rows), max_bytes, max_rows)
         for batch in rows:
             empty = batch.slice(0, 0)
-            if bitmap is not None:  # rows not chosen never reach DuckDB
-                mask = marked(bitmap, start, batch.num_rows)
-                start += batch.num_rows
-                batch = batch.filter(mask)
-            else:
-                batch = keep(con, batch, *where)
-            if batch.num_rows:
-                documents.write(batch)
-                if vectors is not None:
-                    vectors.write(batch)
+            documents.write(batch)
+            if vectors is not None:
+                vectors.write(batch)
         written = documents.close()
         files = [_output("documents", plan.documents_name, fmt, written)]
         if vectors is not None:
@@ -165,6 +172,23 @@ def _shapes_by_pass(
         for shape, count in zip(*(column.to_pylist() for column in found.columns), strict=True):
             counts[shape] += count
     return list(counts.items())
+
+
+def gathered(tables: Iterator[pa.Table], max_bytes: int, max_rows: int) -> Iterator[pa.Table]:
+    """Consecutive tables joined up to `max_rows` rows and `max_bytes` bytes (a table over
+    either limit alone goes as it is); empty tables dropped."""
+    pending: list[pa.Table] = []
+    rows = size = 0
+    for table in tables:
+        if not table.num_rows:
+            continue
+        if pending and (rows + table.num_rows > max_rows or size + table.nbytes > max_bytes):
+            yield pa.concat_tables(pending)
+            pending, rows, size = [], 0, 0
+        pending.append(table)
+        rows, size = rows + table.num_rows, size + table.nbytes
+    if pending:
+        yield pa.concat_tables(pending)
 
 
 def _batch_rows(shape: Shape | None, fmt: str) -> int:
