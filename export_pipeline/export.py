@@ -48,7 +48,7 @@ from export_pipeline.engine.writers import (
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.store import PublishedExport, Store
-from export_pipeline.store.batches import BATCH_ROWS
+from export_pipeline.store.batches import QUERY_ROWS, gathered
 from export_pipeline.store.segments import SHAPE_ID, segment_schema, vector_column
 
 # Rows x columns per batch of a csv or parquet export: a wide file takes fewer rows at once.
@@ -118,7 +118,9 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
                 else:
                     yield keep(con, batch, *where)
 
-        # The few rows a batch keeps are gathered into full batches: one query per batch.
+        # Row groups, and the few rows a selection keeps of each, are gathered into batches
+        # as large as the bounds allow: each query has a cost of its own.
+        rows = gathered(rows, max_bytes, max_rows)
         if bitmap is not None or where[0] != "TRUE":
             rows = gathered(chosen_rows_of(rows), max_bytes, max_rows)
         for batch in rows:
@@ -174,28 +176,11 @@ def _shapes_by_pass(
     return list(counts.items())
 
 
-def gathered(tables: Iterator[pa.Table], max_bytes: int, max_rows: int) -> Iterator[pa.Table]:
-    """Consecutive tables joined up to `max_rows` rows and `max_bytes` bytes (a table over
-    either limit alone goes as it is); empty tables dropped."""
-    pending: list[pa.Table] = []
-    rows = size = 0
-    for table in tables:
-        if not table.num_rows:
-            continue
-        if pending and (rows + table.num_rows > max_rows or size + table.nbytes > max_bytes):
-            yield pa.concat_tables(pending)
-            pending, rows, size = [], 0, 0
-        pending.append(table)
-        rows, size = rows + table.num_rows, size + table.nbytes
-    if pending:
-        yield pa.concat_tables(pending)
-
-
 def _batch_rows(shape: Shape | None, fmt: str) -> int:
     if shape is None or fmt == "json" or shape.whole_document:
-        return BATCH_ROWS
+        return QUERY_ROWS
     columns = width.leaves(shape.structure, arrays_whole=fmt == "csv")
-    return max(64, min(BATCH_ROWS, BATCH_CELLS // columns))
+    return max(64, min(QUERY_ROWS, BATCH_CELLS // columns))
 
 
 def _empty_rows(plan: ExportPlan) -> pa.Table:

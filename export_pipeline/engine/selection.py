@@ -28,6 +28,7 @@ from export_pipeline.filters import install_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
+from export_pipeline.store.batches import QUERY_ROWS, gathered
 from export_pipeline.store.segments import SHAPE_ID
 
 # O2: documents are ranked by a hash of seed and id, and the first N kept. Hashing the
@@ -90,7 +91,8 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
         columns.append("doc")
     if numbered:
         columns.append(SHAPE_ID)
-    rows = store.documents.rows(plan.collection, columns, duck.batch_bytes(con))
+    limit = duck.batch_bytes(con)
+    rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
     texts: list[str] = [text for text, _ in store.documents.shapes(plan.collection) or []]
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
