@@ -83,7 +83,7 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
         # A json export of some documents lists the keys of their structures, by number.
         structures = None
         if shape is None and store.documents.numbered(plan.collection):
-            structures = [text for text, _ in store.documents.shapes(plan.collection) or []]
+            structures = store.documents.structures(plan.collection)
         vectors = None
         if plan.request.include_vectors:
             vectors = VectorsWriter(

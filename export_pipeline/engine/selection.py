@@ -93,7 +93,6 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
         columns.append(SHAPE_ID)
     limit = duck.batch_bytes(con)
     rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
-    texts: list[str] = [text for text, _ in store.documents.shapes(plan.collection) or []]
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
     for batch in rows:
@@ -105,13 +104,14 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
         else:
             number = np.full(batch.num_rows, -1, dtype=np.int32)
         tally.add(keep, rank, number, batch.column("document_id"))
-    if derive:
-        texts = list(known)
     chosen, numbers, cutoff = tally.result()
-    counts = np.bincount(numbers[numbers >= 0], minlength=len(texts)) if shapes else []
-    found = {texts[n]: int(c) for n, c in enumerate(counts) if c}
+    texts = pa.chunked_array([pa.array(list(known), pa.string())])
+    if numbered:
+        texts = store.documents.structures(plan.collection)
+    counts = np.bincount(numbers[numbers >= 0], minlength=len(texts))
+    present = np.flatnonzero(counts) if shapes else np.zeros(0, np.int64)
     table = pa.table(
-        {"shape": list(found), "n": list(found.values())},
+        {"shape": texts.take(present), "n": counts[present].astype(np.int64)},
         schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
     )
     pq.write_table(table, _chosen_shapes(plan))

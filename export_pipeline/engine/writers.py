@@ -57,7 +57,7 @@ class DocumentsWriter:
         path: Path,
         max_keys: int,
         where: tuple[str, list[Any]] = ("TRUE", []),
-        structures: list[str] | None = None,
+        structures: pa.ChunkedArray | None = None,
     ) -> None:
         """`where` picks the rows of each batch to write (a predicate and its parameters);
         `structures` are the snapshot's structures as SHAPE_ID numbers them, when it does."""
@@ -127,7 +127,7 @@ class DocumentsWriter:
         written.warnings = self.warnings
         if self.fmt == "json":
             if self.numbers and self.structures is not None:
-                chosen = [self.structures[number] for number in sorted(self.numbers)]
+                chosen = self.structures.take(sorted(self.numbers)).to_pylist()
                 self.found_keys.update(top_level_keys(self.con, chosen))
             keys = list(ordered(dict.fromkeys(self.keys or self.found_keys), self.select))
             if len(keys) > self.max_keys:

@@ -115,6 +115,13 @@ class DocumentStore:
             )
         return found
 
+    def structures(self, collection: Collection) -> pa.ChunkedArray:
+        """The snapshot's structures as SHAPE_ID numbers them (where `numbered`): the
+        sidecars' texts one after the other, left in Arrow (there may be one per document)."""
+        files = [shapes_file(segment) for segment in self.segment_files(collection)]
+        chunks = [pq.read_table(path, columns=["shape"]).column(0) for path in files]
+        return pa.chunked_array([c for chunk in chunks for c in chunk.chunks], pa.string())
+
     def numbered(self, collection: Collection) -> bool:
         """Whether every segment numbers its documents' structures (SHAPE_ID); segments
         written by older versions do not."""
