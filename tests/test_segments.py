@@ -189,3 +189,28 @@ def test_segment_numbers_each_documents_structure(store: Store) -> None:
     docs = pq.read_table(segment, columns=["doc"]).column(0).to_pylist()
     for doc, number in zip(docs, numbers, strict=True):
         assert set(json.loads(shapes[number])) == set(json.loads(doc))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_a_snapshot_of_older_and_newer_segments_exports_its_chosen_shapes(
+    store: Store, fmt: str
+) -> None:
+    """One unnumbered segment is enough for the whole export to derive structures."""
+    ns, col = make_collection(store, _MIXED[:15])
+    (old,) = store.documents.segment_files(col)
+    _unnumbered(old)
+    store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", _MIXED[15:]))
+    col = store.catalog.collection(ns, col.id)
+    assert len(col.segments) == 2 and not store.documents.numbered(col)
+    body = {"format": fmt, "filters": _SELECTIONS[0]["filters"]}
+    result = run_export(ns.id, col.id, body, settings=store.settings)
+    names = [c["name"] for c in result.manifest["files"][0]["columns"]]
+    assert "only_a" not in names and result.response.document_count == 10
+    # upserting into the older segment rewrites it numbered
+    changed = [{**_MIXED[0], "n": -1}]
+    store.ingest(
+        ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", changed), upsert=True
+    )
+    assert store.documents.numbered(store.catalog.collection(ns, col.id))
+    again = run_export(ns.id, col.id, body, settings=store.settings)
+    assert [c["name"] for c in again.manifest["files"][0]["columns"]] == names
