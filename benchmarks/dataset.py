@@ -191,7 +191,9 @@ def _complete(home: Path, name: str, n: int) -> bool:
         _, collection = store.resolve(NAMESPACE, name)
     except NotFoundError:
         return False
-    return collection.document_count == n
+    # A home ingested before the store numbered structures would measure the older
+    # export paths: it is rebuilt.
+    return collection.document_count == n and store.documents.numbered(collection)
 
 
 def _generate(home: Path, n: int, dims: int, seed: int, log: Log) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,9 @@ from export_pipeline.engine.schema import Shape, shape_of
 from export_pipeline.engine.selection import (
     Selection,
     chosen,
+    chosen_rows,
     keep,
+    marked,
     open_scratch,
     scratch_files,
     selects_all,
@@ -40,12 +43,13 @@ from export_pipeline.engine.writers import (
     DocumentsWriter,
     VectorsWriter,
     Written,
+    top_level_keys,
 )
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.store import PublishedExport, Store
-from export_pipeline.store.batches import BATCH_ROWS
-from export_pipeline.store.segments import segment_schema, vector_column
+from export_pipeline.store.batches import QUERY_ROWS, gathered
+from export_pipeline.store.segments import SHAPE_ID, segment_schema, vector_column
 
 # Rows x columns per batch of a csv or parquet export: a wide file takes fewer rows at once.
 BATCH_CELLS = 4_000_000
@@ -72,14 +76,19 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
         shape = _shape(con, plan, store, selection, settings.max_columns)
+        # The survey marked the chosen rows; otherwise each batch is filtered here (a json
+        # export of a filter: one pass, the documents' text passed through).
         where = chosen(plan, selection)
+        bitmap = chosen_rows(plan) if selection.marked else None
+        # A json export of some documents lists the keys of their structures, by number.
+        structures = None
+        if shape is None and store.documents.numbered(plan.collection):
+            structures = store.documents.structures(plan.collection)
         vectors = None
         if plan.request.include_vectors:
             vectors = VectorsWriter(
                 con, fmt, plan.collection.vector_indexes, out / plan.vectors_name
             )
-        # Without vectors the predicate runs inside the documents' own query; with them, rows
-        # are picked first so that both files get the same ones.
         documents = DocumentsWriter(
             con,
             fmt,
@@ -87,23 +96,37 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
             plan.select_paths,
             out / plan.documents_name,
             settings.max_columns,
-            where=where if vectors is None else ("TRUE", []),
+            structures=structures,
         )
         columns = ["document_id", "doc"]
+        if structures is not None:
+            columns.append(SHAPE_ID)
         if vectors is not None:
             columns += [vector_column(index.name) for index in plan.collection.vector_indexes]
-        rows = store.documents.rows(
-            plan.collection, columns, duck.batch_bytes(con), _batch_rows(shape, fmt)
-        )
+        max_bytes, max_rows = duck.batch_bytes(con), _batch_rows(shape, fmt)
+        rows = store.documents.rows(plan.collection, columns, max_bytes, max_rows)
         empty: pa.Table | None = None
+        start = 0
+
+        def chosen_rows_of(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+            nonlocal start
+            for batch in batches:
+                if bitmap is not None:  # rows not chosen never reach DuckDB
+                    mask = marked(bitmap, start, batch.num_rows)
+                    start += batch.num_rows
+                    yield batch.filter(mask)
+                else:
+                    yield keep(con, batch, *where)
+
+        # Row groups, and the few rows a selection keeps of each, are gathered into batches
+        # as large as the bounds allow: each query has a cost of its own.
+        rows = gathered(rows, max_bytes, max_rows)
+        if bitmap is not None or where[0] != "TRUE":
+            rows = gathered(chosen_rows_of(rows), max_bytes, max_rows)
         for batch in rows:
             empty = batch.slice(0, 0)
-            if vectors is None:
-                documents.write(batch)
-                continue
-            batch = keep(con, batch, *where)
-            if batch.num_rows:
-                documents.write(batch)
+            documents.write(batch)
+            if vectors is not None:
                 vectors.write(batch)
         written = documents.close()
         files = [_output("documents", plan.documents_name, fmt, written)]
@@ -136,15 +159,8 @@ def _shape(
     else:
         shapes = store.documents.shapes(plan.collection) or _shapes_by_pass(con, plan, store)
     if fmt == "json" and select is None:  # json lines need only the top-level keys
-        return Shape(structure=dict.fromkeys(_top_level_keys(con, shapes)))
+        return Shape(structure=dict.fromkeys(top_level_keys(con, [text for text, _ in shapes])))
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)
-
-
-def _top_level_keys(con: duckdb.DuckDBPyConnection, shapes: list[tuple[str, int]]) -> list[str]:
-    """The keys of the structures' top levels, found by DuckDB (there may be one per document)."""
-    texts = pa.table({"doc": pa.array([text for text, _ in shapes], pa.string())})
-    found = duck.on_batch(con, f"SELECT DISTINCT unnest(json_keys(doc)) FROM {duck.BATCH}", texts)
-    return found.column(0).to_pylist()
 
 
 def _shapes_by_pass(
@@ -162,9 +178,9 @@ def _shapes_by_pass(
 
 def _batch_rows(shape: Shape | None, fmt: str) -> int:
     if shape is None or fmt == "json" or shape.whole_document:
-        return BATCH_ROWS
+        return QUERY_ROWS
     columns = width.leaves(shape.structure, arrays_whole=fmt == "csv")
-    return max(64, min(BATCH_ROWS, BATCH_CELLS // columns))
+    return max(64, min(QUERY_ROWS, BATCH_CELLS // columns))
 
 
 def _empty_rows(plan: ExportPlan) -> pa.Table:

@@ -184,11 +184,15 @@ def _struct_fields(node: dict[str, Any]) -> bool:
 
 
 def json_leaves(structure: Structure) -> Any:
-    """The structure with every non-object value as JSON text (a from_json structure for csv
-    cells), or None where an object's keys cannot be struct fields (empty, or equal but for
-    letter case)."""
+    """The structure with every non-object value as JSON text, but strings as VARCHAR (a
+    from_json structure for csv cells), or None where an object's keys cannot be struct
+    fields (empty, or equal but for letter case).
+
+    A leaf whose merged type is VARCHAR only ever holds strings (or null): from_json
+    unescapes it as `->> '$'` would, so its cell needs no further JSON work (`cell_sql`).
+    """
     if not isinstance(structure, dict):
-        return JSON_TEXT
+        return "VARCHAR" if structure == "VARCHAR" else JSON_TEXT
     if not structure:
         return JSON_TEXT
     if not _struct_fields(structure):
@@ -228,6 +232,18 @@ def csv_columns(structure: dict[str, Any], select: list[str] | None) -> list[Pat
 def pointer(path: Path_) -> str:
     """A JSON pointer (RFC 6901) for any keys, including ones outside the P1 grammar."""
     return "".join("/" + key.replace("~", "~0").replace("/", "~1") for key in path)
+
+
+def cell_sql(expression: str, kind: Structure | None) -> str:
+    """W3 cell text of a value whose merged type is `kind` (None: unknown, any JSON value):
+    strings as is, null/missing empty, everything else as JSON text. A typed string needs
+    nothing more, and a value that is never a string (numbers, booleans, arrays: their
+    JSON leaf is SQL NULL for null) is its JSON text; only a clash of kinds asks its type."""
+    if kind == "VARCHAR":
+        return expression
+    if kind is None or kind == JSON_TEXT:
+        return text_value_sql(expression)
+    return f"CAST({expression} AS VARCHAR)"
 
 
 def text_value_sql(expression: str) -> str:

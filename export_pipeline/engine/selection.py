@@ -3,18 +3,20 @@
 Only a sample needs a pass over the matches before writing (to find the N-th match by rank),
 and so do csv and parquet exports of a filtered or sampled selection, whose columns must be
 known before the first row is written. That pass (`survey`) keeps only the N lowest-ranked
-matches of a sample, and of every match only its structure's count; the counts go to a
-small file in the export's scratch folder for the write step.
+matches of a sample, and of every match only its structure's count (the store numbers each
+document's structure at ingest, so counting is all). The counts, and a bitmap of the chosen
+rows of the snapshot, go to small files in the export's scratch folder for the write step,
+which then neither filters nor ranks again: it drops the rows not chosen before any JSON
+work.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,6 +28,8 @@ from export_pipeline.filters import install_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
+from export_pipeline.store.batches import QUERY_ROWS, gathered
+from export_pipeline.store.segments import SHAPE_ID
 
 # O2: documents are ranked by a hash of seed and id, and the first N kept. Hashing the
 # joined text (combining two hashes only mixes them weakly) gives each seed its own
@@ -36,9 +40,12 @@ _RANK = "hash(CAST(? AS VARCHAR) || ':' || document_id)"
 class Selection(BaseModel):
     """What the survey decided: small, so it can pass between steps."""
 
-    surveyed: bool = False  # the scratch database holds the chosen documents' structures
+    surveyed: bool = False  # the scratch folder holds the chosen documents' structures
     matched: int | None = None  # documents the export writes, when known before writing
     cutoff: tuple[int, str] | None = None  # the N-th match's (rank, id) when sampling
+    # the scratch folder holds which rows of the snapshot are chosen (`chosen_rows`): the
+    # write step neither evaluates the filter again nor ranks
+    marked: bool = False
 
 
 def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnection:
@@ -70,96 +77,178 @@ def needs_survey(plan: ExportPlan) -> bool:
 
 
 def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Selection:
-    """A pass over the matches before writing: the sample's cutoff, and the structures of
-    the chosen documents (kept in the scratch database for the write step)."""
+    """A pass over the matches before writing: which rows of the snapshot are chosen (kept
+    as a bitmap), the sample's cutoff, and the structures of the chosen documents (their
+    counts). Where the store numbers each document's structure (SHAPE_ID), counting the
+    numbers is all; segments of older versions have their structures derived here."""
     if not needs_survey(plan):
         return Selection()
     shapes = plan.request.format != "json" or plan.select_paths is not None
-    reads_docs = shapes or plan.filter_sql != "TRUE"
-    columns = ["document_id", "doc"] if reads_docs else ["document_id"]
-    rows = store.documents.rows(plan.collection, columns, duck.batch_bytes(con))
-    if plan.request.sample_size is None:
-        counts = _count_shapes(con, plan, rows)
-        matched, cutoff = sum(counts.values()), None
-    else:
-        counts, matched, cutoff = _sample(con, plan, rows, shapes)
+    numbered = shapes and store.documents.numbered(plan.collection)
+    derive = shapes and not numbered  # json_structure of each match, as older stores need
+    columns = ["document_id"]
+    if plan.filter_sql != "TRUE" or derive:
+        columns.append("doc")
+    if numbered:
+        columns.append(SHAPE_ID)
+    limit = duck.batch_bytes(con)
+    rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
+    known: dict[str, int] = {}  # derived structures -> their numbers
+    tally = _Tally(plan.request.sample_size)
+    for batch in rows:
+        keep, rank, derived = _judge(con, plan, batch, derive)
+        if numbered:
+            number = batch.column(SHAPE_ID).to_numpy()
+        elif derived is not None:
+            number = _numbered(derived, known)
+        else:
+            number = np.full(batch.num_rows, -1, dtype=np.int32)
+        tally.add(keep, rank, number, batch.column("document_id"))
+    chosen, numbers, cutoff = tally.result()
+    texts = pa.chunked_array([pa.array(list(known), pa.string())])
+    if numbered:
+        texts = store.documents.structures(plan.collection)
+    counts = np.bincount(numbers[numbers >= 0], minlength=len(texts))
+    present = np.flatnonzero(counts) if shapes else np.zeros(0, np.int64)
     table = pa.table(
-        {"shape": list(counts), "n": list(counts.values())},
+        {"shape": texts.take(present), "n": counts[present].astype(np.int64)},
         schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
     )
     pq.write_table(table, _chosen_shapes(plan))
-    return Selection(surveyed=True, matched=matched, cutoff=cutoff)
+    np.save(_chosen_rows(plan), np.packbits(chosen, bitorder="little"))
+    return Selection(surveyed=True, matched=int(chosen.sum()), cutoff=cutoff, marked=True)
 
 
-def _count_shapes(
-    con: duckdb.DuckDBPyConnection, plan: ExportPlan, rows: Iterator[pa.Table]
-) -> Counter[str]:
-    """The matches' structures, counted batch by batch (nothing kept per document)."""
-    counts: Counter[str] = Counter()
+def _judge(
+    con: duckdb.DuckDBPyConnection, plan: ExportPlan, batch: pa.Table, derive: bool
+) -> tuple[np.ndarray, np.ndarray | None, pa.Array | None]:
+    """A batch's matches (bool), ranks when sampling, and structure texts of the matches
+    when they must be derived: one DuckDB query, none when nothing is to be computed."""
+    sample = plan.request.sample_size is not None
+    if plan.filter_sql == "TRUE" and not sample and not derive:
+        return np.ones(batch.num_rows, dtype=bool), None, None
+    outputs = ["keep"]
+    if sample:
+        outputs.append(f"{_RANK} AS rank")
+    if derive:
+        outputs.append("CASE WHEN keep THEN json_structure(doc)::VARCHAR END AS shape")
+    doc = ", doc" if "doc" in batch.column_names else ""
     sql = (
-        f"SELECT json_structure(doc)::VARCHAR, count(*) FROM {duck.BATCH}"
-        f" WHERE {plan.filter_sql} GROUP BY 1"
+        f"SELECT {', '.join(outputs)} FROM"
+        f" (SELECT document_id{doc}, ({plan.filter_sql}) AS keep FROM {duck.BATCH})"
     )
-    for batch in rows:
-        found = duck.on_batch(con, sql, batch, plan.filter_params)
-        counts.update(dict(zip(*(c.to_pylist() for c in found.columns), strict=True)))
-    return counts
+    # placeholders in the order they appear: the rank's seed, then the filter's
+    params = [*([str(plan.sample_seed)] if sample else []), *plan.filter_params]
+    found = duck.on_batch(con, sql, batch, params)
+    keep = found.column("keep").to_numpy(zero_copy_only=False).astype(bool)
+    rank = found.column("rank").to_numpy() if sample else None
+    derived = found.column("shape").combine_chunks() if derive else None
+    return keep, rank, derived
 
 
-def _sample(
-    con: duckdb.DuckDBPyConnection, plan: ExportPlan, rows: Iterator[pa.Table], shapes: bool
-) -> tuple[Counter[str], int, tuple[int, str] | None]:
-    """The N lowest-ranked matches (O2), kept N at a time: their structures, their number,
-    and the N-th's (rank, id), or no cutoff when fewer match."""
-    size = plan.request.sample_size
-    assert size is not None
-    shape = "json_structure(doc)::VARCHAR" if shapes else "NULL::VARCHAR"
-    sql = (
-        f"SELECT {_RANK} AS rank, document_id, {shape} AS shape FROM {duck.BATCH}"
-        f" WHERE {plan.filter_sql}"
+class _Tally:
+    """The chosen rows of the snapshot as they go by: every match, or for a sample (O2) the
+    N lowest-ranked matches, kept N at a time (rank, position, structure number, id)."""
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self.rows = 0
+        self.masks: list[np.ndarray] = []
+        self.numbers: list[np.ndarray] = []
+        self.held: list[tuple[np.ndarray, np.ndarray, np.ndarray, pa.ChunkedArray]] = []
+        self.count = 0
+
+    def add(
+        self,
+        keep: np.ndarray,
+        rank: np.ndarray | None,
+        number: np.ndarray,
+        ids: pa.ChunkedArray,
+    ) -> None:
+        """Take one batch: its matches, their ranks (sampling) and structure numbers."""
+        start, self.rows = self.rows, self.rows + len(keep)
+        if self.size is None:
+            self.masks.append(keep)
+            self.numbers.append(number[keep])
+            return
+        assert rank is not None
+        where = np.flatnonzero(keep)
+        self.held.append((rank[where], where + start, number[where], ids.take(where)))
+        self.count += len(where)
+        if self.count > 2 * self.size:  # only ever the N lowest can be chosen: drop the rest
+            self.held = [self._lowest()]
+            self.count = len(self.held[0][0])
+
+    def _lowest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.ChunkedArray]:
+        """The held rows ranked at or below the N-th lowest rank (ties at it all kept)."""
+        rank = np.concatenate([part[0] for part in self.held])
+        position = np.concatenate([part[1] for part in self.held])
+        number = np.concatenate([part[2] for part in self.held])
+        ids = pa.chunked_array([c for part in self.held for c in part[3].chunks], pa.string())
+        assert self.size is not None
+        if len(rank) > self.size:
+            bound = np.partition(rank, self.size - 1)[self.size - 1]
+            where = np.flatnonzero(rank <= bound)
+            rank, position, number = rank[where], position[where], number[where]
+            ids = ids.take(where)
+        return rank, position, number, ids
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, tuple[int, str] | None]:
+        """The chosen rows (a bool per snapshot row), their structure numbers, the cutoff."""
+        if self.size is None:
+            chosen = np.concatenate(self.masks) if self.masks else np.zeros(0, dtype=bool)
+            numbers = np.concatenate(self.numbers) if self.numbers else np.zeros(0, np.int32)
+            return chosen, numbers, None
+        chosen = np.zeros(self.rows, dtype=bool)
+        if not self.held:
+            return chosen, np.zeros(0, np.int32), None
+        rank, position, number, ids = self._lowest()
+        cutoff = None
+        if len(rank) >= self.size:
+            # ties at the N-th rank are broken by id (byte order, as DuckDB compares text)
+            bound = rank.max()
+            tied = np.flatnonzero(rank == bound)
+            below = len(rank) - len(tied)
+            order = pc.sort_indices(ids.take(tied)).to_numpy()
+            taken = tied[order[: self.size - below]]
+            keep = np.concatenate([np.flatnonzero(rank < bound), taken])
+            position, number = position[keep], number[keep]
+            cutoff = (int(bound), ids[int(taken[-1])].as_py())
+        chosen[position] = True
+        return chosen, number, cutoff
+
+
+def _numbered(texts: pa.Array, known: dict[str, int]) -> np.ndarray:
+    """Structure texts replaced by numbers (Python sees each distinct text once); -1 where
+    there is none (rows not chosen)."""
+    encoded = pc.dictionary_encode(texts)
+    numbers = np.array(
+        [
+            known.setdefault(text, len(known)) if text is not None else -1
+            for text in encoded.dictionary.to_pylist()
+        ]
+        + [-1],
+        dtype=np.int32,
     )
-    params = [str(plan.sample_seed), *plan.filter_params]
-    known: dict[str, int] = {}  # structure text -> a small number; documents keep the number
-    kept: list[pa.Table] = []
-    held = 0
-    for batch in rows:
-        found = duck.on_batch(con, sql, batch, params)
-        kept.append(_numbered(found, known))
-        held += found.num_rows
-        if held > 2 * size:  # only ever the N lowest can be chosen: drop the rest
-            kept = [_lowest(pa.concat_tables(kept), size)]
-            held = kept[0].num_rows
-    chosen = _lowest(pa.concat_tables(kept), size) if kept else None
-    if chosen is None or chosen.num_rows == 0:
-        return Counter(), 0, None
-    texts = {number: text for text, number in known.items()}
-    numbers = Counter(chosen.column("shape").to_pylist())
-    counts = Counter({texts[n]: count for n, count in numbers.items() if n in texts})
-    cutoff = None
-    if chosen.num_rows == size:
-        last = chosen.slice(size - 1, 1).to_pylist()[0]
-        cutoff = (int(last["rank"]), last["document_id"])
-    return counts, chosen.num_rows, cutoff
+    indices = encoded.indices.fill_null(len(numbers) - 1)
+    return numbers[indices.to_numpy(zero_copy_only=False)]
 
 
-def _numbered(found: pa.Table, known: dict[str, int]) -> pa.Table:
-    """The batch's structures replaced by numbers (one text per distinct structure)."""
-    encoded = pc.dictionary_encode(found.column("shape").combine_chunks())
-    numbers = [
-        known.setdefault(text, len(known)) if text is not None else -1
-        for text in encoded.dictionary.to_pylist()
-    ]
-    mapped = pc.take(pa.array(numbers, pa.int32()), encoded.indices)
-    return pa.table(
-        {"rank": found.column("rank"), "document_id": found.column("document_id"), "shape": mapped}
-    )
+def chosen_rows(plan: ExportPlan) -> np.ndarray:
+    """The survey's bitmap of chosen snapshot rows (packed, little bit order)."""
+    return np.load(_chosen_rows(plan))
 
 
-def _lowest(table: pa.Table, size: int) -> pa.Table:
-    order = [("rank", "ascending"), ("document_id", "ascending")]
-    if table.num_rows > size:
-        table = table.take(pc.select_k_unstable(table, size, order))
-    return table.take(pc.sort_indices(table, order))
+def marked(bitmap: np.ndarray, start: int, rows: int) -> pa.Array:
+    """Whether each of `rows` snapshot rows from `start` is chosen (a filter mask)."""
+    first, last = start // 8, (start + rows + 7) // 8
+    bits = np.unpackbits(bitmap[first:last], bitorder="little")
+    offset = start - first * 8
+    return pa.array(bits[offset : offset + rows].astype(bool))
+
+
+def _chosen_rows(plan: ExportPlan) -> Path:
+    return plan.scratch_dir / "chosen_rows.npy"
 
 
 def surveyed_shapes(plan: ExportPlan) -> list[tuple[str, int]]:

@@ -13,16 +13,17 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from export_pipeline import duck
 from export_pipeline.engine.schema import (
     Shape,
+    cell_sql,
     csv_columns,
     json_leaves,
     ordered,
     parquet_structure,
     pointer,
-    text_value_sql,
 )
 from export_pipeline.engine.selection import projection_sql
 from export_pipeline.engine.sinks import (
@@ -34,7 +35,7 @@ from export_pipeline.engine.sinks import (
 )
 from export_pipeline.engine.width import WHOLE_DOCUMENT
 from export_pipeline.store import VectorIndex
-from export_pipeline.store.segments import vector_column, vector_type
+from export_pipeline.store.segments import SHAPE_ID, vector_column, vector_type
 
 CONTENT_TYPES = {
     "json": "application/x-ndjson",
@@ -56,14 +57,19 @@ class DocumentsWriter:
         path: Path,
         max_keys: int,
         where: tuple[str, list[Any]] = ("TRUE", []),
+        structures: pa.ChunkedArray | None = None,
     ) -> None:
-        """`where` picks the rows of each batch to write (a predicate and its parameters)."""
+        """`where` picks the rows of each batch to write (a predicate and its parameters);
+        `structures` are the snapshot's structures as SHAPE_ID numbers them, when it does."""
         self.con, self.fmt, self.select = con, fmt, select
         self.max_keys = max_keys
         self.warnings = list(shape.warnings) if shape else []
-        # json lists its top-level keys: from the shape when known, else from the lines.
+        # json lists its top-level keys: from the shape when known, else from the
+        # structures of the rows written (by number), else from the lines.
         self.keys: set[str] | None = None if shape is None else set(shape.structure)
         self.found_keys: set[str] = set()
+        self.structures = structures
+        self.numbers: set[int] = set()
         doc = projection_sql(select) if select else "doc"
         condition, self.where_params = where
         source = f"(SELECT document_id, {doc} AS doc FROM {duck.BATCH} WHERE {condition})"
@@ -96,7 +102,10 @@ class DocumentsWriter:
         rows = batch.select(["document_id", "doc"])
         out = rows.select(["doc"]) if self.sql is None else self._run(rows)
         if self.fmt == "json" and self.keys is None:
-            self._gather_keys(out)
+            if self.structures is not None and SHAPE_ID in batch.column_names:
+                self.numbers.update(pc.unique(batch.column(SHAPE_ID)).to_pylist())
+            else:
+                self._gather_keys(out)
         self.writer.write(out)
 
     def _run(self, rows: pa.Table) -> pa.Table:
@@ -117,6 +126,9 @@ class DocumentsWriter:
         written = self.writer.close(empty.select(["doc"]) if self.sql is None else self._run(empty))
         written.warnings = self.warnings
         if self.fmt == "json":
+            if self.numbers and self.structures is not None:
+                chosen = self.structures.take(sorted(self.numbers)).to_pylist()
+                self.found_keys.update(top_level_keys(self.con, chosen))
             keys = list(ordered(dict.fromkeys(self.keys or self.found_keys), self.select))
             if len(keys) > self.max_keys:
                 written.warnings.append(
@@ -128,6 +140,14 @@ class DocumentsWriter:
         return written
 
 
+def top_level_keys(con: duckdb.DuckDBPyConnection, structures: list[str]) -> list[str]:
+    """The keys of the structures' top levels, found by DuckDB (there may be one per
+    document)."""
+    texts = pa.table({"doc": pa.array(structures, pa.string())})
+    found = duck.on_batch(con, f"SELECT DISTINCT unnest(json_keys(doc)) FROM {duck.BATCH}", texts)
+    return found.column(0).to_pylist()
+
+
 def _csv_query(
     shape: Shape, select: list[str] | None, source: str
 ) -> tuple[str, list[Any], list[str]]:
@@ -137,7 +157,7 @@ def _csv_query(
     # Parsed once into a struct of JSON leaves where the keys allow one; each cell is then a
     # field access instead of another parse of the document.
     cells = ", ".join(
-        f"{text_value_sql(_cell(c, leaves))} AS c{number}" for number, c in enumerate(columns)
+        f"{cell_sql(*_cell(c, leaves, structure))} AS c{number}" for number, c in enumerate(columns)
     )
     parsed = "from_json(doc, ?)" if leaves is not None else "NULL"
     sql = f"SELECT {cells} FROM (SELECT document_id, doc, {parsed} AS row FROM {source}) s"
@@ -145,15 +165,20 @@ def _csv_query(
     return sql, params, [".".join(c) for c in columns]
 
 
-def _cell(path: tuple[str, ...], leaves: dict[str, Any] | None) -> str:
-    """A csv cell's JSON value: a field of the parsed row where the structure has the path
-    all the way down, else read from the document text."""
-    expression, node = "s.row", leaves
+def _cell(
+    path: tuple[str, ...], leaves: dict[str, Any] | None, structure: dict[str, Any]
+) -> tuple[str, Any]:
+    """A csv cell's value and its merged type: a field of the parsed row where the structure
+    has the path all the way down, else read from the document text (type unknown)."""
+    expression, node, kind = "s.row", leaves, structure
     for key in path:
         if not isinstance(node, dict) or key not in node:
-            return f"json_extract(s.doc, {duck.literal(pointer(path))})"
+            return f"json_extract(s.doc, {duck.literal(pointer(path))})", None
         expression, node = f"struct_extract({expression}, {duck.literal(key)})", node[key]
-    return expression
+        kind = kind.get(key) if isinstance(kind, dict) else None
+    if isinstance(node, dict) or kind is None:  # an object's text (not reached: leaves)
+        return expression, None
+    return expression, "VARCHAR" if node == "VARCHAR" else kind
 
 
 def _parquet_query(

@@ -23,6 +23,9 @@ import pyarrow.parquet as pq
 ID = "document_id"
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_ROWS = 16_384
+# Rows one per-batch query may take (within the bytes bound): consecutive reads are gathered
+# up to it, since every query costs some milliseconds of its own.
+QUERY_ROWS = 65_536
 
 Rows = pa.Table
 
@@ -129,6 +132,23 @@ def rebatch(tables: Iterable[pa.Table], max_bytes: int, max_rows: int) -> Iterat
     """Cut a stream of tables into bounded batches (merging produces uneven sizes)."""
     for table in tables:
         yield from byte_chunks(table, max_bytes, max_rows)
+
+
+def gathered(tables: Iterable[pa.Table], max_bytes: int, max_rows: int) -> Iterator[pa.Table]:
+    """Consecutive tables joined up to `max_rows` rows and `max_bytes` bytes (a table over
+    either limit alone goes as it is); empty tables dropped."""
+    pending: list[pa.Table] = []
+    rows = size = 0
+    for table in tables:
+        if not table.num_rows:
+            continue
+        if pending and (rows + table.num_rows > max_rows or size + table.nbytes > max_bytes):
+            yield pa.concat_tables(pending)
+            pending, rows, size = [], 0, 0
+        pending.append(table)
+        rows, size = rows + table.num_rows, size + table.nbytes
+    if pending:
+        yield pa.concat_tables(pending)
 
 
 _DONE = object()

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from export_pipeline import duck
@@ -29,7 +31,22 @@ from export_pipeline.store.batches import (
     rebatch,
 )
 from export_pipeline.store.catalog import Catalog, Collection, utc_now
-from export_pipeline.store.segments import shapes_file
+from export_pipeline.store.segments import SHAPE_ID, numbered, shapes_file
+
+
+def _sidecar_rows(segment: Path) -> int:
+    return pq.read_metadata(shapes_file(segment)).num_rows
+
+
+def _shifted(run: Iterator[pa.Table], offset: int) -> Iterator[pa.Table]:
+    """A segment's SHAPE_IDs made snapshot-wide: after the structures of earlier segments."""
+    for batch in run:
+        if offset:
+            at = batch.schema.get_field_index(SHAPE_ID)
+            shifted = pc.add(batch.column(at), pa.scalar(offset, pa.int32()))
+            batch = batch.set_column(at, batch.schema.field(at), shifted)
+        yield batch
+
 
 _NO_REPLACED = pa.schema([("document_id", pa.string()), ("created_at", pa.string())])
 
@@ -68,10 +85,16 @@ class DocumentStore:
         max_rows: int = BATCH_ROWS,
     ) -> Iterator[pa.Table]:
         """The snapshot's rows in document_id order (O3), in batches of at most `max_rows`
-        rows and about `max_bytes` bytes: segments are sorted, so they are merged, not sorted."""
-        runs = [
-            read_run(path, columns, max_bytes, max_rows) for path in self.segment_files(collection)
-        ]
+        rows and about `max_bytes` bytes: segments are sorted, so they are merged, not sorted.
+
+        A SHAPE_ID column (only where `numbered`) holds snapshot-wide numbers: the position of
+        the document's structure in `shapes()`.
+        """
+        files = self.segment_files(collection)
+        runs = [read_run(path, columns, max_bytes, max_rows) for path in files]
+        if SHAPE_ID in columns:
+            offsets = np.cumsum([0] + [_sidecar_rows(path) for path in files])
+            runs = [_shifted(run, int(offset)) for run, offset in zip(runs, offsets, strict=False)]
         if len(runs) == 1:
             return prefetch(runs[0])
         return prefetch(rebatch(merge_sorted(runs), max_bytes, max_rows))
@@ -91,6 +114,22 @@ class DocumentStore:
                 table.column("shape").to_pylist(), table.column("n").to_pylist(), strict=True
             )
         return found
+
+    def structures(self, collection: Collection) -> pa.ChunkedArray:
+        """The snapshot's structures as SHAPE_ID numbers them (where `numbered`): the
+        sidecars' texts one after the other, left in Arrow (there may be one per document)."""
+        files = [shapes_file(segment) for segment in self.segment_files(collection)]
+        chunks = [pq.read_table(path, columns=["shape"]).column(0) for path in files]
+        return pa.chunked_array([c for chunk in chunks for c in chunk.chunks], pa.string())
+
+    def numbered(self, collection: Collection) -> bool:
+        """Whether every segment numbers its documents' structures (SHAPE_ID); segments
+        written by older versions do not."""
+        for segment in self.segment_files(collection):
+            sidecar = shapes_file(segment)
+            if not sidecar.exists() or not numbered(pq.read_schema(sidecar)):
+                return False
+        return True
 
     def ingest(self, collection: Collection, source: Path, *, upsert: bool = False) -> IngestResult:
         """Add (or with `upsert`, replace) the documents of a JSONL file, all or nothing."""
