@@ -10,13 +10,17 @@ Each condition is kept to a few plain function calls: a filter may hold 1,000 co
 and DuckDB plans each lambda or CASE in about a millisecond. Only `in` and the string tests
 other than equality (starts_with, ends_with, regex, text) loop over a field's elements
 with a lambda.
+
+Every test of a feature is "some element of this kind passes": `_part` writes it for the
+feature's list, or, where the field is known to hold scalars only (`Field.scalar`), for its
+one value (a list of at most one element passes iff its element does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from export_pipeline.contract import FilterOperator
 from export_pipeline.filter_macros import FEATURES, iso_micros
@@ -41,6 +45,20 @@ class Field(Protocol):
 
     def fold(self, kind: str, value: Any) -> Any:
         """A parameter value standing for `value` folded by `filter_macros.FOLDS[kind]`."""
+        ...
+
+    def scalar(self, name: str) -> str | Literal[False] | None:
+        """Where the field is known to hold scalars only: SQL for feature `name` as one
+        value (NULL in a document without one), or False when no document has one; None
+        when the general feature is needed."""
+        ...
+
+    def missing(self) -> str | None:
+        """SQL for "missing or null" where the field is known to hold scalars only."""
+        ...
+
+    def present(self) -> str | None:
+        """SQL for "the path is there" where the field is known to hold non-null scalars."""
         ...
 
 
@@ -70,17 +88,40 @@ def _test(template: str, field: Field, *params: Any) -> CompiledFilter:
     return CompiledFilter(template.format(**names), list(params))
 
 
+def _part(field: Field, name: str, general: str, test: str, *params: Any) -> CompiledFilter:
+    """Some element of feature `name` passes: `general` tests the feature's list (`{name}`),
+    `test` one element (`_x`), which is all a field known to hold scalars needs."""
+    value = field.scalar(name)
+    if value is None:
+        return _test(general, field, *params)
+    if value is False:  # no document holds a value of this kind
+        return CompiledFilter("false", [])
+    return CompiledFilter(f"coalesce({test.replace('_x', value)}, false)", list(params))
+
+
 def _fold(field: Field, value: str, cs: bool) -> Any:
     # F3: lower both sides with DuckDB's lower(), so field and value share one case mapping
     return value if cs else field.fold("lower", value)
 
 
 def _exists(field: Field, value: bool, cs: bool) -> CompiledFilter:
+    present = field.present()
+    if present is not None:
+        return CompiledFilter(f"({present} = ?)", [value])
     return _test("({e} = ?)", field, value)
 
 
 def _is_null(field: Field, value: bool, cs: bool) -> CompiledFilter:
+    missing = field.missing()
+    if missing is not None:
+        return CompiledFilter(f"({missing} = ?)", [value])
     return _test("({nul} = ?)", field, value)
+
+
+def _null(field: Field) -> CompiledFilter:
+    """eq null: missing or null, or an array holding a null."""
+    missing = field.missing()
+    return CompiledFilter(missing, []) if missing is not None else _test("{z}", field)
 
 
 def _eq(field: Field, value: Any, cs: bool, of: str = "") -> CompiledFilter:
@@ -89,17 +130,19 @@ def _eq(field: Field, value: Any, cs: bool, of: str = "") -> CompiledFilter:
     `of="a"` tests the elements of an array value only (features `sa`, `ia`, ...).
     """
     if value is None:
-        return _test("{z}", field)
+        return _null(field)
+
+    def has(kind: str, value: Any) -> CompiledFilter:
+        name = kind + of
+        return _part(field, name, f"list_contains({{{name}}}, ?)", "_x = ?", value)
+
     if isinstance(value, bool):
-        return _test(f"list_contains({{b{of}}}, ?)", field, value)
+        return has("b", value)
     if isinstance(value, str):
-        strings = ("s" if cs else "l") + of
-        return _test(f"list_contains({{{strings}}}, ?)", field, _fold(field, value, cs))
+        return has("s" if cs else "l", _fold(field, value, cs))
     if isinstance(value, int):  # two integers compare exactly, an integer and a float as doubles
-        as_double = field.fold("double", value)
-        template = f"(list_contains({{i{of}}}, ?) OR list_contains({{d{of}}}, ?))"
-        return _test(template, field, value, as_double)
-    return _test(f"list_contains({{n{of}}}, ?)", field, value)
+        return sql("({} OR {})", has("i", value), has("d", field.fold("double", value)))
+    return has("n", value)
 
 
 def _in(field: Field, values: list[Any], cs: bool) -> CompiledFilter:
@@ -111,7 +154,7 @@ def _in(field: Field, values: list[Any], cs: bool) -> CompiledFilter:
 
     def member(feature: str, listed: list[Any]) -> CompiledFilter:
         if len(listed) == 1:  # one value of a kind is eq, without a lambda (and its memory)
-            return _test(f"list_contains({{{feature}}}, ?)", field, listed[0])
+            return _part(field, feature, f"list_contains({{{feature}}}, ?)", "_x = ?", listed[0])
         # scanning the list for each element beats list_has_any, which hashes the list for
         # every document: 1,000 lists of 3 values took 0.8 s on 10,000 documents against
         # 2.3 s, of 64 values 1.1 s against 13.9 s
@@ -128,7 +171,7 @@ def _in(field: Field, values: list[Any], cs: bool) -> CompiledFilter:
     if bools:
         parts.append(member("b", bools))
     if any(v is None for v in values):
-        parts.append(_test("{z}", field))
+        parts.append(_null(field))
     return join(" OR ", parts)
 
 
@@ -137,9 +180,11 @@ def _contains(field: Field, value: Any, cs: bool) -> CompiledFilter:
     in_array = _eq(field, value, cs, of="a")
     if not isinstance(value, str):
         return in_array
-    string = "sv" if cs else "lv"
-    within = f"coalesce(contains({{{string}}}, ?), false)"
-    return sql("({} OR {})", in_array, _test(within, field, _fold(field, value, cs)))
+    # the string value itself (not an array's): for scalars, the one string element
+    string, element = ("sv", "s") if cs else ("lv", "l")
+    general = f"coalesce(contains({{{string}}}, ?), false)"
+    within = _part(field, element, general, "contains(_x, ?)", _fold(field, value, cs))
+    return sql("({} OR {})", in_array, within)
 
 
 def _ordering(symbol: str) -> Callable[[Field, Any, bool], CompiledFilter]:
@@ -148,7 +193,8 @@ def _ordering(symbol: str) -> Callable[[Field, Any, bool], CompiledFilter]:
     extreme = "max" if symbol.startswith(">") else "min"
 
     def compare(field: Field, kind: str, value: Any) -> CompiledFilter:
-        return _test(f"coalesce({{{kind}{extreme}}} {symbol} ?, false)", field, value)
+        general = f"coalesce({{{kind}{extreme}}} {symbol} ?, false)"
+        return _part(field, kind, general, f"_x {symbol} ?", value)
 
     def build(field: Field, value: Any, cs: bool) -> CompiledFilter:
         # ordering ignores F3: numbers numerically, strings by ISO-8601 time or code point
@@ -168,9 +214,8 @@ def _ordering(symbol: str) -> Callable[[Field, Any, bool], CompiledFilter]:
 
 def _any(field: Field, feature: str, test: str, value: Any) -> CompiledFilter:
     """Some element `_x` of the feature's list passes `test`, with `?` bound to `value`."""
-    return _test(
-        f"list_contains(list_transform({{{feature}}}, lambda _x: {test}), true)", field, value
-    )
+    general = f"list_contains(list_transform({{{feature}}}, lambda _x: {test}), true)"
+    return _part(field, feature, general, test, value)
 
 
 def _string_function(function: str) -> Callable[[Field, str, bool], CompiledFilter]:

@@ -4,6 +4,9 @@ A compiled filter builds, once per document, the "features" its conditions test:
 field a condition names, typed lists of its elements and their extremes. Conditions test
 them with plain functions. The macros here build the features, so a filter's SQL stays
 short; `fold_values` computes what SQL derives from bound values alone.
+
+Where the snapshot's structures prove that a field only ever holds scalars, a feature of
+it is one value instead of a list (`SCALARS`): the field's text read once, then cast.
 """
 
 from __future__ import annotations
@@ -27,18 +30,44 @@ ISO_PATTERN = (
 _ISO = re.compile(ISO_PATTERN)
 _EPOCH = datetime(1970, 1, 1)
 
-_INTEGER = "('BIGINT', 'UBIGINT')"
-_NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+_STRING = ("VARCHAR",)
+_INTEGER = ("BIGINT", "UBIGINT")
+_NUMBER = ("BIGINT", "UBIGINT", "DOUBLE")
 
 # The kinds of element a feature keeps: feature -> (their JSON types, their SQL value from
 # their text `_p.x`). UBIGINT covers 2^63..2^64-1, so integers compare as HUGEINT, exactly.
 _KINDS = {
-    "s": ("('VARCHAR')", "_p.x"),
-    "l": ("('VARCHAR')", "lower(_p.x)"),
+    "s": (_STRING, "_p.x"),
+    "l": (_STRING, "lower(_p.x)"),
     "i": (_INTEGER, "TRY_CAST(_p.x AS HUGEINT)"),
-    "d": ("('DOUBLE')", "TRY_CAST(_p.x AS DOUBLE)"),
+    "d": (("DOUBLE",), "TRY_CAST(_p.x AS DOUBLE)"),
     "n": (_NUMBER, "TRY_CAST(_p.x AS DOUBLE)"),
-    "b": ("('BOOLEAN')", "_p.x = 'true'"),
+    "b": (("BOOLEAN",), "_p.x = 'true'"),
+}
+
+
+def _among(types: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{name}'" for name in types) + ")"
+
+
+# The JSON types a document's structure (json_structure) records for a scalar value.
+SCALAR_TYPES = frozenset(("VARCHAR", "BIGINT", "UBIGINT", "DOUBLE", "BOOLEAN", "NULL"))
+# A feature of a field that only ever holds scalars (or is missing), as one value: feature
+# -> (the JSON types it keeps, its SQL from the field's text `{t}`, `json_extract_string`:
+# NULL when the field is missing or null). It is the single element of the general
+# feature's list, NULL when the list is empty: so each test of a list (some element passes)
+# is the test of that value, coalesced to false. The `a` features (elements of an array
+# value) keep no scalar at all. Strings as times (`u`), the other strings (`x`) and words
+# (`w`) are kept from strings.
+SCALARS: dict[str, tuple[frozenset[str], str]] = {
+    **{
+        kind: (frozenset(types), value.replace("_p.x", "{t}"))
+        for kind, (types, value) in _KINDS.items()
+    },
+    **{f"{kind}a": (frozenset(), "NULL") for kind in _KINDS},
+    "u": (frozenset(_STRING), "xf_ts({t})"),
+    "x": (frozenset(_STRING), "CASE WHEN xf_ts({t}) IS NULL THEN {t} END"),
+    "w": (frozenset(_STRING), "xf_words({t})"),
 }
 
 # Temporary (connection-local) macros. `xf_<feature>(v)` builds one feature of a field whose
@@ -55,13 +84,15 @@ MACROS: dict[str, str] = {
     ),
     # the elements of one kind (xf_s, xf_i, ...), and of an array value only (for contains)
     **{
-        f"xf_{kind}(v)": f"[{value} for _p in xf_pairs(v) if _p.t IN {types}]"
+        f"xf_{kind}(v)": f"[{value} for _p in xf_pairs(v) if _p.t IN {_among(types)}]"
         for kind, (types, value) in _KINDS.items()
     },
     **{
         f"xf_{kind}a(v)": f"CASE WHEN json_type(v) = 'ARRAY' THEN xf_{kind}(v) ELSE [] END"
         for kind in _KINDS
     },
+    # a scalar field's text, as `json_extract_string` reads it (see SCALARS)
+    "xf_t(v)": "v ->> '$'",
     # exists: the path is there; is_null: it is missing or null
     "xf_e(v)": "v IS NOT NULL",
     "xf_nul(v)": "coalesce(json_type(v), 'NULL') = 'NULL'",

@@ -15,14 +15,24 @@ Cost is linear in conditions x documents, in memory that does not grow with them
   evaluates the features once per row and keeps the filter one expression. The conditions
   sit one lambda deep: DuckDB's planning time multiplies with every lambda around them.
 - eq/in conditions on one field in an OR (ne/nin in an AND) are one `in` (`nin`) condition.
+
+The general features hold for any document: a field may be missing, null, a scalar of any
+kind, an array of anything. Where the snapshot's structures prove more (`kinds`: a field
+only ever holds scalars of the listed JSON types, or is missing), its conditions test its
+value directly (`filter_macros.SCALARS`): `metadata.rating lt 0.75` on a field that is only
+ever a number is `coalesce(TRY_CAST(json_extract_string(doc, '$."metadata"."rating"') AS
+DOUBLE) < ?, false)`, exactly what the general form computes for such documents, at about
+the cost of a hand-written comparison. A field read this way is read once per document, by
+itself when it is the only one the filter reads, else with the others in one
+`json_extract_string` (or with the general features' `json_extract`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from export_pipeline.contract import (
     FilterCondition,
@@ -31,24 +41,49 @@ from export_pipeline.contract import (
     check_filter_size,
 )
 from export_pipeline.filter_conditions import CompiledFilter, condition, join, sql
-from export_pipeline.filter_macros import ISO_PATTERN, fold_values, install_macros, iso_micros
+from export_pipeline.filter_macros import (
+    ISO_PATTERN,
+    SCALAR_TYPES,
+    SCALARS,
+    fold_values,
+    install_macros,
+    iso_micros,
+)
 from export_pipeline.paths import json_path
 
-__all__ = ["ISO_PATTERN", "CompiledFilter", "compile_filter", "install_macros", "iso_micros"]
+__all__ = [
+    "ISO_PATTERN",
+    "SCALAR_TYPES",
+    "CompiledFilter",
+    "compile_filter",
+    "filter_fields",
+    "install_macros",
+    "iso_micros",
+]
 
 Op = FilterOperator
 _COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _TRUE = CompiledFilter("TRUE", [])
+# A filter reading one scalar field reads it in place up to this many times (DuckDB reads
+# the same expression once per row); more, and it is read once into a list.
+_INLINE_READS = 4
 
 
 def compile_filter(
-    filters: LogicalOperator | Mapping[str, Any] | None, column: str = "doc"
+    filters: LogicalOperator | Mapping[str, Any] | None,
+    column: str = "doc",
+    kinds: Mapping[str, frozenset[str]] | None = None,
 ) -> CompiledFilter:
     """SQL that is TRUE exactly for documents in `column` matching `filters` (never NULL).
 
     A plain mapping is validated as a LogicalOperator first; None and `{}` give TRUE. The
     SQL is one expression (any relation with `column` can evaluate it, in SELECT or WHERE)
     calling the macros of `install_macros`.
+
+    `kinds` maps a field path to the JSON types (`SCALAR_TYPES`, as `json_structure` names
+    them) it holds in every document the SQL will see, where it never holds an array or
+    object: such a field is missing, null or a scalar of those types. It is the caller's
+    promise (the snapshot's structures); its conditions are then compiled for scalars only.
     """
     if not _COLUMN.fullmatch(column):
         raise ValueError(f"invalid column name {column!r}")
@@ -57,9 +92,24 @@ def compile_filter(
         filters = LogicalOperator.model_validate(filters)
     if filters is None:
         return _TRUE
-    document = _Document(".".join(f'"{part}"' for part in column.split(".")))
+    document = _Document(".".join(f'"{part}"' for part in column.split(".")), kinds or {})
     body = _group(filters, False, document)
-    return document.bind(body) if document.paths else body
+    return document.bind(body)
+
+
+def filter_fields(filters: LogicalOperator | None) -> list[str]:
+    """The distinct field paths a filter's conditions name, in order of appearance."""
+    return list(dict.fromkeys(condition.field for condition in _conditions(filters)))
+
+
+def _conditions(group: LogicalOperator | None) -> Iterator[FilterCondition]:
+    if group is None:
+        return
+    for item in [*group.shorthand, *(group.AND or []), *(group.OR or []), *(group.NOT or [])]:
+        if isinstance(item, LogicalOperator):
+            yield from _conditions(item)
+        else:
+            yield item
 
 
 @dataclass(frozen=True)
@@ -77,15 +127,51 @@ class _Document:
     SQL is final when it is built.
     """
 
-    def __init__(self, column: str) -> None:
+    def __init__(self, column: str, kinds: Mapping[str, frozenset[str]]) -> None:
         self.column = column
+        self.kinds = kinds  # field -> its JSON types, where it only ever holds scalars
         self.paths: list[str] = []  # distinct fields, in the order json_extract reads them
         self.features: dict[str, list[str]] = {}  # feature -> the fields it is built for
+        self.texts: list[str] = []  # the scalar fields whose text conditions test
         self.folds: dict[str, list[Any]] = {}  # kind -> the values to fold
 
     def feature(self, name: str, path: str) -> str:
         _position(self.paths, path)
         return f"_r.{name}[{_position(self.features.setdefault(name, []), path)}]"
+
+    def scalar(self, name: str, path: str) -> str | Literal[False] | None:
+        """Feature `name` of a field known to hold scalars only, as one value (NULL where
+        the document's value is of another kind): False when no document holds a value of
+        that kind, None when not known (the field, or this kind, needs the general feature).
+        """
+        types = self.kinds.get(path)
+        if types is None or not types <= SCALAR_TYPES:
+            return None
+        kept, value = SCALARS[name]
+        held = types - {"NULL"}
+        if not held & kept:
+            return False
+        if not held <= kept:  # only the value's own JSON type would tell
+            return None
+        return "(" + value.format(t=self._text(path)) + ")"
+
+    def missing(self, path: str) -> str | None:
+        """Missing or null, for a field known to hold scalars only."""
+        types = self.kinds.get(path)
+        if types is None or not types <= SCALAR_TYPES:
+            return None
+        return f"({self._text(path)} IS NULL)"
+
+    def present(self, path: str) -> str | None:
+        """The path is there, for a field known to hold scalars, never null."""
+        types = self.kinds.get(path)
+        if types is None or not types <= SCALAR_TYPES - {"NULL"}:
+            return None
+        return f"({self._text(path)} IS NOT NULL)"
+
+    def _text(self, path: str) -> str:
+        # a mark, replaced once every field is known (`bind` decides how texts are read)
+        return f"\0{_position(self.texts, path)}\0"
 
     def fold(self, kind: str, value: Any) -> _Folded:
         inputs = self.folds.setdefault(kind, [])
@@ -94,6 +180,41 @@ class _Document:
 
     def bind(self, body: CompiledFilter) -> CompiledFilter:
         """`body` with `_r` bound to the features, and the folded values filled in."""
+        folded = fold_values(self.folds)
+
+        def fill(value: Any) -> Any:
+            if isinstance(value, _Folded):
+                return folded[value.kind][value.index]
+            return [fill(item) for item in value] if isinstance(value, list) else value
+
+        params = [fill(value) for value in body.params]
+        text = self._read_texts(body.sql)
+        if not self.paths:
+            return CompiledFilter(text, params)
+        head, tail = self._features().split("\0")
+        return CompiledFilter(head + text + tail, params)
+
+    def _read_texts(self, sql: str) -> str:
+        """`sql` with each scalar field's mark replaced by how its text is read: by itself
+        (one field, a few tests), from one list of every such field's text, or beside the
+        general features."""
+        if not self.texts:
+            return sql
+        marks = sql.count("\0") // 2
+        if not self.paths and len(self.texts) == 1 and marks <= _INLINE_READS:
+            path = json_path(self.texts[0])
+            reads = [f"json_extract_string({self.column}, '{path}')"]
+        elif not self.paths:
+            texts = f"json_extract_string({self.column}, {_listed(self.texts)})"
+            head, tail = _let("_t", texts, "\0").split("\0")
+            sql = head + sql + tail
+            reads = [f"_t[{number}]" for number in range(1, len(self.texts) + 1)]
+        else:
+            reads = [self.feature("t", path) for path in self.texts]
+        return re.sub("\0([0-9]+)\0", lambda mark: reads[int(mark[1]) - 1], sql)
+
+    def _features(self) -> str:
+        """`_r` bound to the features around a NUL mark where the conditions go."""
         values = f"json_extract({self.column}, {_listed(self.paths)})"
         # One json_extract for all features: the same call twice in a projection sets off
         # DuckDB's common-subexpression pass, which took seconds on a large filter.
@@ -107,15 +228,7 @@ class _Document:
             built = _let("_j", values, built)
         # the conditions sit one lambda deep: DuckDB's planning time multiplies with every
         # lambda around them
-        head, tail = _let("_r", built, "\0").split("\0")
-        folded = fold_values(self.folds)
-
-        def fill(value: Any) -> Any:
-            if isinstance(value, _Folded):
-                return folded[value.kind][value.index]
-            return [fill(item) for item in value] if isinstance(value, list) else value
-
-        return CompiledFilter(head + body.sql + tail, [fill(value) for value in body.params])
+        return _let("_r", built, "\0")
 
 
 class _FieldOf:
@@ -130,6 +243,15 @@ class _FieldOf:
 
     def fold(self, kind: str, value: Any) -> Any:
         return self.document.fold(kind, value)
+
+    def scalar(self, name: str) -> str | Literal[False] | None:
+        return self.document.scalar(name, self.path)
+
+    def missing(self) -> str | None:
+        return self.document.missing(self.path)
+
+    def present(self) -> str | None:
+        return self.document.present(self.path)
 
 
 def _position(items: list[str], item: str) -> int:

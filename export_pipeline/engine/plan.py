@@ -11,8 +11,9 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticError
 
 from export_pipeline.contract import ExportRequest
+from export_pipeline.engine.kinds import field_kinds
 from export_pipeline.errors import from_pydantic
-from export_pipeline.filters import compile_filter
+from export_pipeline.filters import compile_filter, filter_fields
 from export_pipeline.paths import drop_covered
 from export_pipeline.store import Collection, Namespace, Store
 from export_pipeline.store.catalog import new_id
@@ -50,7 +51,10 @@ def plan_export(
     if not isinstance(request, ExportRequest):
         request = parse_request(request)
     found_ns, found = store.resolve(namespace, collection)
-    compiled = compile_filter(request.filters)
+    # the snapshot's structures say which fields are only ever scalars: their conditions
+    # compile to direct comparisons (the plan reads exactly this snapshot)
+    kinds = field_kinds(store, found, filter_fields(request.filters))
+    compiled = compile_filter(request.filters, kinds=kinds)
     seed = request.sample_seed
     if request.sample_size is not None and seed is None:
         seed = secrets.randbelow(2**63)  # O2: drawn, then reported in the manifest
