@@ -31,7 +31,9 @@ from export_pipeline.engine.selection import (
     chosen,
     chosen_rows,
     keep,
+    kept_rows,
     marked,
+    needs_survey,
     open_scratch,
     scratch_files,
     selects_all,
@@ -66,6 +68,8 @@ class ExportResult:
 def load(plan: ExportPlan, store: Store, settings: Settings) -> Selection:
     """Step 1: where the selection must be known before writing (a sample's cutoff, the
     columns of a filtered csv or parquet export), a pass over the matches decides it."""
+    if not needs_survey(plan):
+        return Selection()
     with open_scratch(plan, settings) as con:
         return survey(con, plan, store)
 
@@ -76,8 +80,9 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
     out = scratch_files(plan)
     with open_scratch(plan, settings) as con:
         shape = _shape(con, plan, store, selection, settings.max_columns)
-        # The survey marked the chosen rows; otherwise each batch is filtered here (a json
-        # export of a filter: one pass, the documents' text passed through).
+        # The survey kept the chosen documents or marked the chosen rows; otherwise each
+        # batch is filtered here (a json export of a filter: one pass, the documents' text
+        # passed through).
         where = chosen(plan, selection)
         bitmap = chosen_rows(plan) if selection.marked else None
         # A json export of some documents lists the keys of their structures, by number.
@@ -104,7 +109,6 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
         if vectors is not None:
             columns += [vector_column(index.name) for index in plan.collection.vector_indexes]
         max_bytes, max_rows = duck.batch_bytes(con), _batch_rows(shape, fmt)
-        rows = store.documents.rows(plan.collection, columns, max_bytes, max_rows)
         empty: pa.Table | None = None
         start = 0
 
@@ -118,11 +122,15 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
                 else:
                     yield keep(con, batch, *where)
 
-        # Row groups, and the few rows a selection keeps of each, are gathered into batches
-        # as large as the bounds allow: each query has a cost of its own.
-        rows = gathered(rows, max_bytes, max_rows)
-        if bitmap is not None or where[0] != "TRUE":
-            rows = gathered(chosen_rows_of(rows), max_bytes, max_rows)
+        if selection.kept:  # the survey kept the chosen documents: only they are read
+            rows = gathered(kept_rows(plan, max_bytes, max_rows), max_bytes, max_rows)
+        else:
+            rows = store.documents.rows(plan.collection, columns, max_bytes, max_rows)
+            # Row groups, and the few rows a selection keeps of each, are gathered into
+            # batches as large as the bounds allow: each query has a cost of its own.
+            rows = gathered(rows, max_bytes, max_rows)
+            if bitmap is not None or where[0] != "TRUE":
+                rows = gathered(chosen_rows_of(rows), max_bytes, max_rows)
         for batch in rows:
             empty = batch.slice(0, 0)
             documents.write(batch)

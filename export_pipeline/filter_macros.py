@@ -130,6 +130,11 @@ MACROS: dict[str, str] = {
 FEATURES = [sig[3:-3] for sig in MACROS if sig.endswith("(v)") and sig != "xf_pairs(v)"]
 
 
+def uses_macros(sql: str) -> bool:
+    """Whether a compiled filter calls the macros (a filter of scalar fields alone may not)."""
+    return "xf_" in sql
+
+
 def install_macros(con: duckdb.DuckDBPyConnection) -> None:
     """Create the `xf_*` TEMP macros compiled filters call; nothing else is changed.
 

@@ -48,6 +48,7 @@ from export_pipeline.filter_macros import (
     fold_values,
     install_macros,
     iso_micros,
+    uses_macros,
 )
 from export_pipeline.paths import json_path
 
@@ -59,6 +60,7 @@ __all__ = [
     "filter_fields",
     "install_macros",
     "iso_micros",
+    "uses_macros",
 ]
 
 Op = FilterOperator

@@ -1,4 +1,8 @@
-"""The filter compiler against CONTRACT F1-F7/P2: examples per rule, a property test, security."""
+"""The filter compiler against CONTRACT F1-F7/P2: examples per rule, property tests, security.
+
+Every example and property is checked twice: in the general form, and specialised for the
+fields the documents' structures prove scalar (as an export plans it from the snapshot).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,14 @@ from hypothesis import strategies as st
 from reference import matches
 
 from export_pipeline.contract import LogicalOperator
-from export_pipeline.filters import CompiledFilter, compile_filter, install_macros, iso_micros
+from export_pipeline.engine.kinds import scalar_kinds
+from export_pipeline.filters import (
+    CompiledFilter,
+    compile_filter,
+    filter_fields,
+    install_macros,
+    iso_micros,
+)
 
 ABSENT: Any = object()  # a document without the key, or a condition without a value
 
@@ -29,20 +40,42 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def run(
-    con: duckdb.DuckDBPyConnection, docs: list[dict[str, Any]], filters: Any
+    con: duckdb.DuckDBPyConnection,
+    docs: list[dict[str, Any]],
+    filters: Any,
+    specialised: bool = False,
 ) -> tuple[set[str], set[str]]:
-    """Matching ids by the compiled SQL and by the reference evaluator."""
+    """Matching ids by the compiled SQL and by the reference evaluator; `specialised`
+    compiles the SQL for the fields the documents' structures prove scalar."""
     model = None if filters is None else LogicalOperator.model_validate(filters)
-    compiled = compile_filter(model)
-    assert compiled.sql.count("?") == len(compiled.params)
     con.execute("DELETE FROM docs")
     con.execute(
         "INSERT INTO docs SELECT unnest(CAST(? AS VARCHAR[]))", [[json.dumps(d) for d in docs]]
     )
+    compiled = compile_filter(model, kinds=kinds_of(con, model) if specialised else None)
+    assert compiled.sql.count("?") == len(compiled.params)
     rows = con.execute(
         f"SELECT doc->>'$.document_id' FROM docs WHERE {compiled.sql}", compiled.params
     ).fetchall()
     return {row[0] for row in rows}, {d["document_id"] for d in docs if matches(d, model)}
+
+
+def kinds_of(
+    con: duckdb.DuckDBPyConnection, model: LogicalOperator | None
+) -> dict[str, frozenset[str]]:
+    """What the structures of the documents in `docs` prove about the filter's fields, as
+    the sidecars of a snapshot holding exactly these documents would."""
+    rows = con.execute("SELECT DISTINCT json_structure(doc)::VARCHAR FROM docs").fetchall()
+    return scalar_kinds([text for (text,) in rows], filter_fields(model))
+
+
+def both(
+    con: duckdb.DuckDBPyConnection, docs: list[dict[str, Any]], filters: Any
+) -> tuple[set[str], set[str], set[str]]:
+    """Matching ids by the general SQL, the specialised SQL and the reference evaluator."""
+    general, reference = run(con, docs, filters)
+    specialised, _ = run(con, docs, filters, specialised=True)
+    return general, specialised, reference
 
 
 def docs_with(*values: Any, key: str = "a") -> list[dict[str, Any]]:
@@ -63,10 +96,11 @@ def where(field: str, operator: str, value: Any = ABSENT, **group: Any) -> dict[
 def check(
     con: duckdb.DuckDBPyConnection, docs: list[dict[str, Any]], filters: Any, ids: str
 ) -> None:
-    """Both the SQL and the reference select exactly `ids` (space-separated)."""
-    got_sql, got_ref = run(con, docs, filters)
+    """The SQL (general and specialised) and the reference select exactly `ids`."""
+    got_sql, got_specialised, got_ref = both(con, docs, filters)
     expected = set(ids.split())
     assert got_sql == expected, ("sql", filters)
+    assert got_specialised == expected, ("specialised sql", filters)
     assert got_ref == expected, ("reference", filters)
 
 
@@ -465,6 +499,11 @@ def test_case_folding_is_duckdbs_lower_on_both_sides(con: duckdb.DuckDBPyConnect
         assert run(con, docs, where("a", op, "\u0130"))[0] == set(ids.split()), op
     assert run(con, docs, where("a", "in", ["\u0130", "q"]))[0] == {"d0", "d1", "d3"}
     assert run(con, docs, where("a", "nin", ["\u0130", "q"]))[0] == {"d2"}
+    scalars = docs[:3]  # strings only: the specialised form folds the same way
+    for op, ids in [("eq", "d0 d1"), ("ends_with", "d0 d1"), ("starts_with", "d0 d1 d2")]:
+        assert run(con, scalars, where("a", op, "\u0130"), True)[0] == set(ids.split()), op
+    assert run(con, scalars, where("a", "in", ["\u0130", "q"]), True)[0] == {"d0", "d1"}
+    assert run(con, scalars, where("a", "nin", ["\u0130", "q"]), True)[0] == {"d2"}
 
 
 # security: values are always bound
@@ -502,9 +541,9 @@ def test_values_are_bound_parameters_never_sql_text(con: duckdb.DuckDBPyConnecti
         check(con, docs, where("s", "eq", value, case_sensitive=True), f"d{i}")
         check(con, docs, where("s", "in", [value, "zz"], case_sensitive=True), f"d{i}")
         for operator in ("starts_with", "ends_with", "contains"):
-            got_sql, got_ref = run(con, docs, where("s", operator, value))
+            got_sql, got_specialised, got_ref = both(con, docs, where("s", operator, value))
             assert f"d{i}" in got_sql
-            assert got_sql == got_ref
+            assert got_sql == got_specialised == got_ref
     assert con.execute("SELECT count(*) FROM docs").fetchone() == (len(HOSTILE),)
 
 
@@ -663,5 +702,199 @@ def test_property_sql_agrees_with_reference(
     con: duckdb.DuckDBPyConnection, case: tuple[list[dict[str, Any]], Any]
 ) -> None:
     docs, filters = case
-    got_sql, got_ref = run(con, docs, filters)
+    got_sql, got_specialised, got_ref = both(con, docs, filters)
     assert got_sql == got_ref
+    assert got_specialised == got_ref
+
+
+# property: fields of one kind of scalar (or of a few), compiled for what they hold
+
+SCALAR_KINDS: dict[str, st.SearchStrategy[Any]] = {
+    "integers": st.one_of(st.integers(-3, 3), st.sampled_from([2**63 - 1, 2**64 - 1, -(2**63)])),
+    "floats": st.sampled_from([1.0, 2.5, -0.5, 0.0, -3.0, 1e300]),
+    "numbers": numbers,
+    "strings": strings,
+    "booleans": st.booleans(),
+    "nulls": st.none(),
+    "strings and numbers": st.one_of(strings, numbers),
+    "any scalar": scalars,
+}
+
+
+@st.composite
+def scalar_cases(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Any]:
+    """Documents whose fields `a`, `b` and `m.x` each hold one kind of scalar (drawn per
+    example), maybe null, maybe missing; `tags` stays an array (the general form)."""
+    values = {}
+    for field in ("a", "b", "m.x"):
+        kind = SCALAR_KINDS[draw(st.sampled_from(list(SCALAR_KINDS)))]
+        extra = [st.none()] if draw(st.booleans()) else []
+        if draw(st.booleans()):
+            extra.append(st.just(ABSENT))
+        values[field] = st.one_of(kind, *extra)
+    docs = []
+    for number in range(draw(st.integers(4, 8))):
+        doc: dict[str, Any] = {"document_id": f"d{number}"}
+        for field, value in values.items():
+            drawn = draw(value)
+            if drawn is not ABSENT:
+                head, _, tail = field.partition(".")
+                doc.setdefault(head, {})
+                if tail:
+                    doc[head][tail] = drawn
+                else:
+                    doc[head] = drawn
+        if draw(st.booleans()):
+            doc["tags"] = draw(st.lists(scalars, max_size=3))
+        docs.append(doc)
+    pool = [  # filter values are signed 64-bit integers; documents may hold 2^64 - 1
+        leaf
+        for doc in docs
+        for key, v in doc.items()
+        if key != "document_id"
+        for leaf in _leaves(v)
+        if not isinstance(leaf, int) or -(2**63) <= leaf < 2**63
+    ]
+    single = st.builds(
+        lambda c, cs: {"AND": [c], "case_sensitive": cs}, conditions(pool), st.booleans()
+    )
+    return docs, draw(st.one_of(single, groups(pool, 2)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=scalar_cases())
+def test_property_scalar_fields_specialised_agree_with_reference(
+    con: duckdb.DuckDBPyConnection, case: tuple[list[dict[str, Any]], Any]
+) -> None:
+    docs, filters = case
+    got_sql, got_specialised, got_ref = both(con, docs, filters)
+    assert got_specialised == got_ref
+    assert got_sql == got_ref
+
+
+# the specialised form: when it applies, and when the general form stays
+
+
+def compiled_for(
+    con: duckdb.DuckDBPyConnection, docs: list[dict[str, Any]], filters: Any
+) -> CompiledFilter:
+    run(con, docs, filters)  # loads the documents
+    model = LogicalOperator.model_validate(filters)
+    return compile_filter(model, kinds=kinds_of(con, model))
+
+
+@pytest.mark.parametrize(
+    ("values", "filters", "ids"),
+    [
+        ([0.5, 1.0, 2.25, None, ABSENT], where("a", "lt", 1), "d0"),
+        ([0.5, 1.0, 2.25, None, ABSENT], where("a", "gte", 1.0), "d1 d2"),
+        ([1, 2, 3, -(2**63), 2**64 - 1], where("a", "gt", 2), "d2 d4"),
+        ([1, 2, 3, None], where("a", "eq", 3), "d2"),
+        ([1.5, 3.0, None], where("a", "eq", 3), "d1"),
+        ([1.5, 3.0, None], where("a", "in", [3, 1.5, "x"]), "d0 d1"),
+        (["x", "Y", None, ABSENT], where("a", "in", ["y", "z", None]), "d1 d2 d3"),
+        (["x", "Y", None, ABSENT], where("a", "ne", "x"), "d1 d2 d3"),
+        (
+            ["2024-01-02", "2023-12-31T23:00:00-02:00", "x"],
+            where("a", "gt", "2024-01-01"),
+            "d0 d1 d2",
+        ),
+        (["quick brown", "Brown", ABSENT], where("a", "text", "brown"), "d0 d1"),
+        ([True, False, None, ABSENT], where("a", "eq", False), "d1"),
+        ([True, False, None, ABSENT], where("a", "is_null"), "d2 d3"),
+        ([True, False, ABSENT], where("a", "exists"), "d0 d1"),
+        ([1, 2, ABSENT], where("a", "exists", False), "d2"),
+        ([None, None, ABSENT], where("a", "eq", None), "d0 d1 d2"),
+        ([ABSENT, ABSENT], where("a", "nin", [1, "x"]), "d0 d1"),
+    ],
+)
+def test_scalar_fields_are_compared_directly(
+    con: duckdb.DuckDBPyConnection, values: list[Any], filters: Any, ids: str
+) -> None:
+    docs = docs_with(*values)
+    check(con, docs, filters, ids)
+    compiled = compiled_for(con, docs, filters)
+    assert "_r." not in compiled.sql  # no general feature
+    if any(value is not ABSENT for value in values):
+        assert "json_extract_string" in compiled.sql
+    else:  # a field no document has: the conditions are constants
+        assert "json_extract" not in compiled.sql
+
+
+def test_the_benchmark_filter_is_one_comparison(con: duckdb.DuckDBPyConnection) -> None:
+    docs = [{"document_id": f"d{i}", "metadata": {"rating": i / 4}} for i in range(8)]
+    filters = {"AND": [{"field": "metadata.rating", "operator": "lt", "value": 0.75}]}
+    check(con, docs, filters, "d0 d1 d2")
+    compiled = compiled_for(con, docs, filters)
+    assert compiled.sql == (
+        '(coalesce((TRY_CAST(json_extract_string("doc", \'$."metadata"."rating"\')'
+        " AS DOUBLE)) < ?, false))"
+    )
+    assert compiled.params == [0.75]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1, 2, [0, 5]],  # sometimes a list
+        [1, {"x": 0}, 3],  # sometimes an object
+        [1, {}, 3],  # an empty object
+        [1, [], 3],  # an empty list
+    ],
+)
+def test_a_field_that_is_not_always_a_scalar_keeps_the_general_form(
+    con: duckdb.DuckDBPyConnection, values: list[Any]
+) -> None:
+    docs = docs_with(*values)
+    filters = where("a", "lt", 1)
+    compiled = compiled_for(con, docs, filters)
+    assert "json_extract_string" not in compiled.sql
+    assert compiled.sql == compile_filter(filters).sql
+    check(con, docs, filters, "d2" if values[2] == [0, 5] else "")
+
+
+def test_fields_of_mixed_kinds_are_direct_where_the_kinds_allow(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    numbers = docs_with(1, 2.5, None, ABSENT)
+    # a float is compared with every number as a double: direct, integers and floats alike
+    assert "_r." not in compiled_for(con, numbers, where("a", "lt", 2.6)).sql
+    check(con, numbers, where("a", "lt", 2.6), "d0 d1")
+    # an integer compares exactly with integers and as a double with floats: which one is
+    # the value's own type, so the general features decide
+    assert "_r." in compiled_for(con, numbers, where("a", "lt", 3)).sql
+    check(con, numbers, where("a", "lt", 3), "d0 d1")
+    # exists tells null from missing, which the text of a field does not
+    assert "_r.e[" in compiled_for(con, numbers, where("a", "exists")).sql
+    check(con, numbers, where("a", "exists"), "d0 d1 d2")
+    docs = docs_with(1, 2.5, "3", None, ABSENT, True)
+    # a string "3" is not a number: comparing numbers needs each value's type
+    assert "_r." in compiled_for(con, docs, where("a", "lt", 3.5)).sql
+    check(con, docs, where("a", "lt", 3.5), "d0 d1")
+    # a boolean is never a number or string: the only boolean test is direct
+    assert (
+        "_r." not in compiled_for(con, docs_with(True, False, ABSENT), where("a", "eq", True)).sql
+    )
+    check(con, docs, where("a", "eq", True), "d5")
+    check(con, docs, where("a", "contains", "3"), "d2")
+
+
+def test_many_reads_of_scalar_fields_share_one_extraction(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    docs = [{"document_id": f"d{i}", "a": i, "b": f"v{i}", "tags": ["x"] * i} for i in range(6)]
+    one_field = {"OR": [{"field": "a", "operator": op, "value": 4} for op in ("gt", "lt")]}
+    assert compiled_for(con, docs, one_field).sql.count("json_extract_string") == 2
+    check(con, docs, one_field, "d0 d1 d2 d3 d5")
+    many = {
+        "OR": [{"field": "a", "value": i} for i in range(3)]
+        + [{"field": "a", "operator": "gt", "value": i} for i in range(4, 8)]
+    }
+    assert compiled_for(con, docs, many).sql.count("json_extract_string") == 1
+    check(con, docs, many, "d0 d1 d2 d5")
+    two_fields = {"OR": [{"field": "a", "value": 1}, {"field": "b", "value": "V2"}]}
+    assert compiled_for(con, docs, two_fields).sql.count("json_extract_string") == 1
+    check(con, docs, two_fields, "d1 d2")
+    with_general = {**two_fields, "AND": [{"field": "tags", "operator": "eq", "value": "x"}]}
+    assert "_r.t[" in compiled_for(con, docs, with_general).sql
+    check(con, docs, with_general, "d1 d2")

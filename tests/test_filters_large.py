@@ -1,7 +1,9 @@
 """Filters at the F4 limits run (issue 10): the data that ran DuckDB out of memory.
 
 Every case runs on an export's connection (512MB, 2 threads) and is checked against the
-reference evaluator, in WHERE and as a projected column (how the engine evaluates it).
+reference evaluator, in WHERE and as a projected column (how the engine evaluates it), and
+as a column again compiled for the fields the documents' structures prove scalar (as an
+export compiles it for its snapshot).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from reference import matches
 from export_pipeline import duck
 from export_pipeline.contract import MAX_CONDITIONS, ExportRequest, FilterOperator
 from export_pipeline.demo import demo_documents
-from export_pipeline.filters import compile_filter, install_macros
+from export_pipeline.engine.kinds import scalar_kinds
+from export_pipeline.filters import compile_filter, filter_fields, install_macros
 
 DEPTH = 16
 FIELDS = {  # field -> a few of its values, so that conditions often match
@@ -111,6 +114,12 @@ def check(con: duckdb.DuckDBPyConnection, docs: list[dict[str, Any]], filters: A
     where = con.execute(f"SELECT {ids} FROM docs WHERE {compiled.sql}", compiled.params)
     assert {row[0] for row in where.fetchall()} == expected
     projected = con.execute(f"SELECT {ids}, {compiled.sql} FROM docs", compiled.params)
+    assert {i for i, selected in projected.fetchall() if selected} == expected
+    shapes = con.execute("SELECT DISTINCT json_structure(doc)::VARCHAR FROM docs").fetchall()
+    kinds = scalar_kinds([text for (text,) in shapes], filter_fields(model))
+    specialised = compile_filter(model, kinds=kinds)
+    assert specialised.sql != compiled.sql  # the demo's documents have scalar fields
+    projected = con.execute(f"SELECT {ids}, {specialised.sql} FROM docs", specialised.params)
     assert {i for i, selected in projected.fetchall() if selected} == expected
     return expected
 

@@ -7,11 +7,14 @@ matches of a sample, and of every match only its structure's count (the store nu
 document's structure at ingest, so counting is all). The counts, and a bitmap of the chosen
 rows of the snapshot, go to small files in the export's scratch folder for the write step,
 which then neither filters nor ranks again: it drops the rows not chosen before any JSON
-work.
+work. Where the matches are the chosen documents (no sample) and no vectors are exported,
+the survey keeps the chosen documents themselves instead of the bitmap: the write step
+reads them, not the whole snapshot again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,11 @@ from pydantic import BaseModel
 
 from export_pipeline import duck
 from export_pipeline.engine.plan import ExportPlan
-from export_pipeline.filters import install_macros
+from export_pipeline.filters import install_macros, uses_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
-from export_pipeline.store.batches import QUERY_ROWS, gathered
+from export_pipeline.store.batches import QUERY_ROWS, byte_chunks, gathered
 from export_pipeline.store.segments import SHAPE_ID
 
 # O2: documents are ranked by a hash of seed and id, and the first N kept. Hashing the
@@ -46,6 +49,9 @@ class Selection(BaseModel):
     # the scratch folder holds which rows of the snapshot are chosen (`chosen_rows`): the
     # write step neither evaluates the filter again nor ranks
     marked: bool = False
+    # the scratch folder holds the chosen documents themselves (`kept_documents`): the
+    # write step reads them instead of the snapshot
+    kept: bool = False
 
 
 def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnection:
@@ -58,7 +64,8 @@ def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnect
     )
     # Per-batch queries return rows in the batch's (document_id) order.
     con.execute("SET preserve_insertion_order = true")
-    install_macros(con)
+    if uses_macros(plan.filter_sql):
+        install_macros(con)
     return con
 
 
@@ -76,18 +83,32 @@ def needs_survey(plan: ExportPlan) -> bool:
     )
 
 
+def keeps_documents(plan: ExportPlan) -> bool:
+    """Whether a survey keeps the chosen documents for the write step: when every match is
+    chosen (no sample), so they are known as the pass goes, and the write step needs
+    nothing else of the snapshot (no vectors; the columns from the survey's counts, not
+    each written document's structure number)."""
+    return (
+        plan.request.sample_size is None
+        and not plan.request.include_vectors
+        and (plan.request.format != "json" or plan.select_paths is not None)
+    )
+
+
 def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Selection:
     """A pass over the matches before writing: which rows of the snapshot are chosen (kept
-    as a bitmap), the sample's cutoff, and the structures of the chosen documents (their
-    counts). Where the store numbers each document's structure (SHAPE_ID), counting the
-    numbers is all; segments of older versions have their structures derived here."""
+    as a bitmap, or as the documents themselves), the sample's cutoff, and the structures
+    of the chosen documents (their counts). Where the store numbers each document's
+    structure (SHAPE_ID), counting the numbers is all; segments of older versions have
+    their structures derived here."""
     if not needs_survey(plan):
         return Selection()
     shapes = plan.request.format != "json" or plan.select_paths is not None
     numbered = shapes and store.documents.numbered(plan.collection)
     derive = shapes and not numbered  # json_structure of each match, as older stores need
+    keeping = keeps_documents(plan)
     columns = ["document_id"]
-    if plan.filter_sql != "TRUE" or derive:
+    if plan.filter_sql != "TRUE" or derive or keeping:
         columns.append("doc")
     if numbered:
         columns.append(SHAPE_ID)
@@ -95,15 +116,17 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
-    for batch in rows:
-        keep, rank, derived = _judge(con, plan, batch, derive)
-        if numbered:
-            number = batch.column(SHAPE_ID).to_numpy()
-        elif derived is not None:
-            number = _numbered(derived, known)
-        else:
-            number = np.full(batch.num_rows, -1, dtype=np.int32)
-        tally.add(keep, rank, number, batch.column("document_id"))
+    with _Kept(kept_documents(plan) if keeping else None) as kept:
+        for batch in rows:
+            keep, rank, derived = _judge(con, plan, batch, derive)
+            if numbered:
+                number = batch.column(SHAPE_ID).to_numpy()
+            elif derived is not None:
+                number = _numbered(derived, known)
+            else:
+                number = np.full(batch.num_rows, -1, dtype=np.int32)
+            tally.add(keep, rank, number, batch.column("document_id"))
+            kept.add(batch, keep)
     chosen, numbers, cutoff = tally.result()
     texts = pa.chunked_array([pa.array(list(known), pa.string())])
     if numbered:
@@ -115,8 +138,47 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
         schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
     )
     pq.write_table(table, _chosen_shapes(plan))
+    matched = int(chosen.sum())
+    if keeping:
+        return Selection(surveyed=True, matched=matched, kept=True)
     np.save(_chosen_rows(plan), np.packbits(chosen, bitorder="little"))
-    return Selection(surveyed=True, matched=int(chosen.sum()), cutoff=cutoff, marked=True)
+    return Selection(surveyed=True, matched=matched, cutoff=cutoff, marked=True)
+
+
+_KEPT = pa.schema([("document_id", pa.string()), ("doc", pa.string())])
+
+
+class _Kept:
+    """The chosen documents (document_id, doc) as they go by, in an Arrow stream file in
+    the export's scratch folder (nothing when `path` is None); one batch at a time."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.writer = None if path is None else pa.ipc.new_stream(str(path), _KEPT)
+
+    def add(self, batch: pa.Table, keep: np.ndarray) -> None:
+        if self.writer is not None and keep.any():
+            rows = batch.select(_KEPT.names).filter(pa.array(keep)).cast(_KEPT)
+            self.writer.write_table(rows)
+
+    def __enter__(self) -> _Kept:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def kept_rows(plan: ExportPlan, max_bytes: int, max_rows: int) -> Iterator[pa.Table]:
+    """The documents a survey kept (`Selection.kept`), in snapshot order, in batches of at
+    most `max_rows` rows and about `max_bytes` bytes."""
+    with pa.OSFile(str(kept_documents(plan))) as source:
+        for batch in pa.ipc.open_stream(source):
+            yield from byte_chunks(pa.Table.from_batches([batch]), max_bytes, max_rows)
+
+
+def kept_documents(plan: ExportPlan) -> Path:
+    """Where the survey keeps the chosen documents for the write step."""
+    return plan.scratch_dir / "chosen_documents.arrows"
 
 
 def _judge(

@@ -1,0 +1,213 @@
+"""Filters specialised by the snapshot's structures (issue 11), end to end.
+
+An export plans its filter from the structures its snapshot's sidecars list: a field that
+is only ever a scalar is compared directly. The files are the same as the general form's;
+a field that is an array or object in some document, or a snapshot without the lists of
+structures, keeps the general form. A survey of a filter without a sample keeps the chosen
+documents, so the write step reads only them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import make_collection, write_jsonl
+from helpers import read_csv, read_json_lines, read_parquet
+
+from export_pipeline.engine import kinds, plan
+from export_pipeline.engine.kinds import field_kinds, scalar_kinds
+from export_pipeline.engine.plan import plan_export
+from export_pipeline.export import cleanup, load, run_export, write
+from export_pipeline.filters import uses_macros
+from export_pipeline.store import Store, VectorIndex
+from export_pipeline.store.segments import shapes_file
+
+DOCS = [
+    {
+        "document_id": f"d{n:02d}",
+        "rating": round(n * 0.05, 2) if n % 7 else None,
+        "views": n * 10,
+        "title": f"Title {n}",
+        "flag": n % 2 == 0,
+        "meta": {"day": f"2024-01-{n % 28 + 1:02d}"},
+        "tags": ["a", "b"][: n % 3],
+        **({"sometimes": n} if n % 4 else {}),
+    }
+    for n in range(40)
+]
+RATING = {"AND": [{"field": "rating", "operator": "lt", "value": 0.75}]}
+FILTERS = [
+    RATING,
+    {"title": "title 3"},
+    {"OR": [{"field": "views", "operator": "gte", "value": 300}, {"field": "tags", "value": "b"}]},
+    {
+        "AND": [{"field": "meta.day", "operator": "gt", "value": "2024-01-20"}],
+        "NOT": {"flag": True},
+    },
+    {"AND": [{"field": "sometimes", "operator": "exists", "value": False}]},
+    {
+        "AND": [
+            {"field": "rating", "operator": "is_null"},
+            {"field": "nowhere", "operator": "ne", "value": 1},
+        ]
+    },
+    {"AND": [{"field": "title", "operator": "text", "value": "TITLE 1"}]},
+]
+
+
+def _rows(result: Any, fmt: str) -> Any:
+    uri = result.response.s3_path
+    if fmt == "json":
+        return read_json_lines(uri)
+    if fmt == "csv":
+        return read_csv(uri)
+    return read_parquet(uri).to_pylist()
+
+
+def test_plan_compares_scalar_fields_directly(store: Store) -> None:
+    ns, col = make_collection(store, DOCS)
+    planned = plan_export(store, ns.id, col.id, {"format": "csv", "filters": RATING})
+    assert "json_extract_string" in planned.filter_sql
+    assert "_r." not in planned.filter_sql and not uses_macros(planned.filter_sql)
+    found = field_kinds(store, col, ["rating", "views", "title", "tags", "meta", "meta.day", "x"])
+    assert found == {
+        "rating": {"DOUBLE", "NULL"},
+        "views": {"UBIGINT"},
+        "title": {"VARCHAR"},
+        "meta.day": {"VARCHAR"},
+        "x": set(),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("filters", FILTERS)
+def test_specialised_exports_equal_the_general_form(
+    store: Store, monkeypatch: pytest.MonkeyPatch, fmt: str, filters: dict[str, Any]
+) -> None:
+    ns, col = make_collection(store, DOCS)
+    body = {"format": fmt, "filters": filters}
+    specialised = run_export(ns.id, col.id, body, settings=store.settings)
+    monkeypatch.setattr(plan, "field_kinds", lambda *args: {})  # the general form
+    general = run_export(ns.id, col.id, body, settings=store.settings)
+    assert specialised.response.document_count == general.response.document_count
+    assert _rows(specialised, fmt) == _rows(general, fmt)
+    columns = [file["columns"] for file in general.manifest["files"]]
+    assert [file["columns"] for file in specialised.manifest["files"]] == columns
+
+
+def test_a_field_that_is_sometimes_a_list_falls_back_to_the_general_form(store: Store) -> None:
+    ns, col = make_collection(store, DOCS)
+    body = {"format": "json", "filters": RATING}
+    assert "json_extract_string" in plan_export(store, ns.id, col.id, body).filter_sql
+    before = run_export(ns.id, col.id, body, settings=store.settings)
+    expected = [doc["document_id"] for doc in read_json_lines(before.response.s3_path)]
+    # a later ingest: one rating is a list (one element matches), one a string (never does)
+    later = [{"document_id": "e1", "rating": [5, 0.5]}, {"document_id": "e2", "rating": "0.1"}]
+    store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", later))
+    planned = plan_export(store, ns.id, col.id, body)
+    assert "json_extract_string" not in planned.filter_sql and "_r." in planned.filter_sql
+    after = run_export(ns.id, col.id, body, settings=store.settings)
+    assert [doc["document_id"] for doc in read_json_lines(after.response.s3_path)] == [
+        *expected,
+        "e1",
+    ]
+    # upserting a scalar back over the list makes the field scalar again
+    store.ingest(
+        ns.id,
+        col.id,
+        write_jsonl(store.settings.home_dir.parent / "in", [{"document_id": "e1", "rating": 2}]),
+        upsert=True,
+    )
+    planned = plan_export(store, ns.id, col.id, body)
+    assert "json_extract_string" not in planned.filter_sql  # "0.1" is a string: mixed kinds
+    assert field_kinds(store, planned.collection, ["rating"]) == {
+        "rating": {"DOUBLE", "NULL", "UBIGINT", "VARCHAR"}
+    }
+
+
+def test_without_lists_of_structures_or_with_too_many_the_general_form_stays(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as many structures as documents: looking them up would cost about what it saves
+    wide = [{"document_id": f"w{n}", "rating": n, f"key{n}": n} for n in range(40)]
+    _, distinct = make_collection(store, wide, name="wide")
+    assert field_kinds(store, distinct, ["rating"]) == {"rating": {"UBIGINT"}}
+    monkeypatch.setattr(kinds, "MIN_LOOKUPS", 3)
+    assert field_kinds(store, distinct, ["rating"]) == {}
+    ns, col = make_collection(store, DOCS)
+    assert field_kinds(store, col, ["rating"]) != {}  # fewer structures than a quarter
+    (segment,) = store.documents.segment_files(col)
+    shapes_file(segment).unlink()  # a segment of an older version
+    assert field_kinds(store, col, ["rating"]) == {}
+    result = run_export(
+        ns.id, col.id, {"format": "csv", "filters": RATING}, settings=store.settings
+    )
+    assert result.response.document_count == sum(
+        1 for doc in DOCS if doc["rating"] is not None and doc["rating"] < 0.75
+    )
+
+
+def test_scalar_kinds_reads_structures_as_json_structure_writes_them() -> None:
+    structures = [
+        '{"a":"UBIGINT","b":{"c":"VARCHAR"},"d":["VARCHAR"],"e":"JSON","f":"NULL"}',
+        '{"a":"DOUBLE","b":"VARCHAR","d":"BOOLEAN","f":"BIGINT"}',
+        '"JSON"',  # an empty document
+    ]
+    found = scalar_kinds(structures, ["a", "b", "b.c", "d", "e", "f", "g", "a.x"])
+    assert found == {
+        "a": {"UBIGINT", "DOUBLE"},
+        "b.c": {"VARCHAR"},  # b is a string in the second: the path is missing there
+        "f": {"NULL", "BIGINT"},
+        "g": set(),
+        "a.x": set(),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_filter_survey_keeps_the_chosen_documents_for_the_write_step(
+    store: Store, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    ns, col = make_collection(store, DOCS)
+    for extra in (DOCS[:0], [{**DOCS[0], "document_id": "z", "rating": 0.1}]):
+        if extra:  # a second segment: the snapshot is merged
+            store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", extra))
+        body = {"format": fmt, "filters": RATING}
+        expected = _rows(run_export(ns.id, col.id, body, settings=store.settings), fmt)
+        planned = plan_export(store, ns.id, col.id, body)
+        try:
+            selection = load(planned, store, store.settings)
+            assert selection.kept and not selection.marked
+            with monkeypatch.context() as patch:  # the write step reads no snapshot
+                patch.setattr(store.documents, "rows", None)
+                outputs = write(planned, store, store.settings, selection)
+            assert outputs.document_count == selection.matched
+            rows = read_csv(outputs.files[0].path.as_uri()) if fmt == "csv" else None
+            if fmt == "csv":
+                assert rows == expected
+            else:
+                assert read_parquet(outputs.files[0].path.as_uri()).to_pylist() == expected
+        finally:
+            cleanup(planned)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"format": "csv", "filters": RATING, "include_vectors": True},
+        {"format": "csv", "filters": RATING, "sample_size": 3, "sample_seed": 1},
+    ],
+)
+def test_samples_and_vectors_mark_the_chosen_rows_instead(
+    store: Store, body: dict[str, Any]
+) -> None:
+    docs = [{**doc, "_vectors": {"v": [1.0, float(n)]}} for n, doc in enumerate(DOCS)]
+    ns, col = make_collection(store, docs, [VectorIndex(name="v", dimensions=2)])
+    planned = plan_export(store, ns.id, col.id, body)
+    try:
+        selection = load(planned, store, store.settings)
+        assert selection.marked and not selection.kept
+    finally:
+        cleanup(planned)
+    result = run_export(ns.id, col.id, body, settings=store.settings)
+    assert result.response.document_count == (3 if "sample_size" in body else 12)
