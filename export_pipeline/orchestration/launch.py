@@ -20,7 +20,7 @@ from export_pipeline.errors import (
     from_dict,
     guard,
 )
-from export_pipeline.orchestration import tags
+from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.ops import Progress
@@ -105,7 +105,10 @@ def run_launch(
     """One run of the job in this process for a prepared launch; the core's error if it fails."""
     # The instance records every event: a full or read-only DAGSTER_HOME fails the launch
     # itself, outside any op.
-    with guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING):
+    with (
+        guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
+        sqlite_quiet.quiet(instance.root_directory),
+    ):
         result = export_collection.execute_in_process(
             run_config=launch.run_config,
             tags=launch.tags,

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 
 from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import ExportPipelineError, from_dict
-from export_pipeline.orchestration import tags
+from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.launch import ExportLaunch, ExportRun, local_instance, run_launch
 from export_pipeline.settings import Settings
 
@@ -40,16 +40,20 @@ def _serve(settings_json: str, conn: Connection) -> None:
     settings = Settings.model_validate_json(settings_json)
     instance = local_instance(settings)
     conn.send("ready")
-    while (job := conn.recv()) is not None:
-        launch = ExportLaunch(job["run_config"], job["tags"])
-        try:
-            done = run_launch(launch, settings, instance, job["run_id"])
-            response = done.response.model_dump(mode="json")
-            conn.send({"ok": True, "response": response, "manifest": done.manifest})
-        except ExportPipelineError as exc:
-            conn.send({"ok": False, "error": exc.to_dict()})
-        except Exception as exc:  # the worker survives whatever one run does
-            conn.send({"ok": False, "error": ExportPipelineError(str(exc)).to_dict()})
+    # The instance's sqlite files stay quiet for the worker's life; what a run leaves to
+    # checkpoint is done once it has answered (sqlite_quiet.settle), not while the client waits.
+    with sqlite_quiet.quiet(instance.root_directory):
+        while (job := conn.recv()) is not None:
+            launch = ExportLaunch(job["run_config"], job["tags"])
+            try:
+                done = run_launch(launch, settings, instance, job["run_id"])
+                response = done.response.model_dump(mode="json")
+                conn.send({"ok": True, "response": response, "manifest": done.manifest})
+            except ExportPipelineError as exc:
+                conn.send({"ok": False, "error": exc.to_dict()})
+            except Exception as exc:  # the worker survives whatever one run does
+                conn.send({"ok": False, "error": ExportPipelineError(str(exc)).to_dict()})
+            sqlite_quiet.settle()
 
 
 class _Worker:
