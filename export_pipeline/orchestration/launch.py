@@ -27,6 +27,7 @@ from export_pipeline.orchestration.ops import Progress
 from export_pipeline.orchestration.resources import resources_from
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
+from export_pipeline.store.catalog import catalog_path
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 
@@ -109,6 +110,7 @@ def run_launch(
         guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
         sqlite_quiet.quiet(instance.root_directory),
     ):
+        sqlite_quiet.hold(catalog_path(settings.home_dir))
         result = export_collection.execute_in_process(
             run_config=launch.run_config,
             tags=launch.tags,

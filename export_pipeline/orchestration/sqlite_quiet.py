@@ -37,7 +37,8 @@ from sqlalchemy.engine import Engine
 
 _lock = threading.Lock()
 _roots: list[str] = []  # the instance folders of the runs executing here, inside quiet()
-_holders: dict[str, sqlite3.Connection] = {}
+_holders: dict[str, sqlite3.Connection] = {}  # Dagster's files, by path
+_held: dict[str, sqlite3.Connection] = {}  # other WAL files a run uses (`hold`), by path
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -90,11 +91,39 @@ def quiet(instance_dir: str) -> Iterator[None]:
             settle()
 
 
+def hold(path: str | os.PathLike[str]) -> None:
+    """Inside `quiet`, hold another WAL database the run uses (the store's catalog) open until
+    `settle`, so that its connections do not checkpoint on every close either. Its own sync
+    setting is left as it is. Nothing happens for a missing file, another journal mode or a
+    file that cannot be read (the run's own connections then say why)."""
+    name = os.fspath(path)
+    with _lock:
+        if not _roots or name in _held or not os.path.isfile(name):
+            return
+    try:
+        holder = sqlite3.connect(name, timeout=30, check_same_thread=False)
+    except (sqlite3.Error, OSError):
+        return
+    try:
+        (mode,) = holder.execute("PRAGMA journal_mode").fetchall()[0]
+        keep = mode.lower() == "wal"
+        if keep:
+            holder.execute("PRAGMA schema_version").fetchall()  # joins the WAL, as above
+    except (sqlite3.Error, OSError):
+        keep = False
+    with _lock:
+        if keep and _roots and name not in _held:
+            _held[name] = holder
+            return
+    holder.close()
+
+
 def settle() -> None:
     """Close the held connections now: each file is checkpointed once. A process serving runs
     calls this after answering, so that no request waits for it."""
     with _lock:
-        holders = list(_holders.values())
+        holders = [*_holders.values(), *_held.values()]
         _holders.clear()
+        _held.clear()
     for holder in holders:
         holder.close()

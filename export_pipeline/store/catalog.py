@@ -72,6 +72,11 @@ _SCHEMA_READY: set[tuple[str, int, int]] = set()
 _SCHEMA_LOCK = threading.Lock()
 
 
+def catalog_path(home: Path) -> Path:
+    """The catalog's SQLite file under a home."""
+    return home / "catalog.sqlite"
+
+
 def new_id(prefix: str, length: int) -> str:
     """`prefix` + `length` random lowercase alphanumerics."""
     alphabet = string.ascii_lowercase + string.digits
@@ -123,7 +128,7 @@ class Catalog:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.path = home / "catalog.sqlite"
+        self.path = catalog_path(home)
         if self._file_id() in _SCHEMA_READY:
             return
         with guard(home, "home"):

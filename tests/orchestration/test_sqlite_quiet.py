@@ -93,6 +93,27 @@ def test_quiet_scopes_nest_and_settle_closes_the_holders_at_once(tmp_path: Path)
     assert sqlite_quiet._holders == {}
 
 
+def test_hold_keeps_another_wal_database_open_until_settle_and_skips_the_rest(
+    tmp_path: Path,
+) -> None:
+    catalog = wal_database(tmp_path / "catalog.sqlite")
+    rollback = tmp_path / "rollback.db"
+    sqlite3.connect(rollback).execute("CREATE TABLE t (x)").connection.commit()
+    sqlite_quiet.hold(catalog)  # outside quiet: nothing
+    assert sqlite_quiet._held == {}
+    with sqlite_quiet.quiet(str(tmp_path / "instance")):
+        for path in (catalog, rollback, tmp_path / "missing.sqlite"):
+            sqlite_quiet.hold(path)
+        assert list(sqlite_quiet._held) == [str(catalog)]
+        assert not (tmp_path / "missing.sqlite").exists()  # never created by holding
+        db = sqlite3.connect(catalog, isolation_level=None)
+        db.execute("INSERT INTO t VALUES (1)")
+        db.close()
+        assert (tmp_path / "catalog.sqlite-wal").exists()  # not checkpointed on that close
+    assert sqlite_quiet._held == {}
+    assert not (tmp_path / "catalog.sqlite-wal").exists()
+
+
 def test_an_export_run_is_recorded_and_leaves_the_instance_checkpointed(
     settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,9 +121,10 @@ def test_an_export_run_is_recorded_and_leaves_the_instance_checkpointed(
     ns, col = make_collection(store, list(demo_documents(20)), DEMO_INDEXES, name="articles")
     instance = local_instance(settings)
     run = execute(settings, ns.name, col.name, {"format": "json"}, "cli", instance)
-    assert sqlite_quiet._holders == {}
+    assert sqlite_quiet._holders == {} and sqlite_quiet._held == {}
     root = Path(instance.root_directory)
     assert sorted(root.rglob("*-wal")) == [] and sorted(root.rglob("*-shm")) == []
+    assert sorted(settings.home_dir.glob("catalog.sqlite-*")) == []
     recorded = instance.get_run_by_id(run.run_id)
     assert recorded is not None and recorded.status == dg.DagsterRunStatus.SUCCESS
     assert recorded.tags[tags.EXPORT_ID] == run.manifest["export_id"]
