@@ -6,6 +6,8 @@ with the same message before it becomes a run.
 
 import os
 import shutil
+import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,32 @@ def local_instance(settings: Settings) -> dg.DagsterInstance:
         if not (home / "dagster.yaml").exists():
             shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
         return dg.DagsterInstance.from_config(str(home))
+
+
+def prepared_run_id(instance: dg.DagsterInstance, run_id: str | None = None) -> str:
+    """A run id (new, or `run_id`) whose event log already exists, for a process that serves
+    runs to make while idle. Dagster's sqlite storage gives each run its own database, created
+    (tables, alembic checks: tens of milliseconds) when the run's first event is stored;
+    reading the run's events creates it the same way, before any client waits. A run launched
+    with this id then starts at once; unused, the file is removed by `discard_prepared_run`."""
+    run_id = run_id or str(uuid.uuid4())
+    instance.get_records_for_run(run_id, limit=1)
+    return run_id
+
+
+def discard_prepared_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Remove the event log `prepared_run_id` made for a run that never came (a worker that
+    stops), when no run of that id exists. Its file is the storage's own business: this only
+    acts where the storage says where the file is (Dagster's sqlite storage does)."""
+    if instance.has_run(run_id):
+        return
+    path_for_shard = getattr(instance.event_log_storage, "path_for_shard", None)
+    if not callable(path_for_shard):
+        return
+    path = str(path_for_shard(run_id))
+    for suffix in ("", "-wal", "-shm"):
+        with suppress(OSError):
+            os.unlink(path + suffix)
 
 
 @dataclass(frozen=True)
