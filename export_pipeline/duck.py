@@ -52,6 +52,14 @@ def shared_connection() -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
 
 
+def close_shared() -> None:
+    """Close this process's shared connection, if any (a process about to fork children)."""
+    with _shared_lock:
+        con = _shared.pop(os.getpid(), None)
+    if con is not None:
+        con.close()
+
+
 def literal(text: str) -> str:
     """A SQL string literal for text the program made itself (file paths, settings)."""
     return "'" + text.replace("'", "''") + "'"

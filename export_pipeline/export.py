@@ -68,7 +68,7 @@ class ExportResult:
 def load(plan: ExportPlan, store: Store, settings: Settings) -> Selection:
     """Step 1: where the selection must be known before writing (a sample's cutoff, the
     columns of a filtered csv or parquet export), a pass over the matches decides it."""
-    if not needs_survey(plan):
+    if not needs_survey(plan):  # nothing to decide, so no DuckDB connection either
         return Selection()
     with open_scratch(plan, settings) as con:
         return survey(con, plan, store)

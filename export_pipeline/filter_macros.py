@@ -155,7 +155,9 @@ FOLDS: dict[str, tuple[str, str]] = {
     "words": ("VARCHAR", "xf_words(_s)"),
     "double": ("HUGEINT", "CAST(_s AS DOUBLE)"),
 }
-_prepared: set[int] = set()  # ids of the shared connections holding the macros
+# The shared connections holding the macros, by id; held here so that a closed one's id is
+# never reused by a new connection that lacks them.
+_prepared: dict[int, duckdb.DuckDBPyConnection] = {}
 
 
 def fold_values(inputs: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -174,7 +176,7 @@ def fold_values(inputs: dict[str, list[Any]]) -> dict[str, list[Any]]:
     with shared_connection() as con:
         if id(con) not in _prepared:
             install_macros(con)
-            _prepared.add(id(con))
+            _prepared[id(con)] = con
         (row,) = con.execute(f"SELECT {columns}", [inputs[kind] for kind in kinds]).fetchall()
     return dict(zip(kinds, row, strict=True))
 

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from export_pipeline.agent import protocol
 
@@ -54,8 +55,7 @@ def main(socket_path: str) -> None:
             conn.close()
             continue
         if os.fork() == 0:
-            listener.close()
-            os._exit(_serve(conn))
+            _child(listener, conn)
         conn.close()
     if _owns(path, inode):
         path.unlink(missing_ok=True)
@@ -93,6 +93,18 @@ def _reap() -> None:
             pass
 
 
+def _child(listener: socket.socket, conn: socket.socket) -> NoReturn:
+    """The forked child's whole life: whatever happens (a signal handler raising, say), it
+    ends in os._exit, never in the agent's loop or the interpreter's shutdown, which would
+    tear down objects inherited from the agent."""
+    code = 1
+    try:
+        listener.close()
+        code = _serve(conn)
+    finally:
+        os._exit(code)
+
+
 def _serve(conn: socket.socket) -> int:
     """In the forked child: become the client's process and run its command."""
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
@@ -114,8 +126,10 @@ def _serve(conn: socket.socket) -> int:
         protocol.send_frame(conn, b"P", os.getpid())
     except Exception:
         return 1  # the client sees no pid and runs the command itself
-    threading.Thread(target=_exit_with_client, args=(conn,), daemon=True).start()
+    done = threading.Event()
+    threading.Thread(target=_exit_with_client, args=(conn, done), daemon=True).start()
     code = _run(request["argv"])
+    done.set()
     protocol.send_frame(conn, b"X", code)
     return code
 
@@ -133,19 +147,20 @@ def _run(argv: list[str]) -> int:
     return code
 
 
-def _exit_with_client(conn: socket.socket) -> None:
+def _exit_with_client(conn: socket.socket, done: threading.Event) -> None:
     # A client killed outright (SIGKILL) cannot forward anything: its closed connection is
     # the signal, and the child stops as the CLI's own process would have on SIGTERM.
     with contextlib.suppress(OSError):
         while conn.recv(1):
             pass
-    os.kill(os.getpid(), signal.SIGTERM)
+    if not done.is_set():  # else the client left after its exit code: nothing to stop
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _warm_up() -> None:
     """Run a tiny export end to end in a throwaway home, so every lazily imported module of
     the export path is loaded before the first fork."""
-    from export_pipeline import cli
+    from export_pipeline import cli, duck
     from export_pipeline.demo import DEMO_INDEXES, DEMO_REQUEST, demo_documents, write_jsonl
 
     for name in [name for name in os.environ if name.startswith(_PRIVATE_PREFIXES)]:
@@ -170,6 +185,7 @@ def _warm_up() -> None:
                 if cli.main(command, use_agent=False) != 0:
                     raise RuntimeError(f"warm-up failed: export-pipeline {' '.join(command)}")
         del os.environ["EXPORT_PIPELINE_HOME"]
+    duck.close_shared()  # a DuckDB connection must not cross a fork
     if threading.active_count() != 1:
         raise RuntimeError(f"threads left after warm-up: {threading.enumerate()}")
     gc.collect()

@@ -6,6 +6,8 @@ with the same message before it becomes a run.
 
 import os
 import shutil
+import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,14 @@ from export_pipeline.errors import (
     from_dict,
     guard,
 )
-from export_pipeline.orchestration import tags
+from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.ops import Progress
 from export_pipeline.orchestration.resources import resources_from
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
+from export_pipeline.store.catalog import catalog_path
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 
@@ -73,6 +76,32 @@ def local_instance(settings: Settings) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(str(home))
 
 
+def prepared_run_id(instance: dg.DagsterInstance, run_id: str | None = None) -> str:
+    """A run id (new, or `run_id`) whose event log already exists, for a process that serves
+    runs to make while idle. Dagster's sqlite storage gives each run its own database, created
+    (tables, alembic checks: tens of milliseconds) when the run's first event is stored;
+    reading the run's events creates it the same way, before any client waits. A run launched
+    with this id then starts at once; unused, the file is removed by `discard_prepared_run`."""
+    run_id = run_id or str(uuid.uuid4())
+    instance.get_records_for_run(run_id, limit=1)
+    return run_id
+
+
+def discard_prepared_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Remove the event log `prepared_run_id` made for a run that never came (a worker that
+    stops), when no run of that id exists. Its file is the storage's own business: this only
+    acts where the storage says where the file is (Dagster's sqlite storage does)."""
+    if instance.has_run(run_id):
+        return
+    path_for_shard = getattr(instance.event_log_storage, "path_for_shard", None)
+    if not callable(path_for_shard):
+        return
+    path = str(path_for_shard(run_id))
+    for suffix in ("", "-wal", "-shm"):
+        with suppress(OSError):
+            os.unlink(path + suffix)
+
+
 @dataclass(frozen=True)
 class ExportRun:
     """A finished run of the export job."""
@@ -105,7 +134,11 @@ def run_launch(
     """One run of the job in this process for a prepared launch; the core's error if it fails."""
     # The instance records every event: a full or read-only DAGSTER_HOME fails the launch
     # itself, outside any op.
-    with guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING):
+    with (
+        guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
+        sqlite_quiet.quiet(instance.root_directory),
+    ):
+        sqlite_quiet.hold(catalog_path(settings.home_dir))
         result = export_collection.execute_in_process(
             run_config=launch.run_config,
             tags=launch.tags,

@@ -117,8 +117,9 @@ def plan_export_op(
 
 def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
     """Add what the export is about to the run's tags (launchers set the trigger already)."""
-    run = context.instance.get_run_by_id(context.run_id)
-    if run is None:  # the op was invoked directly: there is no run to tag
+    try:
+        run = context.run  # as launched: no need to read it back from the instance
+    except dg.DagsterError:  # the op was invoked directly (build_op_context): no run to tag
         return
     # A run without a trigger tag was launched from the UI (or straight through GraphQL).
     trigger = run.tags.get(tags.TRIGGER, "ui")

@@ -19,12 +19,23 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import ExportPipelineError, from_dict
-from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.launch import ExportLaunch, ExportRun, local_instance, run_launch
+from export_pipeline.orchestration import sqlite_quiet, tags
+from export_pipeline.orchestration.launch import (
+    ExportLaunch,
+    ExportRun,
+    discard_prepared_run,
+    local_instance,
+    prepared_run_id,
+    run_launch,
+)
 from export_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 _CONTEXT = multiprocessing.get_context("spawn")  # never fork a threaded server
 
@@ -39,17 +50,36 @@ def _serve(settings_json: str, conn: Connection) -> None:
     """A worker: run the exports it is sent, one at a time, until told to stop."""
     settings = Settings.model_validate_json(settings_json)
     instance = local_instance(settings)
-    conn.send("ready")
-    while (job := conn.recv()) is not None:
-        launch = ExportLaunch(job["run_config"], job["tags"])
-        try:
-            done = run_launch(launch, settings, instance, job["run_id"])
-            response = done.response.model_dump(mode="json")
-            conn.send({"ok": True, "response": response, "manifest": done.manifest})
-        except ExportPipelineError as exc:
-            conn.send({"ok": False, "error": exc.to_dict()})
-        except Exception as exc:  # the worker survives whatever one run does
-            conn.send({"ok": False, "error": ExportPipelineError(str(exc)).to_dict()})
+    # The instance's sqlite files stay quiet for the worker's life. What a run leaves to do
+    # (checkpoints, and the next run's event log) is done once it has answered.
+    with sqlite_quiet.quiet(instance.root_directory):
+        next_run_id = _prepare(instance, str(uuid.uuid4()))
+        conn.send({"ready": True, "next_run_id": next_run_id})
+        while (job := conn.recv()) is not None:
+            launch = ExportLaunch(job["run_config"], job["tags"])
+            following = str(uuid.uuid4())
+            try:
+                done = run_launch(launch, settings, instance, job["run_id"])
+                response = done.response.model_dump(mode="json")
+                answer = {"ok": True, "response": response, "manifest": done.manifest}
+            except ExportPipelineError as exc:
+                answer = {"ok": False, "error": exc.to_dict()}
+            except Exception as exc:  # the worker survives whatever one run does
+                answer = {"ok": False, "error": ExportPipelineError(str(exc)).to_dict()}
+            conn.send({**answer, "next_run_id": following})
+            sqlite_quiet.settle()
+            next_run_id = _prepare(instance, following)
+        sqlite_quiet.settle()
+        with suppress(Exception):
+            discard_prepared_run(instance, next_run_id)
+
+
+def _prepare(instance: DagsterInstance, run_id: str) -> str:
+    """The next run's event log, made now; a run makes it itself if this fails (a full disk:
+    the run then fails saying so)."""
+    with suppress(Exception):
+        prepared_run_id(instance, run_id)
+    return run_id
 
 
 class _Worker:
@@ -60,9 +90,16 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        self.next_run_id = ""  # the run id of its next export, its event log made already
 
     def ready(self, timeout: float) -> bool:
-        return self.conn.poll(timeout) and self.conn.recv() == "ready"
+        if not self.conn.poll(timeout):
+            return False
+        message = self.conn.recv()
+        if not isinstance(message, dict) or not message.get("ready"):
+            return False
+        self.next_run_id = message["next_run_id"]
+        return True
 
     def stop(self) -> None:
         if self.process.is_alive():
@@ -101,9 +138,9 @@ class RunPool:
     def run(self, launch: ExportLaunch, timeout: float) -> ExportRun:
         """Run one export; waiting for a worker and a collection slot counts against timeout."""
         deadline = time.monotonic() + timeout
-        run_id = str(uuid.uuid4())
         with self._collection_slot(launch.tags[tags.COLLECTION_ID], deadline):
             worker = self._take(deadline)
+            run_id = worker.next_run_id
             try:
                 worker.conn.send({"run_id": run_id, **launch.__dict__})
                 if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
@@ -118,6 +155,7 @@ class RunPool:
                 raise ExportPipelineError(
                     f"the export's worker process died (run {run_id})"
                 ) from None
+            worker.next_run_id = answer["next_run_id"]
             self.idle.put(worker)
         if not answer["ok"]:
             raise from_dict(answer["error"])
@@ -164,10 +202,13 @@ class RunPool:
             self.idle.put(worker)
 
     def close(self) -> None:
-        """Stop every worker."""
+        """Stop every worker (an idle one first removes the event log it prepared)."""
         for worker in self._workers:
             with suppress(OSError):
                 worker.conn.send(None)
+        deadline = time.monotonic() + 2
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
             worker.stop()
 
 

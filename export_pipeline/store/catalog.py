@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import sqlite3
 import string
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -62,6 +64,19 @@ CREATE TABLE IF NOT EXISTS api_key_namespaces (
 """
 
 
+# Catalog files (path, device, inode) whose schema this process has created or found: a Catalog
+# is made for every request and every step of an export, and need not check its schema again.
+# A catalog deleted and made anew by a Catalog gets its schema then; an empty file in its
+# place (even one reusing the inode) is checked again.
+_SCHEMA_READY: set[tuple[str, int, int]] = set()
+_SCHEMA_LOCK = threading.Lock()
+
+
+def catalog_path(home: Path) -> Path:
+    """The catalog's SQLite file under a home."""
+    return home / "catalog.sqlite"
+
+
 def new_id(prefix: str, length: int) -> str:
     """`prefix` + `length` random lowercase alphanumerics."""
     alphabet = string.ascii_lowercase + string.digits
@@ -113,11 +128,28 @@ class Catalog:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.path = home / "catalog.sqlite"
+        self.path = catalog_path(home)
+        if self._file_id() in _SCHEMA_READY:
+            return
         with guard(home, "home"):
             home.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.executescript(_SCHEMA)
+            # One transaction: a catalog whose tables all exist costs no write.
+            db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")
+        ready = self._file_id()
+        if ready[1] != -1:
+            with _SCHEMA_LOCK:
+                _SCHEMA_READY.add(ready)
+
+    def _file_id(self) -> tuple[str, int, int]:
+        """The catalog file's identity; (path, -1, -1) while there is no non-empty file."""
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return (str(self.path), -1, -1)
+        if found.st_size == 0:
+            return (str(self.path), -1, -1)
+        return (str(self.path), found.st_dev, found.st_ino)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

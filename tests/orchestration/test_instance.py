@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import make_collection
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
+from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.launch import INSTANCE_TEMPLATE, dagster_home, local_instance
+from export_pipeline.orchestration.launch import (
+    INSTANCE_TEMPLATE,
+    dagster_home,
+    execute,
+    local_instance,
+)
 from export_pipeline.settings import Settings
+from export_pipeline.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +41,8 @@ def test_instance_queues_runs_four_exports_at_once_and_one_per_collection(
     assert limits[tags.COLLECTION_ID]["value"] == {"applyLimitPerUniqueValue": True}
     assert instance.run_monitoring_enabled
     assert not instance.telemetry_enabled
+    # Runs log through the event log; no tail subprocesses capturing stdout/stderr per run.
+    assert type(instance.compute_log_manager).__name__ == "NoOpComputeLogManager"
     assert Path(instance.root_directory) == settings.home_dir / "dagster"  # sqlite lives here
 
 
@@ -55,3 +65,32 @@ def test_an_instance_keeps_its_own_dagster_yaml(
     instance = local_instance(settings)
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
     assert not instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+
+
+# An instance folder made from an earlier template (stdout/stderr captured by `tail`
+# subprocesses, as Dagster does by default) keeps working as it is.
+EARLIER_TEMPLATE = """
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+run_monitoring:
+  enabled: true
+telemetry:
+  enabled: false
+"""
+
+
+def test_an_instance_made_from_an_earlier_template_still_runs_exports(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    ns, col = make_collection(store, list(demo_documents(10)), DEMO_INDEXES, name="articles")
+    home = settings.home_dir / "dagster"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(EARLIER_TEMPLATE)
+    instance = local_instance(settings)
+    assert type(instance.compute_log_manager).__name__ == "LocalComputeLogManager"
+    run = execute(settings, ns.name, col.name, {"format": "csv"}, "cli", instance)
+    assert run.response.document_count == 10
+    recorded = instance.get_run_by_id(run.run_id)
+    assert recorded is not None and recorded.tags[tags.EXPORT_ID] == run.manifest["export_id"]
