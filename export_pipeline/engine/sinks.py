@@ -119,8 +119,9 @@ class TableWriter:
         if self._target is None:
             self.write(empty)
         self._wait()
-        assert self._sink is not None and self._target is not None
-        self._sink.close()
+        sink, self._sink = self._sink, None
+        assert sink is not None and self._target is not None
+        sink.close()
         columns = [{"name": f.name, "type": str(f.type)} for f in self._target]
         return Written(path=self.path, rows=self.rows, columns=columns, head=self.head)
 

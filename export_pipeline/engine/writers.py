@@ -2,7 +2,8 @@
 
 Each batch of (document_id, doc, vectors) rows, already in document_id order (O3), goes to
 both writers, so the two files line up row for row (W1). What needs JSON work (csv cells,
-parquet columns, listed fields, vector text) is one DuckDB query per batch.
+parquet columns, listed fields, vector text) is one DuckDB query per batch, or, for every
+document of a snapshot DuckDB may read itself, one streaming query (`write_all`).
 """
 
 from __future__ import annotations
