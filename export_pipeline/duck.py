@@ -100,6 +100,38 @@ def on_batch(
         con.unregister(BATCH)
 
 
+def streamed(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None, rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The results of one query as Arrow batches of at most `rows` rows, while it runs.
+
+    An error of the query reaches Python through Arrow's stream interface, which reports
+    it as an OSError in DuckDB's words; it is raised as the DuckDB exception it was.
+    """
+    reader = con.sql(sql, params=params or None).to_arrow_reader(rows)
+    try:
+        yield from reader
+    except OSError as exc:
+        raise _duckdb_error(exc) from exc
+    finally:
+        reader.close()
+
+
+_DUCKDB_ERRORS = {
+    name.lower(): kind
+    for name, kind in vars(duckdb).items()
+    if isinstance(kind, type) and issubclass(kind, duckdb.Error) and name.endswith("Exception")
+}
+
+
+def _duckdb_error(exc: OSError) -> Exception:
+    found = re.match(r"([A-Za-z ]+) Error: ", str(exc))
+    if exc.errno is not None or found is None:
+        return exc
+    kind = _DUCKDB_ERRORS.get(found.group(1).replace(" ", "").lower() + "exception", duckdb.Error)
+    return kind(str(exc))
+
+
 _UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 

@@ -109,6 +109,13 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
         if vectors is not None:
             columns += [vector_column(index.name) for index in plan.collection.vector_indexes]
         max_bytes, max_rows = duck.batch_bytes(con), _batch_rows(shape, fmt)
+        # Every document and no vectors: one streaming DuckDB query reads, converts and
+        # hands over the rows, where the segments let DuckDB read them itself within the
+        # same bounds (`scan_source`); otherwise Arrow reads them, one query per batch.
+        source = None
+        whole = bitmap is None and not selection.kept and where[0] == "TRUE"
+        if vectors is None and whole and shape is not None:
+            source = store.documents.scan_source(plan.collection, max_bytes)
         empty: pa.Table | None = None
         start = 0
 
@@ -131,16 +138,28 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
             rows = gathered(rows, max_bytes, max_rows)
             if bitmap is not None or where[0] != "TRUE":
                 rows = gathered(chosen_rows_of(rows), max_bytes, max_rows)
-        for batch in rows:
-            empty = batch.slice(0, 0)
-            documents.write(batch)
+        # Each writer encodes a batch on a thread of its own while the next is converted; on
+        # a failure (or an interrupt) they stop before the scratch space is removed.
+        try:
+            if source is not None:
+                documents.write_all(source, max_bytes, max_rows)
+            else:
+                for batch in rows:
+                    empty = batch.slice(0, 0)
+                    documents.write(batch)
+                    if vectors is not None:
+                        vectors.write(batch)
+            written = documents.close()
             if vectors is not None:
-                vectors.write(batch)
-        written = documents.close()
+                schema = empty.schema if empty is not None else _empty_rows(plan).schema
+                done = vectors.close(schema.empty_table())
+        except BaseException:
+            documents.abort()
+            if vectors is not None:
+                vectors.abort()
+            raise
         files = [_output("documents", plan.documents_name, fmt, written)]
         if vectors is not None:
-            schema = empty.schema if empty is not None else _empty_rows(plan).schema
-            done = vectors.close(schema.empty_table())
             files.append(_output("vectors", plan.vectors_name, fmt, done))
     return Outputs(
         document_count=written.rows,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,13 @@ class Sink(Protocol):
 class TableWriter:
     """Feeds tables to a sink opened on the first table (or on an empty one at close, so a
     file with no rows still has its header or schema, W5); columns may be reordered by
-    position, renamed, or cast to a fixed schema."""
+    position, renamed, or cast to a fixed schema.
+
+    A table is encoded and written by a thread of its own while the caller converts the
+    next one (Arrow's writers release the GIL, as DuckDB does): at most one table is being
+    written at a time, so memory holds one more converted batch than a serial writer's.
+    `close` or `abort` waits for it; an error it raised comes back from the next call.
+    """
 
     def __init__(
         self,
@@ -63,18 +71,40 @@ class TableWriter:
         self.head: pa.Table | None = None
         self._sink: Sink | None = None
         self._target: pa.Schema | None = None
+        self._writing: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
     def write(self, table: pa.Table) -> None:
-        """Append the rows of one converted table."""
+        """Append the rows of one converted table (written once the previous one is)."""
         table = self._shaped(table)
-        if self._sink is None:
+        self._wait()
+        if self._target is None:
             self._target = table.schema
-            self._sink = self.open_sink(table.schema)
-        self._sink.write_table(table)
         if self.head is None or self.head.num_rows < PREVIEW_ROWS:
             first = table.slice(0, PREVIEW_ROWS)
             self.head = first if self.head is None else pa.concat_tables([self.head, first])
         self.rows += table.num_rows
+        self._writing = threading.Thread(
+            target=self._write_now, args=(table,), name="table-writer", daemon=True
+        )
+        self._writing.start()
+
+    def _write_now(self, table: pa.Table) -> None:
+        try:
+            if self._sink is None:
+                self._sink = self.open_sink(table.schema)
+            self._sink.write_table(table)
+        except BaseException as exc:  # re-raised by the caller's next write or close
+            self._failed = exc
+
+    def _wait(self) -> None:
+        """Until the table being written is; then its error, if it raised one."""
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
 
     def _shaped(self, table: pa.Table) -> pa.Table:
         columns = table.columns if self.order is None else [table.column(i) for i in self.order]
@@ -86,12 +116,26 @@ class TableWriter:
 
     def close(self, empty: pa.Table) -> Written:
         """Finish the file; `empty` is a converted table with no rows, for the schema."""
-        if self._sink is None:
+        if self._target is None:
             self.write(empty)
-        assert self._sink is not None and self._target is not None
-        self._sink.close()
+        self._wait()
+        sink, self._sink = self._sink, None
+        assert sink is not None and self._target is not None
+        sink.close()
         columns = [{"name": f.name, "type": str(f.type)} for f in self._target]
         return Written(path=self.path, rows=self.rows, columns=columns, head=self.head)
+
+    def abort(self) -> None:
+        """After a failure elsewhere: wait for the table being written, then close the file
+        quietly (it goes with the scratch space)."""
+        with contextlib.suppress(BaseException):  # the caller is raising its own error
+            self._wait()
+        if self._writing is not None and self._writing.is_alive():
+            return  # interrupted again while waiting: the thread still holds the sink
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                sink.close()
 
 
 _EMPTY = pa.scalar("", pa.large_string())

@@ -2,11 +2,13 @@
 
 Each batch of (document_id, doc, vectors) rows, already in document_id order (O3), goes to
 both writers, so the two files line up row for row (W1). What needs JSON work (csv cells,
-parquet columns, listed fields, vector text) is one DuckDB query per batch.
+parquet columns, listed fields, vector text) is one DuckDB query per batch, or, for every
+document of a snapshot DuckDB may read itself, one streaming query (`write_all`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from export_pipeline.engine.sinks import (
 )
 from export_pipeline.engine.width import WHOLE_DOCUMENT
 from export_pipeline.store import VectorIndex
+from export_pipeline.store.batches import gathered
 from export_pipeline.store.segments import SHAPE_ID, vector_column, vector_type
 
 CONTENT_TYPES = {
@@ -108,6 +111,22 @@ class DocumentsWriter:
                 self._gather_keys(out)
         self.writer.write(out)
 
+    def write_all(self, source: str, max_bytes: int, max_rows: int) -> None:
+        """Append every row of `source` (a FROM-clause source of document_id and doc, read
+        in order), converted by one streaming query instead of one query per batch; the
+        results go to the file in batches of at most `max_rows` rows and about
+        `max_bytes` bytes."""
+        if self.fmt == "json" and self.keys is None:
+            raise ValueError("a json export without its shape lists keys batch by batch")
+        sql = self.sql or f"SELECT doc FROM {duck.BATCH}"
+        rows = f"SELECT document_id, doc FROM {source}"
+        query = f"WITH {duck.BATCH} AS NOT MATERIALIZED ({rows}) {sql}"
+        batches = duck.streamed(self.con, query, self.params + self.where_params, max_rows)
+        with contextlib.closing(batches):
+            tables = (pa.Table.from_batches([batch]) for batch in batches)
+            for table in gathered(tables, max_bytes, max_rows):
+                self.writer.write(table)
+
     def _run(self, rows: pa.Table) -> pa.Table:
         # Placeholders: the conversion's (outer query) come first, then the predicate's.
         return duck.on_batch(self.con, self.sql or "", rows, self.params + self.where_params)
@@ -119,6 +138,10 @@ class DocumentsWriter:
             lines,
         )
         self.found_keys.update(found.column(0).to_pylist())
+
+    def abort(self) -> None:
+        """Stop writing after a failure (the file is left to the scratch space's removal)."""
+        self.writer.abort()
 
     def close(self) -> Written:
         """Finish the file; json lists its top-level keys (at most `max_keys` of them)."""
@@ -251,6 +274,10 @@ class VectorsWriter:
         """Append the vectors of one batch (columns document_id and vec_*)."""
         rows = batch.select(self.columns)
         self.writer.write(rows if self.sql is None else duck.on_batch(self.con, self.sql, rows))
+
+    def abort(self) -> None:
+        """Stop writing after a failure (the file is left to the scratch space's removal)."""
+        self.writer.abort()
 
     def close(self, empty: pa.Table) -> Written:
         """Finish the file; `empty` is a batch with no rows (for the schema)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import shutil
 import time
 import uuid
@@ -46,6 +47,11 @@ def _shifted(run: Iterator[pa.Table], offset: int) -> Iterator[pa.Table]:
             shifted = pc.add(batch.column(at), pa.scalar(offset, pa.int32()))
             batch = batch.set_column(at, batch.schema.field(at), shifted)
         yield batch
+
+
+def _utf8(value: str | bytes) -> bytes:
+    """An id bound as bytes: ids are ordered by their UTF-8 bytes (O3)."""
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 _NO_REPLACED = pa.schema([("document_id", pa.string()), ("created_at", pa.string())])
@@ -98,6 +104,40 @@ class DocumentStore:
         if len(runs) == 1:
             return prefetch(runs[0])
         return prefetch(rebatch(merge_sorted(runs), max_bytes, max_rows))
+
+    def scan_source(self, collection: Collection, max_bytes: int) -> str | None:
+        """A DuckDB FROM-clause source of the snapshot's rows in document_id order (O3), for
+        a query that reads them all with `preserve_insertion_order` on; None where DuckDB
+        must not read the segments itself.
+
+        It may where its reads stay as bounded as `rows()`'s batches: no row group holds
+        more than `max_bytes` of documents (a chunk of DuckDB's is part of one row group),
+        and the segments' id ranges do not overlap, so reading them one after the other in
+        the order of their first ids is already in id order (nothing is merged or sorted).
+        """
+        ranges: list[tuple[bytes, bytes, Path]] = []
+        for path in self.segment_files(collection):
+            metadata = pq.read_metadata(path)
+            if metadata.num_rows == 0:
+                continue
+            names = metadata.schema.to_arrow_schema().names
+            if "doc" not in names or "document_id" not in names:
+                return None
+            doc, key = names.index("doc"), names.index("document_id")
+            groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+            if any(group.column(doc).total_uncompressed_size > max_bytes for group in groups):
+                return None
+            first = groups[0].column(key).statistics
+            last = groups[-1].column(key).statistics
+            if first is None or last is None or not (first.has_min_max and last.has_min_max):
+                return None
+            ranges.append((_utf8(first.min), _utf8(last.max), path))  # bounds, maybe widened
+        if not ranges:
+            return None
+        ranges.sort(key=lambda found: found[0])
+        if any(end >= start for (_, end, _), (start, _, _) in itertools.pairwise(ranges)):
+            return None
+        return duck.parquet_source([path for _, _, path in ranges])
 
     def shapes(self, collection: Collection) -> list[tuple[str, int]] | None:
         """Every distinct JSON structure of the snapshot's documents with its count, from the
