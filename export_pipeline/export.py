@@ -33,6 +33,7 @@ from export_pipeline.engine.selection import (
     keep,
     kept_rows,
     marked,
+    matching_rows,
     needs_survey,
     open_scratch,
     scratch_files,
@@ -129,8 +130,15 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
                 else:
                     yield keep(con, batch, *where)
 
+        # A filter alone (a json export: no survey) is read and applied by one streaming
+        # DuckDB query where the segments allow it, as a whole export is.
+        matches = None
+        if vectors is None and bitmap is None and not selection.kept and where[0] != "TRUE":
+            matches = matching_rows(con, plan, store, columns, where, max_bytes, max_rows)
         if selection.kept:  # the survey kept the chosen documents: only they are read
             rows = gathered(kept_rows(plan, max_bytes, max_rows), max_bytes, max_rows)
+        elif matches is not None:
+            rows = matches
         else:
             rows = store.documents.rows(plan.collection, columns, max_bytes, max_rows)
             # Row groups, and the few rows a selection keeps of each, are gathered into

@@ -113,6 +113,11 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     if numbered:
         columns.append(SHAPE_ID)
     limit = duck.batch_bytes(con)
+    if keeping and not derive:
+        where = (plan.filter_sql, list(plan.filter_params))
+        matches = matching_rows(con, plan, store, columns, where, limit, QUERY_ROWS)
+        if matches is not None:
+            return _keep_matches(plan, store, matches, numbered)
     rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
@@ -131,18 +136,67 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     texts = pa.chunked_array([pa.array(list(known), pa.string())])
     if numbered:
         texts = store.documents.structures(plan.collection)
-    counts = np.bincount(numbers[numbers >= 0], minlength=len(texts))
-    present = np.flatnonzero(counts) if shapes else np.zeros(0, np.int64)
-    table = pa.table(
-        {"shape": texts.take(present), "n": counts[present].astype(np.int64)},
-        schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
-    )
-    pq.write_table(table, _chosen_shapes(plan))
+    _count_shapes(plan, texts, numbers if shapes else np.zeros(0, np.int32))
     matched = int(chosen.sum())
     if keeping:
         return Selection(surveyed=True, matched=matched, kept=True)
     np.save(_chosen_rows(plan), np.packbits(chosen, bitorder="little"))
     return Selection(surveyed=True, matched=matched, cutoff=cutoff, marked=True)
+
+
+def _count_shapes(plan: ExportPlan, texts: pa.ChunkedArray, numbers: np.ndarray) -> None:
+    """Leave the chosen documents' structures (by number, into `texts`) with their counts
+    for the write step."""
+    counts = np.bincount(numbers[numbers >= 0], minlength=len(texts))
+    present = np.flatnonzero(counts)
+    table = pa.table(
+        {"shape": texts.take(present), "n": counts[present].astype(np.int64)},
+        schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
+    )
+    pq.write_table(table, _chosen_shapes(plan))
+
+
+def matching_rows(
+    con: duckdb.DuckDBPyConnection,
+    plan: ExportPlan,
+    store: Store,
+    columns: list[str],
+    where: tuple[str, list[Any]],
+    max_bytes: int,
+    max_rows: int,
+) -> Iterator[pa.Table] | None:
+    """The snapshot's rows the predicate holds for, in id order, read and filtered by one
+    streaming DuckDB query on every thread; None where the segments do not let DuckDB read
+    them itself within the bounds of a batch (`Documents.scan_source`)."""
+    source = store.documents.scan_source(plan.collection, max_bytes)
+    if source is None:
+        return None
+    selected, params = list(columns), []
+    if SHAPE_ID in columns:  # numbered per segment on disk: made snapshot-wide
+        selected[columns.index(SHAPE_ID)], params = store.documents.shape_id_sql(plan.collection)
+    sql = f"SELECT {', '.join(selected)} FROM {source} WHERE {where[0]}"
+    batches = duck.streamed(con, sql, params + where[1], max_rows)
+    return gathered((pa.Table.from_batches([batch]) for batch in batches), max_bytes, max_rows)
+
+
+def _keep_matches(
+    plan: ExportPlan, store: Store, matches: Iterator[pa.Table], numbered: bool
+) -> Selection:
+    """The survey of a filter without a sample, from the matches alone: they are kept for
+    the write step as they go by, and their structure numbers counted."""
+    numbers = [np.zeros(0, np.int32)]
+    matched = 0
+    with _Kept(kept_documents(plan)) as kept:
+        for batch in matches:
+            matched += batch.num_rows
+            if numbered:
+                numbers.append(batch.column(SHAPE_ID).to_numpy())
+            kept.add(batch, np.ones(batch.num_rows, dtype=bool))
+    texts = pa.chunked_array([], pa.string())
+    if numbered:
+        texts = store.documents.structures(plan.collection)
+    _count_shapes(plan, texts, np.concatenate(numbers))
+    return Selection(surveyed=True, matched=matched, kept=True)
 
 
 _KEPT = pa.schema([("document_id", pa.string()), ("doc", pa.string())])

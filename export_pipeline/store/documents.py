@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -137,7 +138,18 @@ class DocumentStore:
         ranges.sort(key=lambda found: found[0])
         if any(end >= start for (_, end, _), (start, _, _) in itertools.pairwise(ranges)):
             return None
-        return duck.parquet_source([path for _, _, path in ranges])
+        return duck.parquet_source([path for _, _, path in ranges], filename=True)
+
+    def shape_id_sql(self, collection: Collection) -> tuple[str, list[Any]]:
+        """A row's snapshot-wide SHAPE_ID (as `rows()` gives it) in a query over
+        `scan_source`, whose `filename` column tells each row's segment; and its parameters."""
+        files = self.segment_files(collection)
+        offsets = np.cumsum([0] + [_sidecar_rows(path) for path in files])
+        cases = " ".join("WHEN ? THEN ?" for _ in files)
+        params: list[Any] = []
+        for path, offset in zip(files, offsets, strict=False):
+            params += [str(path), int(offset)]
+        return f"({SHAPE_ID} + CASE filename {cases} END)::INTEGER AS {SHAPE_ID}", params
 
     def shapes(self, collection: Collection) -> list[tuple[str, int]] | None:
         """Every distinct JSON structure of the snapshot's documents with its count, from the
