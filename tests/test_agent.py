@@ -18,9 +18,9 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from conftest import write_jsonl
 
 from export_pipeline.orchestration import tags
-from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow
 
