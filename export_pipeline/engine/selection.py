@@ -113,11 +113,11 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     if numbered:
         columns.append(SHAPE_ID)
     limit = duck.batch_bytes(con)
-    if keeping and not derive:
+    if keeping and numbered:
         where = (plan.filter_sql, list(plan.filter_params))
         matches = matching_rows(con, plan, store, columns, where, limit, QUERY_ROWS)
         if matches is not None:
-            return _keep_matches(plan, store, matches, numbered)
+            return _keep_matches(plan, store, matches)
     rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
@@ -179,22 +179,17 @@ def matching_rows(
     return gathered((pa.Table.from_batches([batch]) for batch in batches), max_bytes, max_rows)
 
 
-def _keep_matches(
-    plan: ExportPlan, store: Store, matches: Iterator[pa.Table], numbered: bool
-) -> Selection:
-    """The survey of a filter without a sample, from the matches alone: they are kept for
-    the write step as they go by, and their structure numbers counted."""
+def _keep_matches(plan: ExportPlan, store: Store, matches: Iterator[pa.Table]) -> Selection:
+    """The survey of a filter without a sample, from the matches alone (of a numbered
+    snapshot): they are kept for the write step as they go by, their numbers counted."""
     numbers = [np.zeros(0, np.int32)]
     matched = 0
     with _Kept(kept_documents(plan)) as kept:
         for batch in matches:
             matched += batch.num_rows
-            if numbered:
-                numbers.append(batch.column(SHAPE_ID).to_numpy())
+            numbers.append(batch.column(SHAPE_ID).to_numpy())
             kept.add(batch, np.ones(batch.num_rows, dtype=bool))
-    texts = pa.chunked_array([], pa.string())
-    if numbered:
-        texts = store.documents.structures(plan.collection)
+    texts = store.documents.structures(plan.collection)
     _count_shapes(plan, texts, np.concatenate(numbers))
     return Selection(surveyed=True, matched=matched, kept=True)
 
@@ -211,7 +206,10 @@ class _Kept:
 
     def add(self, batch: pa.Table, keep: np.ndarray) -> None:
         if self.writer is not None and keep.any():
-            rows = batch.select(_KEPT.names).filter(pa.array(keep)).cast(_KEPT)
+            rows = batch.select(_KEPT.names)
+            if not keep.all():  # every row kept (the matches alone): no copy
+                rows = rows.filter(pa.array(keep))
+            rows = rows.cast(_KEPT)
             self.writer.write_table(rows)
 
     def __enter__(self) -> _Kept:
