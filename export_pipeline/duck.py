@@ -70,16 +70,16 @@ def identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def parquet_source(files: list[Path], *, filename: bool = False) -> str:
-    """A FROM-clause source reading exactly the given parquet files (with a `filename`
-    column naming each row's file, if asked).
+def parquet_source(files: list[Path]) -> str:
+    """A FROM-clause source reading exactly the given parquet files (DuckDB's `file_index`
+    column tells each row's position in the list).
 
     DuckDB expands `*`, `?` and `[...]` in every path it reads, also in a list of files: a
     home such as `/data/a?b` would read `/data/axb`'s files too. Each such character is put
     in a bracket of its own, which matches only itself.
     """
     listing = ", ".join(literal(_glob_escaped(str(path))) for path in files)
-    return f"read_parquet([{listing}]{', filename = true' if filename else ''})"
+    return f"read_parquet([{listing}])"
 
 
 BATCH = "batch"

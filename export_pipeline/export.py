@@ -8,9 +8,11 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from export_pipeline import duck
@@ -48,6 +50,7 @@ from export_pipeline.engine.writers import (
     Written,
     top_level_keys,
 )
+from export_pipeline.errors import ExportPipelineError
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.store import PublishedExport, Store
@@ -90,19 +93,17 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
         structures = None
         if shape is None and store.documents.numbered(plan.collection):
             structures = store.documents.structures(plan.collection)
+        if selection.streamed:  # the matches, read in one streaming query
+            assert shape is not None
+            written = _write_matches(con, plan, store, shape, out, settings.max_columns)
+            return _outputs(plan, written, None)
         vectors = None
         if plan.request.include_vectors:
             vectors = VectorsWriter(
                 con, fmt, plan.collection.vector_indexes, out / plan.vectors_name
             )
-        documents = DocumentsWriter(
-            con,
-            fmt,
-            shape,
-            plan.select_paths,
-            out / plan.documents_name,
-            settings.max_columns,
-            structures=structures,
+        documents = _documents_writer(
+            con, plan, shape, out, settings.max_columns, structures=structures
         )
         columns = ["document_id", "doc"]
         if structures is not None:
@@ -166,9 +167,81 @@ def write(plan: ExportPlan, store: Store, settings: Settings, selection: Selecti
             if vectors is not None:
                 vectors.abort()
             raise
-        files = [_output("documents", plan.documents_name, fmt, written)]
-        if vectors is not None:
-            files.append(_output("vectors", plan.vectors_name, fmt, done))
+    return _outputs(plan, written, done if vectors is not None else None)
+
+
+def _documents_writer(
+    con: duckdb.DuckDBPyConnection,
+    plan: ExportPlan,
+    shape: Shape | None,
+    out: Path,
+    max_columns: int,
+    **options: Any,
+) -> DocumentsWriter:
+    """The writer of the export's documents file in scratch folder `out`."""
+    path = out / plan.documents_name
+    fmt, select = plan.request.format, plan.select_paths
+    return DocumentsWriter(con, fmt, shape, select, path, max_columns, **options)
+
+
+def _write_matches(
+    con: duckdb.DuckDBPyConnection,
+    plan: ExportPlan,
+    store: Store,
+    shape: Shape,
+    out: Path,
+    max_columns: int,
+) -> Written:
+    """A filter's matches read, filtered and converted by one streaming query, written with
+    the snapshot's shape (`shape`): the structures of the rows written are counted, and
+    where theirs is another shape (they lack structures the snapshot's was merged from, in a
+    way the file shows) the file is written again with it. A second pass at worst, against
+    a pass before every write to learn the shape first."""
+    fmt, select = plan.request.format, plan.select_paths
+    max_bytes = duck.batch_bytes(con)
+    files = store.documents.scan_files(plan.collection, max_bytes)
+    if files is None:  # the survey found it readable: the segments changed under the export
+        raise ExportPipelineError("the collection's segments changed during the export")
+    source = duck.parquet_source(files)
+    where = (plan.filter_sql, list(plan.filter_params))
+    writer = _documents_writer(
+        con, plan, shape, out, max_columns, where=where, count_structures=True
+    )
+    try:
+        shape_id = store.documents.shape_id_sql(plan.collection, files)
+        writer.write_all(source, max_bytes, _batch_rows(shape, fmt), shape_id)
+    except BaseException:
+        writer.abort()
+        raise
+    counts = writer.structure_counts
+    present = np.flatnonzero(counts)
+    texts = store.documents.structures(plan.collection).take(present).to_pylist()
+    found = list(zip(texts, counts[present].tolist(), strict=True))
+    theirs = shape_of(found, select, fmt=fmt, max_columns=max_columns)
+    if _same_shape(theirs, shape):
+        return writer.close()
+    writer.abort()
+    again = _documents_writer(con, plan, theirs, out, max_columns, where=where)
+    try:
+        if len(present):  # else no rows: the file has only the header or schema
+            again.write_all(source, max_bytes, _batch_rows(theirs, fmt))
+        return again.close()
+    except BaseException:
+        again.abort()
+        raise
+
+
+def _same_shape(one: Shape, other: Shape) -> bool:
+    """Whether two shapes give the same file: columns in the same order, same warnings."""
+    return one == other and json.dumps(one.structure) == json.dumps(other.structure)
+
+
+def _outputs(plan: ExportPlan, written: Written, vectors: Written | None) -> Outputs:
+    """The written files as the publish step takes them."""
+    fmt = plan.request.format
+    files = [_output("documents", plan.documents_name, fmt, written)]
+    if vectors is not None:
+        files.append(_output("vectors", plan.vectors_name, fmt, vectors))
     return Outputs(
         document_count=written.rows,
         files=files,

@@ -3,8 +3,9 @@
 An export plans its filter from the structures its snapshot's sidecars list: a field that
 is only ever a scalar is compared directly. The files are the same as the general form's;
 a field that is an array or object in some document, or a snapshot without the lists of
-structures, keeps the general form. A survey of a filter without a sample keeps the chosen
-documents, so the write step reads only them.
+structures, keeps the general form. A filter without a sample is read, filtered and written
+in one pass where DuckDB may read the segments itself, and gives the files the survey-then-
+write path gives.
 """
 
 from __future__ import annotations
@@ -164,31 +165,87 @@ def test_scalar_kinds_reads_structures_as_json_structure_writes_them() -> None:
     }
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_a_filter_survey_keeps_the_chosen_documents_for_the_write_step(
-    store: Store, monkeypatch: pytest.MonkeyPatch, fmt: str
-) -> None:
-    ns, col = make_collection(store, DOCS)
-    for extra in (DOCS[:0], [{**DOCS[0], "document_id": "z", "rating": 0.1}]):
-        if extra:  # a second segment: the snapshot is merged
-            store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", extra))
-        body = {"format": fmt, "filters": RATING}
-        expected = _rows(run_export(ns.id, col.id, body, settings=store.settings), fmt)
-        planned = plan_export(store, ns.id, col.id, body)
+def _two_passes(store: Store, ns: str, col: str, body: dict[str, Any]) -> Any:
+    """The rows of the export as the survey-then-write path writes them: the oracle of the
+    one-pass path, used where DuckDB may not read the segments itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store.documents, "scan_files", lambda *_: None)
+        planned = plan_export(store, ns, col, body)
         try:
             selection = load(planned, store, store.settings)
-            assert selection.kept and not selection.marked
-            with monkeypatch.context() as patch:  # the write step reads no snapshot
-                patch.setattr(store.documents, "rows", None)
-                outputs = write(planned, store, store.settings, selection)
-            assert outputs.document_count == selection.matched
-            rows = read_csv(outputs.files[0].path.as_uri()) if fmt == "csv" else None
-            if fmt == "csv":
-                assert rows == expected
-            else:
-                assert read_parquet(outputs.files[0].path.as_uri()).to_pylist() == expected
+            assert selection.kept and not selection.streamed
+            outputs = write(planned, store, store.settings, selection)
+            return _file_rows(outputs.files[0].path, body["format"]), outputs.warnings
         finally:
             cleanup(planned)
+
+
+def _file_rows(path: Any, fmt: str) -> Any:
+    if fmt == "csv":
+        return read_csv(path.as_uri())
+    if fmt == "parquet":
+        table = read_parquet(path.as_uri())
+        return table.schema.names, [str(t) for t in table.schema.types], table.to_pylist()
+    return read_json_lines(path.as_uri())
+
+
+def _one_pass(store: Store, ns: str, col: str, body: dict[str, Any]) -> Any:
+    planned = plan_export(store, ns, col, body)
+    try:
+        selection = load(planned, store, store.settings)
+        assert selection.streamed and not selection.kept and not selection.marked
+        with pytest.MonkeyPatch.context() as patch:  # no batch of the snapshot is read
+            patch.setattr(store.documents, "rows", None)
+            outputs = write(planned, store, store.settings, selection)
+        return _file_rows(outputs.files[0].path, body["format"]), outputs.warnings
+    finally:
+        cleanup(planned)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_filter_is_read_filtered_and_written_in_one_pass(store: Store, fmt: str) -> None:
+    ns, col = make_collection(store, DOCS)
+    for extra in (DOCS[:0], [{**DOCS[0], "document_id": "z", "rating": 0.1, "new": {"k": 1}}]):
+        if extra:  # a second segment, with a structure of its own: numbers are shifted
+            store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", extra))
+        for body in (
+            {"format": fmt, "filters": RATING},
+            {"format": fmt, "filters": {"document_id": "z"}},
+            {"format": fmt, "filters": {"title": "nothing"}},
+        ):
+            assert _one_pass(store, ns.id, col.id, body) == _two_passes(store, ns.id, col.id, body)
+
+
+MIXED = [
+    {"document_id": "a1", "kind": "obj", "x": {"a": 1, "b": "u"}, "n": 1},
+    {"document_id": "a2", "kind": "str", "x": "text", "n": "one", "only_str": True},
+    {"document_id": "a3", "kind": "obj", "x": {"a": 2}, "n": 2},
+    {"document_id": "a4", "kind": "str", "x": "more", "n": "two"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
+@pytest.mark.parametrize("kind", ["obj", "str", "none"])
+def test_matches_lacking_some_structures_get_their_own_columns_and_types(
+    store: Store, fmt: str, kind: str
+) -> None:
+    """The snapshot's shape merges objects with strings (x) and numbers with strings (n);
+    the matches of one kind are written with their own columns and types, as a survey of
+    them would give, and listed fields no match has are warned about (S3)."""
+    ns, col = make_collection(store, MIXED)
+    body: dict[str, Any] = {"format": fmt, "filters": {"kind": kind}}
+    if fmt == "json":
+        body["select_fields"] = ["x", "n", "only_str"]
+    found = _one_pass(store, ns.id, col.id, body)
+    assert found == _two_passes(store, ns.id, col.id, body)
+    if fmt == "csv" and kind == "obj":
+        columns = [name for name in found[0][0] if not name.startswith("_")]
+        assert columns == ["document_id", "collection_id", "kind", "n", "x.a", "x.b"]
+    if fmt == "parquet" and kind == "obj":
+        names, types = found[0][0], found[0][1]
+        assert types[names.index("n")] == "int64" and types[names.index("x")].startswith("struct")
+    if fmt == "json" and kind == "obj":
+        assert any("only_str" in warning for warning in found[1])
 
 
 @pytest.mark.parametrize(

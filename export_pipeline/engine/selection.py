@@ -9,7 +9,10 @@ rows of the snapshot, go to small files in the export's scratch folder for the w
 which then neither filters nor ranks again: it drops the rows not chosen before any JSON
 work. Where the matches are the chosen documents (no sample) and no vectors are exported,
 the survey keeps the chosen documents themselves instead of the bitmap: the write step
-reads them, not the whole snapshot again.
+reads them, not the whole snapshot again. Where DuckDB may read the snapshot itself (a
+numbered one, `Documents.scan_source`), even that pass is skipped: the write step reads, filters
+and converts the matches in one streaming query, with the snapshot's shape, and checks it
+against the structures of the rows it wrote (`Selection.streamed`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Selection(BaseModel):
     # the scratch folder holds the chosen documents themselves (`kept_documents`): the
     # write step reads them instead of the snapshot
     kept: bool = False
+    # no pass was needed: the write step reads the matches in one streaming query, with the
+    # snapshot's shape, and rewrites the file if its rows' structures call for another shape
+    streamed: bool = False
 
 
 def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnection:
@@ -113,11 +119,8 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     if numbered:
         columns.append(SHAPE_ID)
     limit = duck.batch_bytes(con)
-    if keeping and numbered:
-        where = (plan.filter_sql, list(plan.filter_params))
-        matches = matching_rows(con, plan, store, columns, where, limit, QUERY_ROWS)
-        if matches is not None:
-            return _keep_matches(plan, store, matches)
+    if keeping and numbered and store.documents.scan_source(plan.collection, limit) is not None:
+        return Selection(streamed=True)
     rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
@@ -168,30 +171,18 @@ def matching_rows(
     """The snapshot's rows the predicate holds for, in id order, read and filtered by one
     streaming DuckDB query on every thread; None where the segments do not let DuckDB read
     them itself within the bounds of a batch (`Documents.scan_source`)."""
-    source = store.documents.scan_source(plan.collection, max_bytes)
-    if source is None:
+    files = store.documents.scan_files(plan.collection, max_bytes)
+    if files is None:
         return None
+    source = duck.parquet_source(files)
     selected, params = list(columns), []
     if SHAPE_ID in columns:  # numbered per segment on disk: made snapshot-wide
-        selected[columns.index(SHAPE_ID)], params = store.documents.shape_id_sql(plan.collection)
+        selected[columns.index(SHAPE_ID)], params = store.documents.shape_id_sql(
+            plan.collection, files
+        )
     sql = f"SELECT {', '.join(selected)} FROM {source} WHERE {where[0]}"
     batches = duck.streamed(con, sql, params + where[1], max_rows)
     return gathered((pa.Table.from_batches([batch]) for batch in batches), max_bytes, max_rows)
-
-
-def _keep_matches(plan: ExportPlan, store: Store, matches: Iterator[pa.Table]) -> Selection:
-    """The survey of a filter without a sample, from the matches alone (of a numbered
-    snapshot): they are kept for the write step as they go by, their numbers counted."""
-    numbers = [np.zeros(0, np.int32)]
-    matched = 0
-    with _Kept(kept_documents(plan)) as kept:
-        for batch in matches:
-            matched += batch.num_rows
-            numbers.append(batch.column(SHAPE_ID).to_numpy())
-            kept.add(batch, np.ones(batch.num_rows, dtype=bool))
-    texts = store.documents.structures(plan.collection)
-    _count_shapes(plan, texts, np.concatenate(numbers))
-    return Selection(surveyed=True, matched=matched, kept=True)
 
 
 _KEPT = pa.schema([("document_id", pa.string()), ("doc", pa.string())])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -61,10 +62,14 @@ class DocumentsWriter:
         max_keys: int,
         where: tuple[str, list[Any]] = ("TRUE", []),
         structures: pa.ChunkedArray | None = None,
+        count_structures: bool = False,
     ) -> None:
         """`where` picks the rows of each batch to write (a predicate and its parameters);
-        `structures` are the snapshot's structures as SHAPE_ID numbers them, when it does."""
+        `structures` are the snapshot's structures as SHAPE_ID numbers them, when it does;
+        `count_structures`: `write_all` counts the SHAPE_IDs of the rows it writes."""
         self.con, self.fmt, self.select = con, fmt, select
+        self.counting = count_structures
+        self.structure_counts = np.zeros(0, dtype=np.int64)  # rows written, by SHAPE_ID
         self.max_keys = max_keys
         self.warnings = list(shape.warnings) if shape else []
         # json lists its top-level keys: from the shape when known, else from the
@@ -75,23 +80,29 @@ class DocumentsWriter:
         self.numbers: set[int] = set()
         doc = projection_sql(select) if select else "doc"
         condition, self.where_params = where
-        source = f"(SELECT document_id, {doc} AS doc FROM {duck.BATCH} WHERE {condition})"
+        # A counted SHAPE_ID rides along as the last column of the conversion's results.
+        carry = f", {SHAPE_ID}" if count_structures else ""
+        source = f"(SELECT document_id, {doc} AS doc{carry} FROM {duck.BATCH} WHERE {condition})"
         self.params: list[Any] = []
         if fmt == "json":
             passthrough = select is None and condition == "TRUE"
-            self.sql = None if passthrough else f"SELECT doc FROM {source} s"
+            self.sql = None if passthrough and not carry else f"SELECT doc{carry} FROM {source} s"
             self.writer = TableWriter(path, lambda schema: LineSink(path))
         elif shape is None:
             raise ValueError("csv and parquet need the documents' shape")
         elif shape.whole_document:
-            self.sql = f"SELECT document_id, doc AS {duck.identifier(WHOLE_DOCUMENT)} FROM {source}"
+            self.sql = (
+                f"SELECT document_id, doc AS {duck.identifier(WHOLE_DOCUMENT)}{carry} FROM {source}"
+            )
             sink = csv_sink(path) if fmt == "csv" else parquet_sink(path)
             self.writer = TableWriter(path, sink)
         elif fmt == "csv":
-            self.sql, self.params, names = _csv_query(shape, select, source)
+            self.sql, self.params, names = _csv_query(shape, select, source, carry)
             self.writer = TableWriter(path, csv_sink(path), names=names)
         else:
-            self.sql, self.params, names, order, as_text = _parquet_query(shape, select, source)
+            self.sql, self.params, names, order, as_text = _parquet_query(
+                shape, select, source, carry
+            )
             self.writer = TableWriter(path, parquet_sink(path), names=names, order=order)
             self.warnings += [
                 f"field {name!r} holds values that parquet cannot type as one column;"
@@ -111,21 +122,46 @@ class DocumentsWriter:
                 self._gather_keys(out)
         self.writer.write(out)
 
-    def write_all(self, source: str, max_bytes: int, max_rows: int) -> None:
+    def write_all(
+        self,
+        source: str,
+        max_bytes: int,
+        max_rows: int,
+        shape_id: tuple[str, list[Any]] | None = None,
+    ) -> None:
         """Append every row of `source` (a FROM-clause source of document_id and doc, read
-        in order), converted by one streaming query instead of one query per batch; the
-        results go to the file in batches of at most `max_rows` rows and about
-        `max_bytes` bytes."""
+        in order) the writer's predicate holds for, converted by one streaming query instead
+        of one query per batch; the results go to the file in batches of at most `max_rows`
+        rows and about `max_bytes` bytes. `shape_id`: the SQL of a row's SHAPE_ID in `source`
+        and its parameters, when the writer counts structures."""
         if self.fmt == "json" and self.keys is None:
             raise ValueError("a json export without its shape lists keys batch by batch")
+        if self.counting != (shape_id is not None):
+            raise ValueError("a writer that counts structures needs their SQL, and only it")
         sql = self.sql or f"SELECT doc FROM {duck.BATCH}"
-        rows = f"SELECT document_id, doc FROM {source}"
+        numbered, numbered_params = shape_id or ("", [])
+        rows = f"SELECT document_id, doc{', ' if numbered else ''}{numbered} FROM {source}"
         query = f"WITH {duck.BATCH} AS NOT MATERIALIZED ({rows}) {sql}"
-        batches = duck.streamed(self.con, query, self.params + self.where_params, max_rows)
+        # Placeholders in the order they appear: the SHAPE_ID's, the conversion's, the filter's.
+        params = [*numbered_params, *self.params, *self.where_params]
+        batches = duck.streamed(self.con, query, params, max_rows)
         with contextlib.closing(batches):
             tables = (pa.Table.from_batches([batch]) for batch in batches)
             for table in gathered(tables, max_bytes, max_rows):
+                if self.counting:
+                    table = self._counted(table)
                 self.writer.write(table)
+
+    def _counted(self, table: pa.Table) -> pa.Table:
+        """The table without its last column, the rows' SHAPE_IDs, which are counted."""
+        last = table.num_columns - 1
+        found = np.bincount(table.column(last).to_numpy(zero_copy_only=False))
+        if len(found) > len(self.structure_counts):
+            grown = np.zeros(len(found), dtype=np.int64)
+            grown[: len(self.structure_counts)] = self.structure_counts
+            self.structure_counts = grown
+        self.structure_counts[: len(found)] += found
+        return table.remove_column(last)
 
     def _run(self, rows: pa.Table) -> pa.Table:
         # Placeholders: the conversion's (outer query) come first, then the predicate's.
@@ -146,7 +182,14 @@ class DocumentsWriter:
     def close(self) -> Written:
         """Finish the file; json lists its top-level keys (at most `max_keys` of them)."""
         empty = _INPUT.empty_table()
-        written = self.writer.close(empty.select(["doc"]) if self.sql is None else self._run(empty))
+        if self.sql is None:
+            converted = empty.select(["doc"])
+        elif self.counting:
+            numbered = empty.append_column(SHAPE_ID, pa.array([], pa.int32()))
+            converted = self._counted(self._run(numbered))
+        else:
+            converted = self._run(empty)
+        written = self.writer.close(converted)
         written.warnings = self.warnings
         if self.fmt == "json":
             if self.numbers and self.structures is not None:
@@ -172,7 +215,7 @@ def top_level_keys(con: duckdb.DuckDBPyConnection, structures: list[str]) -> lis
 
 
 def _csv_query(
-    shape: Shape, select: list[str] | None, source: str
+    shape: Shape, select: list[str] | None, source: str, carry: str
 ) -> tuple[str, list[Any], list[str]]:
     structure = ordered(shape.structure, select)
     columns = csv_columns(structure, select)
@@ -183,7 +226,10 @@ def _csv_query(
         f"{cell_sql(*_cell(c, leaves, structure))} AS c{number}" for number, c in enumerate(columns)
     )
     parsed = "from_json(doc, ?)" if leaves is not None else "NULL"
-    sql = f"SELECT {cells} FROM (SELECT document_id, doc, {parsed} AS row FROM {source}) s"
+    sql = (
+        f"SELECT {cells}{carry} FROM"
+        f" (SELECT document_id, doc, {parsed} AS row{carry} FROM {source}) s"
+    )
     params = [json.dumps(leaves)] if leaves is not None else []
     return sql, params, [".".join(c) for c in columns]
 
@@ -205,7 +251,7 @@ def _cell(
 
 
 def _parquet_query(
-    shape: Shape, select: list[str] | None, source: str
+    shape: Shape, select: list[str] | None, source: str, carry: str
 ) -> tuple[str, list[Any], list[str], list[int], list[str]]:
     structure = ordered(shape.structure, select)
     typed, apart, as_text = parquet_structure(structure)
@@ -213,7 +259,7 @@ def _parquet_query(
         f", from_json(json_extract(s.doc, {duck.literal(pointer((key,)))}), ?) AS x{number}"
         for number, key in enumerate(apart)
     )
-    sql = f"SELECT unnest(from_json(s.doc, ?)){extra} FROM {source} s"
+    sql = f"SELECT unnest(from_json(s.doc, ?)){extra}{carry} FROM {source} s"
     params = [json.dumps(typed), *(json.dumps(node) for node in apart.values())]
     produced = [*typed, *apart]
     order = [produced.index(key) for key in structure]

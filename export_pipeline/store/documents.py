@@ -109,7 +109,13 @@ class DocumentStore:
     def scan_source(self, collection: Collection, max_bytes: int) -> str | None:
         """A DuckDB FROM-clause source of the snapshot's rows in document_id order (O3), for
         a query that reads them all with `preserve_insertion_order` on; None where DuckDB
-        must not read the segments itself.
+        must not read the segments itself (`scan_files`)."""
+        files = self.scan_files(collection, max_bytes)
+        return None if files is None else duck.parquet_source(files)
+
+    def scan_files(self, collection: Collection, max_bytes: int) -> list[Path] | None:
+        """The snapshot's segment files in the order `scan_source` reads them; None where
+        DuckDB must not read them itself.
 
         It may where its reads stay as bounded as `rows()`'s batches: no row group holds
         more than `max_bytes` of documents (a chunk of DuckDB's is part of one row group),
@@ -138,18 +144,23 @@ class DocumentStore:
         ranges.sort(key=lambda found: found[0])
         if any(end >= start for (_, end, _), (start, _, _) in itertools.pairwise(ranges)):
             return None
-        return duck.parquet_source([path for _, _, path in ranges], filename=True)
+        return [path for _, _, path in ranges]
 
-    def shape_id_sql(self, collection: Collection) -> tuple[str, list[Any]]:
+    def shape_id_sql(self, collection: Collection, files: list[Path]) -> tuple[str, list[Any]]:
         """A row's snapshot-wide SHAPE_ID (as `rows()` gives it) in a query over
-        `scan_source`, whose `filename` column tells each row's segment; and its parameters."""
-        files = self.segment_files(collection)
-        offsets = np.cumsum([0] + [_sidecar_rows(path) for path in files])
-        cases = " ".join("WHEN ? THEN ?" for _ in files)
-        params: list[Any] = []
-        for path, offset in zip(files, offsets, strict=False):
-            params += [str(path), int(offset)]
-        return f"({SHAPE_ID} + CASE filename {cases} END)::INTEGER AS {SHAPE_ID}", params
+        `duck.parquet_source(files)` (`scan_files`), and its parameters: each segment numbers
+        its own structures, shifted by the sidecar rows of the segments before it."""
+        segments = self.segment_files(collection)
+        offsets = np.cumsum([0] + [_sidecar_rows(path) for path in segments])
+        shift = dict(zip(segments, offsets.tolist(), strict=False))
+        shifts = [int(shift[path]) for path in files]
+        if not any(shifts):
+            return f"{SHAPE_ID}::INTEGER AS {SHAPE_ID}", []
+        # DuckDB's file_index is the row's position in the list of files read (an integer:
+        # cheaper than comparing each row's file name).
+        return f"({SHAPE_ID} + (?::INTEGER[])[file_index::BIGINT + 1])::INTEGER AS {SHAPE_ID}", [
+            shifts
+        ]
 
     def shapes(self, collection: Collection) -> list[tuple[str, int]] | None:
         """Every distinct JSON structure of the snapshot's documents with its count, from the
