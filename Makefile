@@ -29,10 +29,10 @@ dev: $(STAMP)
 	$(BIN)/export-pipeline demo > /dev/null
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
-# The instance folder, with this repository's dagster.yaml unless it has its own.
-instance:
-	mkdir -p "$(DAGSTER_HOME)"
-	test -f "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+# The instance folder, with this repository's dagster.yaml unless it has its own (made as the
+# CLI makes it: the template with the folder's path written in).
+instance: $(STAMP)
+	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/python -c "from export_pipeline.orchestration.launch import local_instance; from export_pipeline.settings import Settings; local_instance(Settings())"
 
 validate: $(STAMP) instance
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster definitions validate -w workspace.yaml

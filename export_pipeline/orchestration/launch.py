@@ -5,7 +5,7 @@ with the same message before it becomes a run.
 """
 
 import os
-import shutil
+import re
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import yaml
 
 from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import (
@@ -32,6 +33,8 @@ from export_pipeline.store import Store
 from export_pipeline.store.catalog import catalog_path
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+# The template's storage folders, relative to the instance folder (see its comment).
+_INSTANCE_DIR = re.compile(r"^(\s*base_dir: )INSTANCE_DIR(/\S*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,20 @@ def local_instance(settings: Settings) -> dg.DagsterInstance:
     with guard(home, "Dagster instance"):
         home.mkdir(parents=True, exist_ok=True)
         if not (home / "dagster.yaml").exists():
-            shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+            (home / "dagster.yaml").write_text(instance_yaml(home))
         return dg.DagsterInstance.from_config(str(home))
+
+
+def instance_yaml(home: Path) -> str:
+    """The template for an instance in `home`: its INSTANCE_DIR written as the absolute path
+    (YAML-quoted, whatever characters it holds)."""
+
+    def folder(match: re.Match[str]) -> str:
+        path = str(home.resolve()) + match[2]
+        quoted = yaml.safe_dump(path, default_style='"', width=float("inf"), allow_unicode=True)
+        return match[1] + quoted.strip()
+
+    return _INSTANCE_DIR.sub(folder, INSTANCE_TEMPLATE.read_text())
 
 
 def prepared_run_id(instance: dg.DagsterInstance, run_id: str | None = None) -> str:

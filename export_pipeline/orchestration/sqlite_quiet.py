@@ -21,6 +21,10 @@ Dagster creates each run's event log database in the default rollback-journal mo
 to WAL once its tables exist; a new, empty database file under the instance is put in WAL mode
 from its first connection instead, so creating its tables costs no syncs either. Files outside
 the instance folder, and databases in other modes, keep SQLite's defaults.
+
+Storages that want it (sqlite_storage's) also take one pooled engine per file here (`engine`)
+instead of a new engine per connection; `settle` disposes them too. A forked child forgets all
+of this without closing anything: the connections are its parent's.
 """
 
 from __future__ import annotations
@@ -28,17 +32,23 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
 
 _lock = threading.Lock()
 _roots: list[str] = []  # the instance folders of the runs executing here, inside quiet()
 _holders: dict[str, sqlite3.Connection] = {}  # Dagster's files, by path
 _held: dict[str, sqlite3.Connection] = {}  # other WAL files a run uses (`hold`), by path
+_engines: OrderedDict[str, Engine] = OrderedDict()  # pooled engines (`engine`), by URL, LRU first
+# A run uses three files (runs.db, the index shard, its own shard) and an API worker prepares
+# the next run's: room for those and a few reads, while a reader of many shards keeps few open.
+MAX_ENGINES = 8
+_forgotten: list[object] = []  # a forked child's inherited connections, never closed or freed
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -65,6 +75,37 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
                 holder.execute("PRAGMA schema_version").fetchall()
                 _holders[path] = holder
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _under_roots(path: str) -> bool:
+    return bool(path) and os.path.realpath(path).startswith(tuple(_roots))
+
+
+def engine(url: str, **kwargs: Any) -> Engine | None:
+    """Inside `quiet`, the one engine of the sqlite file at `url` if it is under the instance,
+    keeping one connection in its pool until `settle`; None elsewhere (make your own then)."""
+    if not _roots:
+        return None
+    found = _engines.get(url)
+    if found is None and not _under_roots(make_url(url).database or ""):
+        return None
+    dropped = None
+    with _lock:
+        if not _roots:
+            return None
+        found = _engines.get(url)
+        if found is None:
+            # QueuePool (SQLAlchemy's default for a file): one connection kept; more if a
+            # caller nests connections, closed as they come back.
+            found = create_engine(url, pool_size=1, max_overflow=-1, **kwargs)
+            _engines[url] = found
+            if len(_engines) > MAX_ENGINES:
+                dropped = _engines.popitem(last=False)[1]
+        else:
+            _engines.move_to_end(url)
+    if dropped is not None:
+        dropped.dispose()
+    return found
 
 
 def install() -> None:
@@ -122,8 +163,28 @@ def settle() -> None:
     """Close the held connections now: each file is checkpointed once. A process serving runs
     calls this after answering, so that no request waits for it."""
     with _lock:
+        engines = list(_engines.values())
         holders = [*_holders.values(), *_held.values()]
+        _engines.clear()
         _holders.clear()
         _held.clear()
+    for pooled in engines:  # before the holders: the last connection to close checkpoints
+        pooled.dispose()
     for holder in holders:
         holder.close()
+
+
+def _after_fork_in_child() -> None:
+    """A child must neither use nor close its parent's connections: closing one may checkpoint
+    (and delete) a WAL the parent still writes. They are dropped, unclosed and referenced."""
+    global _lock
+    _lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    # Not `dispose(close=False)`: that lets the garbage collector close the DBAPI connections,
+    # and a sqlite3 connection closes its file for real. Engines kept here are never used.
+    _forgotten.extend([*_engines.values(), *_holders.values(), *_held.values()])
+    _engines.clear()
+    _holders.clear()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

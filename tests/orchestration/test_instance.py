@@ -90,6 +90,9 @@ def test_an_instance_made_from_an_earlier_template_still_runs_exports(
     (home / "dagster.yaml").write_text(EARLIER_TEMPLATE)
     instance = local_instance(settings)
     assert type(instance.compute_log_manager).__name__ == "LocalComputeLogManager"
+    # No storage named: Dagster's default sqlite storage, in the same files as the template's.
+    assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+    assert type(instance.run_storage).__name__ == "SqliteRunStorage"
     run = execute(settings, ns.name, col.name, {"format": "csv"}, "cli", instance)
     assert run.response.document_count == 10
     recorded = instance.get_run_by_id(run.run_id)

@@ -134,3 +134,23 @@ def test_an_export_run_is_recorded_and_leaves_the_instance_checkpointed(
     shard = sqlite3.connect(root / "history" / "runs" / f"{run.run_id}.db")
     assert shard.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     shard.close()
+
+
+def test_engine_is_kept_per_file_inside_quiet_only_and_bounded(tmp_path: Path) -> None:
+    instance_dir = tmp_path / "instance"
+    instance_dir.mkdir()
+    url = f"sqlite:///{wal_database(instance_dir / 'runs.db')}"
+    assert sqlite_quiet.engine(url) is None  # outside quiet: callers make their own
+    with sqlite_quiet.quiet(str(instance_dir)):
+        assert sqlite_quiet.engine(f"sqlite:///{tmp_path / 'other.db'}") is None  # not its file
+        kept = sqlite_quiet.engine(url)
+        assert kept is not None and sqlite_quiet.engine(url) is kept
+        pragma(kept, "synchronous")
+        assert kept.pool.checkedin() == 1  # the connection stays for the next use
+        for n in range(sqlite_quiet.MAX_ENGINES):
+            sqlite_quiet.engine(f"sqlite:///{instance_dir / f'shard{n}.db'}")
+        assert len(sqlite_quiet._engines) == sqlite_quiet.MAX_ENGINES
+        assert url not in sqlite_quiet._engines  # the least recently used one went first
+        assert kept.pool.checkedin() == 0  # ...disposed
+    assert sqlite_quiet._engines == {}
+    assert not (instance_dir / "runs.db-wal").exists()
