@@ -5,7 +5,9 @@ from __future__ import annotations
 from export_pipeline.errors import ValidationError
 from export_pipeline.settings import Settings
 from export_pipeline.storage.base import (
+    FileRange,
     LocalFile,
+    Piece,
     PublishedObject,
     Storage,
     TransientStorageError,
@@ -15,8 +17,10 @@ from export_pipeline.storage.local import LocalStorage
 from export_pipeline.storage.s3 import MIB, S3Options, S3Storage
 
 __all__ = [
+    "FileRange",
     "LocalFile",
     "LocalStorage",
+    "Piece",
     "PublishedObject",
     "S3Storage",
     "Storage",

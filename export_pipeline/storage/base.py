@@ -10,7 +10,9 @@ from typing import Protocol
 from export_pipeline.errors import TransientStorageError
 
 __all__ = [
+    "FileRange",
     "LocalFile",
+    "Piece",
     "PublishedObject",
     "Storage",
     "TransientStorageError",
@@ -20,13 +22,38 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """`length` bytes of the file at `path`, from byte `offset`."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+# A run of an assembled file's bytes: a range of a part written in scratch space (a shard's
+# part), or bytes made by the assembler itself (a csv header, a parquet footer).
+Piece = FileRange | bytes
+
+
+@dataclass(frozen=True)
 class LocalFile:
-    """A finished file in scratch space, to be published under `name`."""
+    """A finished file in scratch space, to be published under `name`: the file at `path`,
+    or, where `pieces` is given, the concatenation of the pieces (an assembly of shards'
+    parts that is never written whole in scratch space; `path` is then where a backend may
+    assemble it, in the export's scratch folder)."""
 
     name: str
     path: Path
     content_type: str
     sha256: str | None = None  # kept as object metadata where the backend has any
+    pieces: tuple[Piece, ...] | None = None
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        if self.pieces is None:
+            return self.path.stat().st_size
+        return sum(p.length if isinstance(p, FileRange) else len(p) for p in self.pieces)
 
 
 @dataclass(frozen=True)
