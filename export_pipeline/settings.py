@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +54,12 @@ class Settings(BaseSettings):
         "1GB", description="DuckDB memory_limit of an ingest (sorting an unsorted file needs more)."
     )
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads per connection.")
+    shards: str = Field(
+        "auto",
+        pattern=r"^(auto|[1-9][0-9]*)$",
+        description="Shards an export is written in, in parallel: a number, or auto (one for"
+        " a small collection, one per core for a large one).",
+    )
     max_columns: int = Field(
         1000,
         ge=2,
@@ -132,3 +140,30 @@ class Settings(BaseSettings):
     def storage_uri(self) -> str:
         """The storage target, defaulting to a local folder under home."""
         return self.storage or (self.home_dir / "exports").as_uri()
+
+
+@contextmanager
+def settings_environment(settings: Settings) -> Iterator[None]:
+    """While inside, the environment says what `settings` say (for processes started then,
+    which read their Settings from it); as it was afterwards."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    wanted = {
+        f"{prefix}{name}".upper(): value for name, value in settings.model_dump(mode="json").items()
+    }
+    # the folders as this process resolves them: a step's process may not share its cwd
+    wanted[f"{prefix}HOME".upper()] = str(settings.home_dir)
+    wanted[f"{prefix}SCRATCH".upper()] = str(settings.scratch_dir)
+    saved = {name: os.environ.get(name) for name in wanted}
+    try:
+        for name, value in wanted.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = str(value)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

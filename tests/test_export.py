@@ -24,7 +24,7 @@ from helpers import (
     same_json,
 )
 
-from export_pipeline import export as export_module
+from export_pipeline.engine.writers import VectorsWriter
 from export_pipeline.errors import (
     EnvironmentProblem,
     ExportPipelineError,
@@ -877,7 +877,7 @@ def test_W7_failed_write_step_leaves_nothing(
     def broken_write(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("writer crashed")
 
-    monkeypatch.setattr(export_module.VectorsWriter, "write", broken_write)
+    monkeypatch.setattr(VectorsWriter, "write", broken_write)
     with pytest.raises(RuntimeError, match="writer crashed"):
         run(store, ns, col, {"format": "parquet", "include_vectors": True})
     assert_nothing_published(store.settings)

@@ -19,7 +19,7 @@ from helpers import read_csv, read_json_lines, read_parquet
 from export_pipeline.engine import kinds, plan
 from export_pipeline.engine.kinds import field_kinds, scalar_kinds
 from export_pipeline.engine.plan import plan_export
-from export_pipeline.export import cleanup, load, run_export, write
+from export_pipeline.export import ExportLifecycle, run_export
 from export_pipeline.filters import uses_macros
 from export_pipeline.store import Store, VectorIndex
 from export_pipeline.store.segments import shapes_file
@@ -165,19 +165,34 @@ def test_scalar_kinds_reads_structures_as_json_structure_writes_them() -> None:
     }
 
 
+def _written(store: Store, ns: str, col: str, body: dict[str, Any], *, streamed: bool) -> Any:
+    """The rows and warnings of an export taken step by step (one shard), and whether the
+    survey was skipped as `streamed` says."""
+    lifecycle = ExportLifecycle(store.settings, store)
+    planned = lifecycle.plan(ns, col, body, shards=1)
+    try:
+        selection = lifecycle.select(planned)
+        assert selection.streamed == streamed and selection.surveyed != streamed
+        with pytest.MonkeyPatch.context() as patch:
+            if streamed:  # no batch of the snapshot is read with Arrow
+                patch.setattr(store.documents, "rows", None)
+            parts = [lifecycle.write_shard(planned, selection, s) for s in planned.shards]
+            outputs = lifecycle.assemble(planned, selection, parts)
+        return _file_rows(outputs.files[0].path, body["format"]), outputs.warnings
+    finally:
+        lifecycle.cleanup(planned)
+
+
 def _two_passes(store: Store, ns: str, col: str, body: dict[str, Any]) -> Any:
-    """The rows of the export as the survey-then-write path writes them: the oracle of the
-    one-pass path, used where DuckDB may not read the segments itself."""
+    """The export as the survey-then-write path writes it: the oracle of the one-pass path,
+    used where DuckDB may not read the segments itself."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store.documents, "scan_files", lambda *_: None)
-        planned = plan_export(store, ns, col, body)
-        try:
-            selection = load(planned, store, store.settings)
-            assert selection.kept and not selection.streamed
-            outputs = write(planned, store, store.settings, selection)
-            return _file_rows(outputs.files[0].path, body["format"]), outputs.warnings
-        finally:
-            cleanup(planned)
+        return _written(store, ns, col, body, streamed=False)
+
+
+def _one_pass(store: Store, ns: str, col: str, body: dict[str, Any]) -> Any:
+    return _written(store, ns, col, body, streamed=True)
 
 
 def _file_rows(path: Any, fmt: str) -> Any:
@@ -187,19 +202,6 @@ def _file_rows(path: Any, fmt: str) -> Any:
         table = read_parquet(path.as_uri())
         return table.schema.names, [str(t) for t in table.schema.types], table.to_pylist()
     return read_json_lines(path.as_uri())
-
-
-def _one_pass(store: Store, ns: str, col: str, body: dict[str, Any]) -> Any:
-    planned = plan_export(store, ns, col, body)
-    try:
-        selection = load(planned, store, store.settings)
-        assert selection.streamed and not selection.kept and not selection.marked
-        with pytest.MonkeyPatch.context() as patch:  # no batch of the snapshot is read
-            patch.setattr(store.documents, "rows", None)
-            outputs = write(planned, store, store.settings, selection)
-        return _file_rows(outputs.files[0].path, body["format"]), outputs.warnings
-    finally:
-        cleanup(planned)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -255,16 +257,18 @@ def test_matches_lacking_some_structures_get_their_own_columns_and_types(
         {"format": "csv", "filters": RATING, "sample_size": 3, "sample_seed": 1},
     ],
 )
-def test_samples_and_vectors_mark_the_chosen_rows_instead(
+def test_samples_and_vectors_are_surveyed_before_the_shards_write(
     store: Store, body: dict[str, Any]
 ) -> None:
     docs = [{**doc, "_vectors": {"v": [1.0, float(n)]}} for n, doc in enumerate(DOCS)]
     ns, col = make_collection(store, docs, [VectorIndex(name="v", dimensions=2)])
-    planned = plan_export(store, ns.id, col.id, body)
+    lifecycle = ExportLifecycle(store.settings, store)
+    planned = lifecycle.plan(ns.id, col.id, body)
     try:
-        selection = load(planned, store, store.settings)
-        assert selection.marked and not selection.kept
+        selection = lifecycle.select(planned)
+        assert selection.surveyed and not selection.streamed
+        assert selection.matched == (3 if "sample_size" in body else 12)
     finally:
-        cleanup(planned)
+        lifecycle.cleanup(planned)
     result = run_export(ns.id, col.id, body, settings=store.settings)
     assert result.response.document_count == (3 if "sample_size" in body else 12)

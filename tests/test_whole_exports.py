@@ -15,7 +15,7 @@ from conftest import make_collection, write_jsonl
 from helpers import ids_of, local_path
 
 from export_pipeline import duck
-from export_pipeline import export as export_module
+from export_pipeline.engine import parts as parts_module
 from export_pipeline.engine.sinks import TableWriter, csv_sink
 from export_pipeline.export import ExportResult, run_export
 from export_pipeline.store import Collection, DocumentStore, Store, VectorIndex
@@ -60,21 +60,21 @@ def _run(store: Store, col: Collection, request: dict[str, Any]) -> ExportResult
     return run_export(col.namespace_id, col.id, request, settings=store.settings)
 
 
-def _sources(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
-    """What each export's scan_source answered."""
-    answers: list[str | None] = []
-    real = DocumentStore.scan_source
+def _sources(monkeypatch: pytest.MonkeyPatch) -> list[list[Path] | None]:
+    """What each export's scan_files answered (None: batch by batch)."""
+    answers: list[list[Path] | None] = []
+    real = DocumentStore.scan_files
 
-    def spy(self: DocumentStore, collection: Collection, max_bytes: int) -> str | None:
+    def spy(self: DocumentStore, collection: Collection, max_bytes: int) -> list[Path] | None:
         answers.append(real(self, collection, max_bytes))
         return answers[-1]
 
-    monkeypatch.setattr(DocumentStore, "scan_source", spy)
+    monkeypatch.setattr(DocumentStore, "scan_files", spy)
     return answers
 
 
 def _batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(DocumentStore, "scan_source", lambda *args: None)
+    monkeypatch.setattr(DocumentStore, "scan_files", lambda *args: None)
 
 
 def _same_file(a: ExportResult, b: ExportResult, fmt: str) -> None:
@@ -180,7 +180,7 @@ def test_W7_an_interrupt_between_batches_stops_the_writer_and_leaves_nothing(
     col = _collection(store, PARTS)
     if not streamed:
         _batch_by_batch(monkeypatch)
-    monkeypatch.setattr(export_module, "_batch_rows", lambda shape, fmt: 2)
+    monkeypatch.setattr(parts_module, "batch_rows", lambda shape, fmt: 2)
     real_write = TableWriter.write
     written: list[int] = []
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from export_pipeline.engine.plan import ExportPlan
+from export_pipeline.storage.base import FileRange
 
 MANIFEST_NAME = "manifest.json"
 
@@ -25,6 +26,9 @@ class OutputFile(BaseModel):
     bytes: int
     sha256: str
     columns: list[dict[str, str]]
+    # an assembly of the shards' parts (ranges of them, and bytes such as a csv header):
+    # the file is never written whole in scratch space; `path` is where it may be assembled
+    pieces: list[FileRange | bytes] | None = None
 
 
 class Outputs(BaseModel):
@@ -34,6 +38,7 @@ class Outputs(BaseModel):
     files: list[OutputFile]
     warnings: list[str]
     preview: str = ""  # the first rows as a markdown table, for the run's metadata
+    shards: list[dict[str, Any]] = []  # index, document_count, worker, seconds of each shard
 
 
 def sha256_of(path: Path) -> str:
@@ -72,6 +77,10 @@ def build_manifest(
             for f in outputs.files
         ],
         "warnings": outputs.warnings,
+        "shards": [
+            {key: shard[key] for key in ("index", "document_count", "worker")}
+            for shard in outputs.shards
+        ],
         "planned_at": plan.planned_at.isoformat(),
         "exported_at": exported_at.isoformat(),
     }

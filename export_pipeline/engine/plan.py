@@ -12,6 +12,7 @@ from pydantic import ValidationError as PydanticError
 
 from export_pipeline.contract import ExportRequest
 from export_pipeline.engine.kinds import field_kinds
+from export_pipeline.engine.shards import Shard, plan_shards, shard_count
 from export_pipeline.errors import from_pydantic
 from export_pipeline.filters import compile_filter, filter_fields
 from export_pipeline.paths import drop_covered
@@ -32,6 +33,7 @@ class ExportPlan(BaseModel):
     sample_seed: int | None
     scratch_dir: Path
     planned_at: datetime
+    shards: list[Shard] = [Shard(index=0)]  # in id order; written in parallel
 
     @property
     def documents_name(self) -> str:
@@ -45,9 +47,14 @@ class ExportPlan(BaseModel):
 
 
 def plan_export(
-    store: Store, namespace: str, collection: str, request: ExportRequest | dict[str, Any]
+    store: Store,
+    namespace: str,
+    collection: str,
+    request: ExportRequest | dict[str, Any],
+    shards: int | None = None,
 ) -> ExportPlan:
-    """Validate the request, resolve namespace and collection, and fix the snapshot to read."""
+    """Validate the request, resolve namespace and collection, fix the snapshot to read and
+    cut it into `shards` (default: EXPORT_PIPELINE_SHARDS for the snapshot's size)."""
     if not isinstance(request, ExportRequest):
         request = parse_request(request)
     found_ns, found = store.resolve(namespace, collection)
@@ -61,6 +68,8 @@ def plan_export(
     select = None
     if request.select_fields is not None:
         select = drop_covered(["document_id", *request.select_fields])
+    if shards is None:
+        shards = shard_count(store.settings.shards, found.document_count)
     export_id = new_id("exp_", 16)
     return ExportPlan(
         export_id=export_id,
@@ -73,6 +82,7 @@ def plan_export(
         sample_seed=seed,
         scratch_dir=store.settings.scratch_dir / export_id,
         planned_at=datetime.now(UTC),
+        shards=plan_shards(store.documents.segment_files(found), shards),
     )
 
 

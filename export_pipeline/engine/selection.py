@@ -1,18 +1,16 @@
-"""Which documents an export takes: the filter and the sample, decided batch by batch.
+"""Which documents an export takes: the filter and the sample, decided before the shards write.
 
-Only a sample needs a pass over the matches before writing (to find the N-th match by rank),
-and so do csv and parquet exports of a filtered or sampled selection, whose columns must be
-known before the first row is written. That pass (`survey`) keeps only the N lowest-ranked
-matches of a sample, and of every match only its structure's count (the store numbers each
-document's structure at ingest, so counting is all). The counts, and a bitmap of the chosen
-rows of the snapshot, go to small files in the export's scratch folder for the write step,
-which then neither filters nor ranks again: it drops the rows not chosen before any JSON
-work. Where the matches are the chosen documents (no sample) and no vectors are exported,
-the survey keeps the chosen documents themselves instead of the bitmap: the write step
-reads them, not the whole snapshot again. Where DuckDB may read the snapshot itself (a
-numbered one, `Documents.scan_source`), even that pass is skipped: the write step reads, filters
-and converts the matches in one streaming query, with the snapshot's shape, and checks it
-against the structures of the rows it wrote (`Selection.streamed`).
+The shards write in parallel, so what is decided over the whole selection is decided once,
+before them (the survey), and each shard then evaluates the same predicate over its rows
+(`chosen`): the filter, and for a sample "rank at or before the N-th match's (rank, id)".
+A sample needs its cutoff: a pass over the matches ranks them (ids only; the N lowest kept
+with numpy). csv and parquet exports (and listed fields) of some documents need the chosen
+documents' structures before the first row is written: the store numbers each document's
+structure at ingest (SHAPE_ID), so the survey only counts the numbers of the chosen rows.
+A filter without a sample needs no survey where DuckDB may read the snapshot itself
+(`Selection.streamed`): each shard reads, filters and converts its matches in one streaming
+query with the snapshot's shape and counts the structures it wrote; where those make another
+shape, the files are written again with it (`ExportLifecycle.assemble`).
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from export_pipeline.filters import install_macros, uses_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
-from export_pipeline.store.batches import QUERY_ROWS, byte_chunks, gathered
+from export_pipeline.store.batches import QUERY_ROWS, gathered
 from export_pipeline.store.segments import SHAPE_ID
 
 # O2: documents are ranked by a hash of seed and id, and the first N kept. Hashing the
@@ -49,14 +47,8 @@ class Selection(BaseModel):
     surveyed: bool = False  # the scratch folder holds the chosen documents' structures
     matched: int | None = None  # documents the export writes, when known before writing
     cutoff: tuple[int, str] | None = None  # the N-th match's (rank, id) when sampling
-    # the scratch folder holds which rows of the snapshot are chosen (`chosen_rows`): the
-    # write step neither evaluates the filter again nor ranks
-    marked: bool = False
-    # the scratch folder holds the chosen documents themselves (`kept_documents`): the
-    # write step reads them instead of the snapshot
-    kept: bool = False
-    # no pass was needed: the write step reads the matches in one streaming query, with the
-    # snapshot's shape, and rewrites the file if its rows' structures call for another shape
+    # no pass was needed: the shards read the matches in one streaming query each, with the
+    # snapshot's shape, and count the structures of the rows they write
     streamed: bool = False
 
 
@@ -89,11 +81,9 @@ def needs_survey(plan: ExportPlan) -> bool:
     )
 
 
-def keeps_documents(plan: ExportPlan) -> bool:
-    """Whether a survey keeps the chosen documents for the write step: when every match is
-    chosen (no sample), so they are known as the pass goes, and the write step needs
-    nothing else of the snapshot (no vectors; the columns from the survey's counts, not
-    each written document's structure number)."""
+def streams_matches(plan: ExportPlan) -> bool:
+    """Whether the export could skip the survey: a filter without a sample or vectors whose
+    writers need the shape (csv, parquet, listed fields), if DuckDB may read the snapshot."""
     return (
         plan.request.sample_size is None
         and not plan.request.include_vectors
@@ -102,55 +92,48 @@ def keeps_documents(plan: ExportPlan) -> bool:
 
 
 def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Selection:
-    """A pass over the matches before writing: which rows of the snapshot are chosen (kept
-    as a bitmap, or as the documents themselves), the sample's cutoff, and the structures
-    of the chosen documents (their counts). Where the store numbers each document's
-    structure (SHAPE_ID), counting the numbers is all; segments of older versions have
-    their structures derived here."""
+    """A pass over the matches before writing: the sample's cutoff and the structures of the
+    chosen documents (their counts). Where the store numbers each document's structure
+    (SHAPE_ID), counting the numbers is all; segments of older versions have their
+    structures derived here."""
     if not needs_survey(plan):
         return Selection()
     shapes = plan.request.format != "json" or plan.select_paths is not None
     numbered = shapes and store.documents.numbered(plan.collection)
+    limit = duck.batch_bytes(con)
+    streamable = numbered and streams_matches(plan)
+    if streamable and store.documents.scan_source(plan.collection, limit) is not None:
+        return Selection(streamed=True)
     derive = shapes and not numbered  # json_structure of each match, as older stores need
-    keeping = keeps_documents(plan)
     columns = ["document_id"]
-    if plan.filter_sql != "TRUE" or derive or keeping:
+    if plan.filter_sql != "TRUE" or derive:
         columns.append("doc")
     if numbered:
         columns.append(SHAPE_ID)
-    limit = duck.batch_bytes(con)
-    if keeping and numbered and store.documents.scan_source(plan.collection, limit) is not None:
-        return Selection(streamed=True)
     rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
-    with _Kept(kept_documents(plan) if keeping else None) as kept:
-        for batch in rows:
-            keep, rank, derived = _judge(con, plan, batch, derive)
-            if numbered:
-                number = batch.column(SHAPE_ID).to_numpy()
-            elif derived is not None:
-                number = _numbered(derived, known)
-            else:
-                number = np.full(batch.num_rows, -1, dtype=np.int32)
-            tally.add(keep, rank, number, batch.column("document_id"))
-            kept.add(batch, keep)
-    chosen, numbers, cutoff = tally.result()
+    for batch in rows:
+        keep, rank, derived = _judge(con, plan, batch, derive)
+        if numbered:
+            number = batch.column(SHAPE_ID).to_numpy()
+        elif derived is not None:
+            number = _numbered(derived, known)
+        else:
+            number = np.full(batch.num_rows, -1, dtype=np.int32)
+        tally.add(keep, rank, number, batch.column("document_id"))
+    matched, counts, cutoff = tally.result()
     texts = pa.chunked_array([pa.array(list(known), pa.string())])
     if numbered:
         texts = store.documents.structures(plan.collection)
-    _count_shapes(plan, texts, numbers if shapes else np.zeros(0, np.int32))
-    matched = int(chosen.sum())
-    if keeping:
-        return Selection(surveyed=True, matched=matched, kept=True)
-    np.save(_chosen_rows(plan), np.packbits(chosen, bitorder="little"))
-    return Selection(surveyed=True, matched=matched, cutoff=cutoff, marked=True)
+    _count_shapes(plan, texts, counts if shapes else np.zeros(0, np.int64))
+    return Selection(surveyed=True, matched=matched, cutoff=cutoff)
 
 
-def _count_shapes(plan: ExportPlan, texts: pa.ChunkedArray, numbers: np.ndarray) -> None:
-    """Leave the chosen documents' structures (by number, into `texts`) with their counts
-    for the write step."""
-    counts = np.bincount(numbers[numbers >= 0], minlength=len(texts))
+def _count_shapes(plan: ExportPlan, texts: pa.ChunkedArray, counts: np.ndarray) -> None:
+    """Leave the chosen documents' structures (numbers into `texts`, with their counts) for
+    the write step."""
+    counts = np.pad(counts, (0, max(0, len(texts) - len(counts))))
     present = np.flatnonzero(counts)
     table = pa.table(
         {"shape": texts.take(present), "n": counts[present].astype(np.int64)},
@@ -185,45 +168,6 @@ def matching_rows(
     return gathered((pa.Table.from_batches([batch]) for batch in batches), max_bytes, max_rows)
 
 
-_KEPT = pa.schema([("document_id", pa.string()), ("doc", pa.string())])
-
-
-class _Kept:
-    """The chosen documents (document_id, doc) as they go by, in an Arrow stream file in
-    the export's scratch folder (nothing when `path` is None); one batch at a time."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.writer = None if path is None else pa.ipc.new_stream(str(path), _KEPT)
-
-    def add(self, batch: pa.Table, keep: np.ndarray) -> None:
-        if self.writer is not None and keep.any():
-            rows = batch.select(_KEPT.names)
-            if not keep.all():  # every row kept (the matches alone): no copy
-                rows = rows.filter(pa.array(keep))
-            rows = rows.cast(_KEPT)
-            self.writer.write_table(rows)
-
-    def __enter__(self) -> _Kept:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def kept_rows(plan: ExportPlan, max_bytes: int, max_rows: int) -> Iterator[pa.Table]:
-    """The documents a survey kept (`Selection.kept`), in snapshot order, in batches of at
-    most `max_rows` rows and about `max_bytes` bytes."""
-    with pa.OSFile(str(kept_documents(plan))) as source:
-        for batch in pa.ipc.open_stream(source):
-            yield from byte_chunks(pa.Table.from_batches([batch]), max_bytes, max_rows)
-
-
-def kept_documents(plan: ExportPlan) -> Path:
-    """Where the survey keeps the chosen documents for the write step."""
-    return plan.scratch_dir / "chosen_documents.arrows"
-
-
 def _judge(
     con: duckdb.DuckDBPyConnection, plan: ExportPlan, batch: pa.Table, derive: bool
 ) -> tuple[np.ndarray, np.ndarray | None, pa.Array | None]:
@@ -252,15 +196,14 @@ def _judge(
 
 
 class _Tally:
-    """The chosen rows of the snapshot as they go by: every match, or for a sample (O2) the
-    N lowest-ranked matches, kept N at a time (rank, position, structure number, id)."""
+    """The chosen rows as they go by: every match, or for a sample (O2) the N lowest-ranked
+    matches, kept N at a time (rank, structure number, id)."""
 
     def __init__(self, size: int | None) -> None:
         self.size = size
-        self.rows = 0
-        self.masks: list[np.ndarray] = []
+        self.matched = 0
         self.numbers: list[np.ndarray] = []
-        self.held: list[tuple[np.ndarray, np.ndarray, np.ndarray, pa.ChunkedArray]] = []
+        self.held: list[tuple[np.ndarray, np.ndarray, pa.ChunkedArray]] = []
         self.count = 0
 
     def add(
@@ -271,56 +214,62 @@ class _Tally:
         ids: pa.ChunkedArray,
     ) -> None:
         """Take one batch: its matches, their ranks (sampling) and structure numbers."""
-        start, self.rows = self.rows, self.rows + len(keep)
         if self.size is None:
-            self.masks.append(keep)
-            self.numbers.append(number[keep])
+            self.matched += int(keep.sum())
+            self.numbers.append(_counts(number[keep]))
             return
         assert rank is not None
         where = np.flatnonzero(keep)
-        self.held.append((rank[where], where + start, number[where], ids.take(where)))
+        self.held.append((rank[where], number[where], ids.take(where)))
         self.count += len(where)
         if self.count > 2 * self.size:  # only ever the N lowest can be chosen: drop the rest
             self.held = [self._lowest()]
             self.count = len(self.held[0][0])
 
-    def _lowest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.ChunkedArray]:
+    def _lowest(self) -> tuple[np.ndarray, np.ndarray, pa.ChunkedArray]:
         """The held rows ranked at or below the N-th lowest rank (ties at it all kept)."""
         rank = np.concatenate([part[0] for part in self.held])
-        position = np.concatenate([part[1] for part in self.held])
-        number = np.concatenate([part[2] for part in self.held])
-        ids = pa.chunked_array([c for part in self.held for c in part[3].chunks], pa.string())
+        number = np.concatenate([part[1] for part in self.held])
+        ids = pa.chunked_array([c for part in self.held for c in part[2].chunks], pa.string())
         assert self.size is not None
         if len(rank) > self.size:
             bound = np.partition(rank, self.size - 1)[self.size - 1]
             where = np.flatnonzero(rank <= bound)
-            rank, position, number = rank[where], position[where], number[where]
+            rank, number = rank[where], number[where]
             ids = ids.take(where)
-        return rank, position, number, ids
+        return rank, number, ids
 
-    def result(self) -> tuple[np.ndarray, np.ndarray, tuple[int, str] | None]:
-        """The chosen rows (a bool per snapshot row), their structure numbers, the cutoff."""
+    def result(self) -> tuple[int, np.ndarray, tuple[int, str] | None]:
+        """How many rows are chosen, how many of them have each structure number, the
+        cutoff."""
         if self.size is None:
-            chosen = np.concatenate(self.masks) if self.masks else np.zeros(0, dtype=bool)
-            numbers = np.concatenate(self.numbers) if self.numbers else np.zeros(0, np.int32)
-            return chosen, numbers, None
-        chosen = np.zeros(self.rows, dtype=bool)
+            return self.matched, _summed(self.numbers), None
         if not self.held:
-            return chosen, np.zeros(0, np.int32), None
-        rank, position, number, ids = self._lowest()
-        cutoff = None
-        if len(rank) >= self.size:
-            # ties at the N-th rank are broken by id (byte order, as DuckDB compares text)
-            bound = rank.max()
-            tied = np.flatnonzero(rank == bound)
-            below = len(rank) - len(tied)
-            order = pc.sort_indices(ids.take(tied)).to_numpy()
-            taken = tied[order[: self.size - below]]
-            keep = np.concatenate([np.flatnonzero(rank < bound), taken])
-            position, number = position[keep], number[keep]
-            cutoff = (int(bound), ids[int(taken[-1])].as_py())
-        chosen[position] = True
-        return chosen, number, cutoff
+            return 0, np.zeros(0, np.int64), None
+        rank, number, ids = self._lowest()
+        if len(rank) < self.size:  # fewer matches than sample_size: every match
+            return len(rank), _counts(number), None
+        # ties at the N-th rank are broken by id (byte order, as DuckDB compares text)
+        bound = rank.max()
+        tied = np.flatnonzero(rank == bound)
+        below = len(rank) - len(tied)
+        order = pc.sort_indices(ids.take(tied)).to_numpy()
+        taken = tied[order[: self.size - below]]
+        keep = np.concatenate([np.flatnonzero(rank < bound), taken])
+        return len(keep), _counts(number[keep]), (int(bound), ids[int(taken[-1])].as_py())
+
+
+def _counts(numbers: np.ndarray) -> np.ndarray:
+    """How many times each structure number occurs (-1: none, not counted)."""
+    return np.bincount(numbers[numbers >= 0])
+
+
+def _summed(counts: list[np.ndarray]) -> np.ndarray:
+    """Counts per number, added up from arrays of different lengths."""
+    total = np.zeros(max((len(c) for c in counts), default=0), dtype=np.int64)
+    for found in counts:
+        total[: len(found)] += found
+    return total
 
 
 def _numbered(texts: pa.Array, known: dict[str, int]) -> np.ndarray:
@@ -337,23 +286,6 @@ def _numbered(texts: pa.Array, known: dict[str, int]) -> np.ndarray:
     )
     indices = encoded.indices.fill_null(len(numbers) - 1)
     return numbers[indices.to_numpy(zero_copy_only=False)]
-
-
-def chosen_rows(plan: ExportPlan) -> np.ndarray:
-    """The survey's bitmap of chosen snapshot rows (packed, little bit order)."""
-    return np.load(_chosen_rows(plan))
-
-
-def marked(bitmap: np.ndarray, start: int, rows: int) -> pa.Array:
-    """Whether each of `rows` snapshot rows from `start` is chosen (a filter mask)."""
-    first, last = start // 8, (start + rows + 7) // 8
-    bits = np.unpackbits(bitmap[first:last], bitorder="little")
-    offset = start - first * 8
-    return pa.array(bits[offset : offset + rows].astype(bool))
-
-
-def _chosen_rows(plan: ExportPlan) -> Path:
-    return plan.scratch_dir / "chosen_rows.npy"
 
 
 def surveyed_shapes(plan: ExportPlan) -> list[tuple[str, int]]:

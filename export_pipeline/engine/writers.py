@@ -63,10 +63,12 @@ class DocumentsWriter:
         where: tuple[str, list[Any]] = ("TRUE", []),
         structures: pa.ChunkedArray | None = None,
         count_structures: bool = False,
+        csv_header: bool = True,
     ) -> None:
         """`where` picks the rows of each batch to write (a predicate and its parameters);
         `structures` are the snapshot's structures as SHAPE_ID numbers them, when it does;
-        `count_structures`: `write_all` counts the SHAPE_IDs of the rows it writes."""
+        `count_structures`: `write_all` counts the SHAPE_IDs of the rows it writes;
+        `csv_header`: whether a csv file starts with its header (a shard's part does not)."""
         self.con, self.fmt, self.select = con, fmt, select
         self.counting = count_structures
         self.structure_counts = np.zeros(0, dtype=np.int64)  # rows written, by SHAPE_ID
@@ -94,11 +96,11 @@ class DocumentsWriter:
             self.sql = (
                 f"SELECT document_id, doc AS {duck.identifier(WHOLE_DOCUMENT)}{carry} FROM {source}"
             )
-            sink = csv_sink(path) if fmt == "csv" else parquet_sink(path)
+            sink = csv_sink(path, header=csv_header) if fmt == "csv" else parquet_sink(path)
             self.writer = TableWriter(path, sink)
         elif fmt == "csv":
             self.sql, self.params, names = _csv_query(shape, select, source, carry)
-            self.writer = TableWriter(path, csv_sink(path), names=names)
+            self.writer = TableWriter(path, csv_sink(path, header=csv_header), names=names)
         else:
             self.sql, self.params, names, order, as_text = _parquet_query(
                 shape, select, source, carry
@@ -180,7 +182,8 @@ class DocumentsWriter:
         self.writer.abort()
 
     def close(self) -> Written:
-        """Finish the file; json lists its top-level keys (at most `max_keys` of them)."""
+        """Finish the file; json lists the top-level keys of what it wrote (`json_columns`
+        makes the manifest's list of them)."""
         empty = _INPUT.empty_table()
         if self.sql is None:
             converted = empty.select(["doc"])
@@ -196,14 +199,24 @@ class DocumentsWriter:
                 chosen = self.structures.take(sorted(self.numbers)).to_pylist()
                 self.found_keys.update(top_level_keys(self.con, chosen))
             keys = list(ordered(dict.fromkeys(self.keys or self.found_keys), self.select))
-            if len(keys) > self.max_keys:
-                written.warnings.append(
-                    f"the documents have {len(keys):,} distinct top-level keys; the manifest"
-                    f" lists the first {self.max_keys:,} (EXPORT_PIPELINE_MAX_COLUMNS)"
-                )
-                keys = keys[: self.max_keys]
             written.columns = [{"name": key, "type": "json"} for key in keys]
         return written
+
+
+def json_columns(
+    keys: list[str], select: list[str] | None, max_keys: int
+) -> tuple[list[dict[str, str]], list[str]]:
+    """The manifest's columns of a json documents file (its top-level keys, in order, at most
+    `max_keys`), and the warning when there are more."""
+    names = list(ordered(dict.fromkeys(keys), select))
+    warnings = []
+    if len(names) > max_keys:
+        warnings.append(
+            f"the documents have {len(names):,} distinct top-level keys; the manifest"
+            f" lists the first {max_keys:,} (EXPORT_PIPELINE_MAX_COLUMNS)"
+        )
+        names = names[:max_keys]
+    return [{"name": name, "type": "json"} for name in names], warnings
 
 
 def top_level_keys(con: duckdb.DuckDBPyConnection, structures: list[str]) -> list[str]:
@@ -283,8 +296,15 @@ class VectorsWriter:
     documents file."""
 
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, fmt: str, indexes: list[VectorIndex], path: Path
+        self,
+        con: duckdb.DuckDBPyConnection,
+        fmt: str,
+        indexes: list[VectorIndex],
+        path: Path,
+        *,
+        csv_header: bool = True,
     ) -> None:
+        """`csv_header`: whether a csv file starts with its header (a shard's part does not)."""
         self.con, self.fmt, self.indexes = con, fmt, indexes
         self.columns = ["document_id", *(vector_column(index.name) for index in indexes)]
         stored = [(index, duck.identifier(vector_column(index.name))) for index in indexes]
@@ -309,7 +329,7 @@ class VectorsWriter:
             return
         texts = "".join(f", {vector_text_sql(index, column)}" for index, column in stored)
         self.sql = f"SELECT document_id{texts} FROM {duck.BATCH}"
-        self.writer = TableWriter(path, csv_sink(path), names=self.keys)
+        self.writer = TableWriter(path, csv_sink(path, header=csv_header), names=self.keys)
 
     @property
     def keys(self) -> list[str]:

@@ -1,6 +1,7 @@
 """Run config of the export job: the HTTP request body plus where to find the collection."""
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
+import os
 from typing import Any, Literal
 
 import dagster as dg
@@ -35,10 +36,17 @@ class ExportConfig(dg.Config):
     )
     sample_size: int | None = Field(None, description=_described("sample_size"))
     sample_seed: int | None = Field(None, description=_described("sample_seed"))
+    shards: int | None = Field(
+        None,
+        ge=1,
+        description="Shards the export is written in: 1 runs every step in one process, more"
+        " run the shards in parallel processes (at most one per core). Unset: one, in one"
+        " process; the CLI, the API, schedules and sensors set it from EXPORT_PIPELINE_SHARDS.",
+    )
 
     def request_body(self) -> dict[str, Any]:
         """The HTTP request body this config stands for (fields left unset are omitted)."""
-        body = self.model_dump(exclude={"namespace", "collection"})
+        body = self.model_dump(exclude={"namespace", "collection", "shards"})
         return {key: value for key, value in body.items() if value is not None}
 
     def request(self) -> ExportRequest:
@@ -61,5 +69,15 @@ def validate_request(config: ExportConfig) -> dg.RunConfig:
         raise dg.DagsterInvalidConfigError(exc.message, [], config.model_dump()) from None
     # The console shows INFO and up; the UI still records every event of the run.
     return dg.RunConfig(
-        ops={"plan_export": config}, loggers={"console": {"config": {"log_level": "INFO"}}}
+        ops={"plan_export": config},
+        loggers={"console": {"config": {"log_level": "INFO"}}},
+        execution={"config": executor_config(config.shards or 1)},
     )
+
+
+def executor_config(shards: int) -> dict[str, Any]:
+    """One shard: every step in the launching process; more: the shards in parallel
+    processes, at most one per core."""
+    if shards <= 1:
+        return {"in_process": {}}
+    return {"multiprocess": {"max_concurrent": max(1, min(shards, os.cpu_count() or 1))}}

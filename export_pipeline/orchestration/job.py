@@ -1,4 +1,4 @@
-"""The `export_collection` job: plan -> load -> write -> publish -> report, in one process."""
+"""The `export_collection` job: plan -> select -> export_shard (one per shard) -> publish."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import dagster as dg
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import validate_request
 from export_pipeline.orchestration.ops import (
-    load_documents,
+    export_shard,
     plan_export_op,
     publish_files,
     report_export,
-    write_files,
+    select_documents,
 )
 
 JOB_NAME = "export_collection"
@@ -25,10 +25,23 @@ JOB_NAME = "export_collection"
     ),
     config=validate_request,
     tags={tags.JOB: JOB_NAME},
-    # Steps hand each other scratch files on local disk, and a run should not pay a
-    # process start per step: every step runs in the run's own process.
-    executor_def=dg.in_process_executor,
+    # The run config picks the executor per run (`config.executor_config`): a one-shard
+    # export runs every step in the launching process, with no process start per step;
+    # several shards run in parallel processes.
+    executor_def=dg.multi_or_in_process_executor,
 )
 def export_collection() -> None:
     """The one export job every entry point launches."""
-    report_export(publish_files(write_files(load_documents(plan_export_op()))))
+    progress, shards = select_documents(plan_export_op())
+    parts = shards.map(export_shard)
+    report_export(publish_files(progress, parts.collect()))
+
+
+def export_job_with_resources() -> dg.JobDefinition:
+    """The job with its resources from the environment's Settings, as a process running one
+    of its steps rebuilds it (`dg.reconstructable`)."""
+    from export_pipeline.orchestration.resources import resources_from
+    from export_pipeline.settings import Settings
+
+    definitions = dg.Definitions(jobs=[export_collection], resources=resources_from(Settings()))
+    return definitions.get_job_def(JOB_NAME)

@@ -16,6 +16,7 @@ import dagster as dg
 import yaml
 
 from export_pipeline.contract import ExportResponse
+from export_pipeline.engine.shards import shard_count
 from export_pipeline.errors import (
     PUBLISHED_NOTHING,
     EnvironmentProblem,
@@ -25,10 +26,10 @@ from export_pipeline.errors import (
 )
 from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.config import ExportConfig
-from export_pipeline.orchestration.job import export_collection
+from export_pipeline.orchestration.job import export_collection, export_job_with_resources
 from export_pipeline.orchestration.ops import Progress
 from export_pipeline.orchestration.resources import resources_from
-from export_pipeline.settings import Settings
+from export_pipeline.settings import Settings, settings_environment
 from export_pipeline.store import Store
 from export_pipeline.store.catalog import catalog_path
 
@@ -59,7 +60,13 @@ def prepare(
     """Validate the request and resolve the collection; raises the CLI's errors otherwise."""
     config = ExportConfig.of(namespace, collection, body)
     found_ns, found = store.resolve(namespace, collection)
-    run_config = {"namespace": namespace, "collection": collection, **config.request_body()}
+    shards = shard_count(store.settings.shards, found.document_count)
+    run_config = {
+        "namespace": namespace,
+        "collection": collection,
+        **config.request_body(),
+        "shards": shards,
+    }
     return ExportLaunch(run_config, tags.export_tags(found_ns, found, config.format, trigger))
 
 
@@ -149,6 +156,8 @@ def run_launch(
     """One run of the job in this process for a prepared launch; the core's error if it fails."""
     # The instance records every event: a full or read-only DAGSTER_HOME fails the launch
     # itself, outside any op.
+    if launch.run_config.get("shards", 1) > 1:
+        return _run_in_processes(launch, settings, instance)
     with (
         guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
         sqlite_quiet.quiet(instance.root_directory),
@@ -169,7 +178,30 @@ def run_launch(
     return ExportRun(result.run_id, progress.response, progress.manifest)
 
 
-def run_error(result: dg.ExecuteInProcessResult) -> ExportPipelineError:
+def _run_in_processes(
+    launch: ExportLaunch, settings: Settings, instance: dg.DagsterInstance
+) -> ExportRun:
+    """A run whose shards run in parallel processes (the multiprocess executor): each step's
+    process rebuilds the job and its resources from the environment, to which this
+    launch's settings are exported while it runs."""
+    with (
+        guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
+        settings_environment(settings),
+        dg.execute_job(
+            dg.reconstructable(export_job_with_resources),
+            instance=instance,
+            run_config=launch.run_config,
+            tags=launch.tags,
+        ) as result,
+    ):
+        if not result.success:
+            raise run_error(result)
+        progress: Progress = result.output_for_node("publish_files")
+    assert progress.response is not None and progress.manifest is not None
+    return ExportRun(result.run_id, progress.response, progress.manifest)
+
+
+def run_error(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> ExportPipelineError:
     """The error a failed run stands for, as the core raised it where it can be recovered."""
     for event in result.all_events:
         if event.event_type_value != "STEP_FAILURE":

@@ -10,12 +10,14 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel
 
-from export_pipeline import export as steps
 from export_pipeline.contract import ExportResponse
 from export_pipeline.engine.manifest import Outputs
-from export_pipeline.engine.plan import ExportPlan, plan_export
+from export_pipeline.engine.parts import ShardParts
+from export_pipeline.engine.plan import ExportPlan
 from export_pipeline.engine.selection import Selection
+from export_pipeline.engine.shards import Shard
 from export_pipeline.errors import PUBLISHED_NOTHING, ExportPipelineError, guard
+from export_pipeline.export import ExportLifecycle
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.resources import (
@@ -24,8 +26,8 @@ from export_pipeline.orchestration.resources import (
     StoreResource,
     settings_of,
 )
-from export_pipeline.storage import TransientStorageError, open_storage
-from export_pipeline.store import Store
+from export_pipeline.settings import Settings
+from export_pipeline.storage import TransientStorageError
 
 PUBLISH_RETRIES = 3
 PUBLISH_RETRY_POLICY = dg.RetryPolicy(
@@ -45,6 +47,22 @@ class Progress(BaseModel):
     manifest: dict[str, Any] | None = None
 
 
+class ShardTask(BaseModel):
+    """One shard to write, with what every shard shares: the plan and the selection."""
+
+    plan: ExportPlan
+    selection: Selection
+    shard: Shard
+
+
+def _lifecycle(
+    store: StoreResource, storage: StorageResource, duckdb: DuckDBResource
+) -> ExportLifecycle:
+    """The export lifecycle over the resources' settings."""
+    settings: Settings = settings_of(store, storage, duckdb)
+    return ExportLifecycle(settings)
+
+
 def failure(exc: ExportPipelineError) -> dg.Failure:
     """A user-facing failure (never retried) carrying the error the CLI and API would show."""
     return dg.Failure(
@@ -55,7 +73,7 @@ def failure(exc: ExportPipelineError) -> dg.Failure:
 
 
 @contextmanager
-def _step(context: dg.OpExecutionContext, progress: Progress, name: str) -> Iterator[None]:
+def _step(context: dg.OpExecutionContext, plan: ExportPlan, name: str) -> Iterator[float]:
     """Time a step; on failure remove the scratch space unless the op is about to be retried.
 
     Only transient storage errors are retried. A full or read-only folder becomes the core's
@@ -63,36 +81,37 @@ def _step(context: dg.OpExecutionContext, progress: Progress, name: str) -> Iter
     Dagster's RetryPolicy would otherwise retry whatever an op raises.
     """
     started = time.perf_counter()
+    cleanup = ExportLifecycle.cleanup
     try:
         # Errors that name no path (DuckDB, pyarrow) happen in the export's scratch space.
-        with guard(progress.plan.scratch_dir, "scratch space", PUBLISHED_NOTHING):
-            yield
+        with guard(plan.scratch_dir, "scratch space", PUBLISHED_NOTHING):
+            yield started
     except TransientStorageError as exc:
         if context.retry_number < PUBLISH_RETRIES:
             context.log.warning(f"{name}: transient storage error, retrying: {exc}")
             raise  # the RetryPolicy runs the op again; its files must still be there
-        steps.cleanup(progress.plan)
+        cleanup(plan)
         attempts = PUBLISH_RETRIES + 1
         raise failure(
             ExportPipelineError(f"storage kept failing after {attempts} attempts: {exc}")
         ) from None
     except ExportPipelineError as exc:
-        steps.cleanup(progress.plan)
+        cleanup(plan)
         raise failure(exc) from None
     except Exception as exc:  # unforeseen: said with its type, and never retried either
-        steps.cleanup(progress.plan)
+        cleanup(plan)
         said = f"{context.op_def.name}: {type(exc).__name__}: {exc} (run {context.run_id})"
         unforeseen = ExportPipelineError(said)
         raise failure(unforeseen) from exc
     except BaseException:  # a run being cancelled: a failed export leaves nothing
-        steps.cleanup(progress.plan)
+        cleanup(plan)
         raise
-    progress.seconds[name] = round(time.perf_counter() - started, 3)
 
 
 @dg.op(
     name="plan_export",
-    description="Validate the request, resolve the collection and fix the snapshot to read.",
+    description="Validate the request, resolve the collection, fix the snapshot to read and"
+    " cut it into shards.",
 )
 def plan_export_op(
     context: dg.OpExecutionContext,
@@ -103,15 +122,19 @@ def plan_export_op(
 ) -> Progress:
     """Step 0: the ExportPlan; no document is read."""
     started = time.perf_counter()
-    settings = settings_of(store, storage, duckdb)
+    lifecycle = _lifecycle(store, storage, duckdb)
     try:
-        with guard(settings.home_dir, "home", PUBLISHED_NOTHING):
-            store = Store(settings)
-            plan = plan_export(store, config.namespace, config.collection, config.request())
+        with guard(lifecycle.settings.home_dir, "home", PUBLISHED_NOTHING):
+            plan = lifecycle.plan(
+                config.namespace, config.collection, config.request(), config.shards or 1
+            )
     except ExportPipelineError as exc:
         raise failure(exc) from None
     _tag_run(context, plan)
-    context.log.info(f"export {plan.export_id} of {plan.namespace.name}/{plan.collection.name}")
+    context.log.info(
+        f"export {plan.export_id} of {plan.namespace.name}/{plan.collection.name}"
+        f" in {len(plan.shards)} shard(s)"
+    )
     return Progress(plan=plan, seconds={"plan": round(time.perf_counter() - started, 3)})
 
 
@@ -122,70 +145,86 @@ def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
     except dg.DagsterError:  # the op was invoked directly (build_op_context): no run to tag
         return
     # A run without a trigger tag was launched from the UI (or straight through GraphQL).
-    trigger = run.tags.get(tags.TRIGGER, "ui")
+    trigger = tags.trigger_of(run.tags)
     found = tags.export_tags(plan.namespace, plan.collection, plan.request.format, trigger)
     context.instance.add_run_tags(context.run_id, {**found, tags.EXPORT_ID: plan.export_id})
 
 
 @dg.op(
-    description="Decide the selection where it must be known before writing: a sample's"
-    " cutoff, the columns of a filtered csv or parquet export."
+    description="Decide what the shards cannot decide alone (a sample's cutoff, the columns"
+    " of a filtered csv or parquet export), then hand out the shards.",
+    out={"progress": dg.Out(Progress), "shards": dg.DynamicOut(ShardTask)},
 )
-def load_documents(
+def select_documents(
     context: dg.OpExecutionContext,
     progress: Progress,
     store: StoreResource,
     storage: StorageResource,
     duckdb: DuckDBResource,
-) -> Progress:
-    """Step 1: a pass over the matches, when the export needs one."""
-    settings = settings_of(store, storage, duckdb)
-    with _step(context, progress, "load"):
-        progress.selection = steps.load(progress.plan, Store(settings), settings)
-    if progress.selection.matched is not None:
-        context.add_output_metadata({"matched": progress.selection.matched})
-    return progress
+) -> Iterator[dg.Output[Progress] | dg.DynamicOutput[ShardTask]]:
+    """Step 1: a pass over the matches, when the export needs one; one task per shard."""
+    lifecycle = _lifecycle(store, storage, duckdb)
+    plan = progress.plan
+    with _step(context, plan, "select") as started:
+        progress.selection = lifecycle.select(plan)
+    progress.seconds["select"] = round(time.perf_counter() - started, 3)
+    metadata = {} if progress.selection.matched is None else {"matched": progress.selection.matched}
+    yield dg.Output(progress, "progress", metadata=metadata)
+    for shard in plan.shards:
+        task = ShardTask(plan=plan, selection=progress.selection, shard=shard)
+        yield dg.DynamicOutput(task, output_name="shards", mapping_key=f"shard_{shard.index:05d}")
 
 
-@dg.op(description="Write the documents (and vectors) file into scratch space.")
-def write_files(
+@dg.op(description="Write one shard's part of the documents (and vectors) file in scratch space.")
+def export_shard(
     context: dg.OpExecutionContext,
-    progress: Progress,
+    task: ShardTask,
     store: StoreResource,
     storage: StorageResource,
     duckdb: DuckDBResource,
-) -> Progress:
-    """Step 2: the files, with checksums and a preview of the first rows."""
-    settings = settings_of(store, storage, duckdb)
-    with _step(context, progress, "write"):
-        outputs = steps.write(progress.plan, Store(settings), settings, progress.selection)
-        progress.preview = outputs.preview
-        progress.outputs = outputs
-    context.add_output_metadata({f.name: f.bytes for f in outputs.files})
-    return progress
+) -> ShardParts:
+    """Step 2, once per shard (in parallel where the executor allows): the shard's parts."""
+    lifecycle = _lifecycle(store, storage, duckdb)
+    with _step(context, task.plan, f"shard {task.shard.index}"):
+        parts = lifecycle.write_shard(task.plan, task.selection, task.shard)
+    written = parts.documents.path.stat().st_size
+    if parts.vectors is not None:
+        written += parts.vectors.path.stat().st_size
+    context.log.info(
+        f"shard {task.shard.index}: {parts.documents.rows:,} rows, {written:,} bytes,"
+        f" {parts.seconds:.2f} s ({parts.worker})"
+    )
+    context.add_output_metadata(
+        {"rows": parts.documents.rows, "bytes": written, "seconds": parts.seconds}
+    )
+    return parts
 
 
 @dg.op(
-    description="Publish the files, manifest last, and sign download links.",
+    description="Assemble the shards' parts into the export's files and publish them,"
+    " manifest last, with download links.",
     retry_policy=PUBLISH_RETRY_POLICY,
 )
 def publish_files(
     context: dg.OpExecutionContext,
     progress: Progress,
+    parts: list[ShardParts],
     store: StoreResource,
     storage: StorageResource,
     duckdb: DuckDBResource,
 ) -> Progress:
     """Step 3: the files at their final keys; scratch space is removed afterwards."""
-    settings = settings_of(store, storage, duckdb)
-    assert progress.outputs is not None
-    with _step(context, progress, "publish"):
-        storage_target = open_storage(settings)
-        result = steps.publish(
-            progress.plan, progress.outputs, storage_target, settings, Store(settings)
-        )
-    steps.cleanup(progress.plan)
+    lifecycle = _lifecycle(store, storage, duckdb)
+    plan = progress.plan
+    with _step(context, plan, "publish") as started:
+        outputs = lifecycle.assemble(plan, progress.selection, parts)
+        result = lifecycle.publish(plan, outputs)
+    lifecycle.cleanup(plan)
+    progress.seconds["write"] = max((p.seconds for p in parts), default=0.0)
+    progress.seconds["publish"] = round(time.perf_counter() - started, 3)
+    progress.outputs, progress.preview = outputs, outputs.preview
     progress.response, progress.manifest = result.response, result.manifest
+    context.add_output_metadata({f.name: f.bytes for f in outputs.files})
     return progress
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, get_args
 
 from export_pipeline.store import Collection, Namespace
 
@@ -30,3 +31,10 @@ def export_tags(
         FORMAT: fmt,
         TRIGGER: trigger,
     }
+
+
+def trigger_of(run_tags: Mapping[str, str]) -> Trigger:
+    """Who started a run, from its tags; a run without a known trigger was launched from the
+    UI (or straight through GraphQL)."""
+    found = run_tags.get(TRIGGER, "ui")
+    return found if found in get_args(Trigger) else "ui"  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from export_pipeline.errors import (
     guard,
 )
 from export_pipeline.storage.base import LocalFile, PublishedObject, published
+from export_pipeline.storage.pieces import write_pieces
 
 
 class LocalStorage:
@@ -66,7 +67,10 @@ class LocalStorage:
             try:
                 staging.mkdir(parents=True)
                 for file in files:
-                    shutil.move(file.path, staging / file.name)
+                    if file.pieces is None:
+                        shutil.move(file.path, staging / file.name)
+                    else:
+                        write_pieces(file.pieces, staging / file.name)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, final)
             except BaseException:

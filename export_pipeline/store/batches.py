@@ -74,18 +74,59 @@ def byte_chunks(table: pa.Table, max_bytes: int, max_rows: int) -> Iterator[pa.T
         start = stop
 
 
+IdRange = tuple[str | None, str | None]  # ids in [lower, upper); None: unbounded
+
+
 def read_run(
     path: Path | str,
     columns: list[str] | None,
     max_bytes: int = BATCH_BYTES,
     max_rows: int = BATCH_ROWS,
     filesystem: object = None,
+    ids: IdRange = (None, None),
 ) -> Iterator[pa.Table]:
-    """A parquet file's rows, one row group at a time, cut to bounded batches."""
+    """A parquet file's rows, one row group at a time, cut to bounded batches; only those
+    whose id is in `ids` (row groups outside the range, by their statistics, are not read)."""
     with pq.ParquetFile(path, filesystem=filesystem) as parquet:
         for group in range(parquet.metadata.num_row_groups):
+            edge = _edge(parquet.metadata.row_group(group), parquet.schema_arrow.names, ids)
+            if edge is None:
+                continue
             rows = parquet.read_row_group(group, columns=columns)
+            if edge:
+                rows = rows.filter(_within(rows.column(ID), ids))
             yield from byte_chunks(rows, max_bytes, max_rows)
+
+
+def _edge(group: pq.RowGroupMetaData, names: list[str], ids: IdRange) -> bool | None:
+    """None: the row group holds no id of the range; False: only ids of it; True: some."""
+    lower, upper = ids
+    if lower is None and upper is None:
+        return False
+    stats = group.column(names.index(ID)).statistics
+    if stats is None or not stats.has_min_max:
+        return True
+    first, last = (v.encode() if isinstance(v, str) else v for v in (stats.min, stats.max))
+    if (upper is not None and first >= upper.encode()) or (
+        lower is not None and last < lower.encode()
+    ):
+        return None
+    return (lower is not None and first < lower.encode()) or (
+        upper is not None and last >= upper.encode()
+    )
+
+
+def _within(column: pa.ChunkedArray, ids: IdRange) -> pa.ChunkedArray:
+    """Whether each id is in the range (byte order, as the segments are sorted)."""
+    lower, upper = ids
+    keep = None
+    if lower is not None:
+        keep = pc.greater_equal(column, lower)
+    if upper is not None:
+        below = pc.less(column, upper)
+        keep = below if keep is None else pc.and_(keep, below)
+    assert keep is not None
+    return keep
 
 
 def merge_sorted(runs: Iterable[Iterator[pa.Table]], key: str = ID) -> Iterator[pa.Table]:

@@ -27,6 +27,7 @@ from export_pipeline.store import ingest as steps
 from export_pipeline.store.batches import (
     BATCH_BYTES,
     BATCH_ROWS,
+    IdRange,
     merge_sorted,
     prefetch,
     read_run,
@@ -90,15 +91,17 @@ class DocumentStore:
         columns: list[str],
         max_bytes: int = BATCH_BYTES,
         max_rows: int = BATCH_ROWS,
+        ids: IdRange = (None, None),
     ) -> Iterator[pa.Table]:
         """The snapshot's rows in document_id order (O3), in batches of at most `max_rows`
-        rows and about `max_bytes` bytes: segments are sorted, so they are merged, not sorted.
+        rows and about `max_bytes` bytes, only those with an id in `ids` (a shard's range):
+        segments are sorted, so they are merged, not sorted.
 
         A SHAPE_ID column (only where `numbered`) holds snapshot-wide numbers: the position of
         the document's structure in `shapes()`.
         """
         files = self.segment_files(collection)
-        runs = [read_run(path, columns, max_bytes, max_rows) for path in files]
+        runs = [read_run(path, columns, max_bytes, max_rows, ids=ids) for path in files]
         if SHAPE_ID in columns:
             offsets = np.cumsum([0] + [_sidecar_rows(path) for path in files])
             runs = [_shifted(run, int(offset)) for run, offset in zip(runs, offsets, strict=False)]

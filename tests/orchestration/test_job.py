@@ -20,11 +20,11 @@ from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.launch import ExportRun, execute, run_error
 from export_pipeline.orchestration.ops import (
-    load_documents,
+    export_shard,
     plan_export_op,
     publish_files,
     report_export,
-    write_files,
+    select_documents,
 )
 from export_pipeline.orchestration.resources import resources_from
 from export_pipeline.settings import Settings
@@ -87,7 +87,7 @@ def test_job_exports_and_records_links_counts_checksums_and_preview(
     documents = Path(response.s3_path.removeprefix("file://"))
     assert meta["sha256"].value == sha256_of(documents)
     assert meta["export_id"].value == run.manifest["export_id"]
-    assert set(meta["seconds"].value) == {"plan", "load", "write", "publish"}
+    assert set(meta["seconds"].value) == {"plan", "select", "write", "publish"}
     assert meta["warnings"].value == run.manifest["warnings"]
     preview = meta["preview"].value
     assert preview.count("\n") == 1 + min(10, len(expected))  # header, rule, 10 rows
@@ -273,18 +273,20 @@ def test_each_op_with_build_op_context(
     assert progress.plan.collection.id == col.id and progress.selection.matched is None
     assert not progress.plan.scratch_dir.exists()  # planning reads no document
 
-    progress = load_documents(context, progress)
-    # a csv filter needs no pass before writing: the write step reads the matches itself
+    outputs = list(select_documents(context, progress))
+    progress = outputs[0].value
+    # a csv filter needs no pass before writing: the shards read the matches themselves
     assert progress.selection.streamed and progress.selection.matched is None
+    tasks = [output.value for output in outputs[1:]]
+    assert [task.shard.index for task in tasks] == [0]  # one shard: unset in the config
 
-    progress = write_files(context, progress)
-    (documents,) = progress.outputs.files
-    assert documents.path.exists() and documents.rows == len(science_ids())
-    assert science_ids()[0] in progress.preview
+    parts = [export_shard(context, task) for task in tasks]
+    assert parts[0].documents.path.exists() and parts[0].documents.rows == len(science_ids())
 
-    progress = publish_files(context, progress)
+    progress = publish_files(context, progress, parts)
     assert not progress.plan.scratch_dir.exists()  # published, then scratch removed
     assert read_csv(progress.response.s3_path)[0][0] == "document_id"
+    assert science_ids()[0] in progress.preview
 
     output = report_export(context, progress)
     assert ExportResponse.model_validate(output) == progress.response
@@ -307,7 +309,7 @@ def test_plan_op_turns_a_bad_collection_into_a_failure_that_is_not_retried(
 def test_launchpad_shows_every_request_field_with_its_description() -> None:
     fields = export_collection.run_config_schema.config_type.fields
     request_fields = set(ExportRequest.model_fields)
-    assert set(fields) == request_fields | {"namespace", "collection"}
+    assert set(fields) == request_fields | {"namespace", "collection", "shards"}
     assert all(field.description for field in fields.values())
     assert fields["format"].default_value == "parquet"
     assert "LogicalOperator" in fields["filters"].description
@@ -320,8 +322,8 @@ def test_definitions_load_and_hold_the_export_job() -> None:
     job = defs.resolve_job_def("export_collection")
     assert [node.name for node in job.nodes_in_topological_order] == [
         "plan_export",
-        "load_documents",
-        "write_files",
+        "select_documents",
+        "export_shard",
         "publish_files",
         "report_export",
     ]

@@ -102,6 +102,7 @@ def test_a_valid_file_launches_one_run_keyed_by_its_sha256_and_is_accepted(
         "collection": "things",
         "format": "csv",
         "include_vectors": False,
+        "shards": 1,
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id
@@ -285,6 +286,7 @@ def test_change_sensor_baseline_then_once_per_ingest_and_upsert(
         "collection": "things",
         "format": "json",
         "include_vectors": False,
+        "shards": 1,
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert json.loads(changed.cursor) == {"things_changed": version}
@@ -404,6 +406,7 @@ def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
         "collection": "things",
         "format": "csv",
         "include_vectors": False,
+        "shards": 1,
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id
