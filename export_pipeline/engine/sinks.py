@@ -162,17 +162,30 @@ class LineSink:
         self.file.close()
 
 
-def csv_sink(path: Path) -> Callable[[pa.Schema], Sink]:
-    """RFC 4180 CSV with CRLF line ends; every string is quoted, so "" differs from null."""
-    options = pacsv.WriteOptions(
-        include_header=True, quoting_style="needed", quoting_header="needed", eol="\r\n"
-    )
+def csv_sink(path: Path, *, header: bool = True) -> Callable[[pa.Schema], Sink]:
+    """RFC 4180 CSV with CRLF line ends; every string is quoted, so "" differs from null.
+    Without `header`, the rows only (a shard's part, joined after `csv_header`)."""
+    options = _csv_options(header)
 
     def open_sink(schema: pa.Schema) -> Sink:
         writer = pacsv.CSVWriter(path, schema, write_options=options)
         return writer  # type: ignore[return-value]
 
     return open_sink
+
+
+def csv_header(names: list[str]) -> bytes:
+    """The header line `csv_sink` writes for columns named `names`."""
+    table = pa.table({f"c{i}": pa.array([], pa.string()) for i in range(len(names))})
+    out = pa.BufferOutputStream()
+    pacsv.write_csv(table.rename_columns(names), out, write_options=_csv_options(True))
+    return out.getvalue().to_pybytes()
+
+
+def _csv_options(header: bool) -> pacsv.WriteOptions:
+    return pacsv.WriteOptions(
+        include_header=header, quoting_style="needed", quoting_header="needed", eol="\r\n"
+    )
 
 
 def leaf_columns(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
