@@ -15,7 +15,7 @@ from export_pipeline.errors import (
     ValidationError,
     guard,
 )
-from export_pipeline.storage.base import LocalFile, PublishedObject, published
+from export_pipeline.storage.base import FileRange, LocalFile, PublishedObject, published
 from export_pipeline.storage.pieces import write_pieces
 
 
@@ -55,7 +55,9 @@ class LocalStorage:
         return cls(Path(rest if written else unquote(rest)))
 
     def publish(self, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
-        """Copy the files into a staging folder beside the root, then rename it into place.
+        """Move the files (or write those made of pieces) into a staging folder beside the
+        root, then rename it into place. Part files stay in scratch space (one that is a whole
+        file is moved).
 
         A full or read-only exports folder fails with the path and cause, leaving nothing.
         """
@@ -67,10 +69,11 @@ class LocalStorage:
             try:
                 staging.mkdir(parents=True)
                 for file in files:
-                    if file.pieces is None:
-                        shutil.move(file.path, staging / file.name)
+                    whole = _whole_file(file)
+                    if whole is not None:
+                        shutil.move(whole, staging / file.name)
                     else:
-                        write_pieces(file.pieces, staging / file.name)
+                        write_pieces(file.pieces or (), staging / file.name)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, final)
             except BaseException:
@@ -98,3 +101,13 @@ class LocalStorage:
         if not path.is_file():
             raise NotFoundError(f"no published file {key}")
         return path.read_bytes()
+
+
+def _whole_file(file: LocalFile) -> Path | None:
+    """The file to move as it is: a plain file, or pieces that are one whole part file."""
+    if file.pieces is None:
+        return file.path
+    only = file.pieces[0] if len(file.pieces) == 1 else None
+    if isinstance(only, FileRange) and only.offset == 0:
+        return only.path if only.length == only.path.stat().st_size else None
+    return None

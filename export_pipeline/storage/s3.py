@@ -1,9 +1,11 @@
 """s3:// storage with boto3: AWS or any S3-compatible endpoint (MinIO, R2, Ceph, moto).
 
 Credentials, region and endpoint come from boto3's own chain (environment, profiles,
-AWS_ENDPOINT_URL); only S3 behaviour is configured here. Files stream from scratch space,
-multipart above the part size; the manifest goes last, so its presence marks a complete
-export. A failed publish deletes what it wrote and aborts its incomplete multipart uploads.
+AWS_ENDPOINT_URL); only S3 behaviour is configured here. Files (plain, or made of pieces of
+shards' parts) stream from scratch space, as multipart uploads above the part size. Every
+file's parts are sent before any file is completed, and the manifest is completed last, so
+its presence marks a complete export. A failed publish deletes what it wrote and aborts its
+incomplete multipart uploads.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from urllib.parse import urlparse
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
@@ -28,6 +29,8 @@ from export_pipeline.storage.base import (
     TransientStorageError,
     published,
 )
+from export_pipeline.storage.pieces import check_pieces, pieces_of
+from export_pipeline.storage.s3_parts import PartUploads, Staged
 
 MIB = 1024 * 1024
 _MISSING_BUCKET = {"NoSuchBucket"}
@@ -96,14 +99,24 @@ class S3Storage:
         return f"{self.root}/{key}" if self.root else key
 
     def publish(self, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
-        """Upload every file (the last, the manifest, last); on failure remove all of them."""
+        """Send every file's bytes, then make the files visible in order, the manifest (the
+        last file) last; on failure abort the uploads and remove what was completed."""
         self.sweep()
+        uploads = PartUploads(
+            self.client, self.bucket, self.options.part_size_bytes, self.options.max_concurrency
+        )
+        staged: list[Staged] = []
         written: list[str] = []
         try:
+            for file in files:  # a part shorter than planned fails before anything is sent
+                check_pieces(pieces_of(file))
             for file in files:
                 key = self.key(f"{prefix}/{file.name}")
-                self._upload(file, key)
-                written.append(key)
+                staged.append(uploads.start(file, key, self._object_args(file)))
+                uploads.send(staged[-1])
+            for item in staged:
+                written.append(item.key)  # before: an interrupted completion may have landed
+                uploads.complete(item)
         except BaseException as exc:
             self._undo(self.key(prefix), written)
             if isinstance(exc, Exception):
@@ -142,23 +155,19 @@ class S3Storage:
         except Exception as exc:
             raise self._explain(exc, "check") from None
 
-    def _upload(self, file: LocalFile, key: str) -> None:
-        extra: dict[str, Any] = {
+    def _object_args(self, file: LocalFile) -> dict[str, Any]:
+        """What every object carries: type, download name, sha256, encryption."""
+        args: dict[str, Any] = {
             "ContentType": file.content_type,
             "ContentDisposition": f'attachment; filename="{file.name}"',
         }
         if file.sha256:
-            extra["Metadata"] = {"sha256": file.sha256}
+            args["Metadata"] = {"sha256": file.sha256}
         if self.options.sse:
-            extra["ServerSideEncryption"] = self.options.sse
+            args["ServerSideEncryption"] = self.options.sse
             if self.options.sse_kms_key_id:
-                extra["SSEKMSKeyId"] = self.options.sse_kms_key_id
-        transfer = TransferConfig(
-            multipart_threshold=self.options.part_size_bytes,
-            multipart_chunksize=self.options.part_size_bytes,
-            max_concurrency=self.options.max_concurrency,
-        )
-        self.client.upload_file(str(file.path), self.bucket, key, ExtraArgs=extra, Config=transfer)
+                args["SSEKMSKeyId"] = self.options.sse_kms_key_id
+        return args
 
     def _undo(self, prefix: str, written: list[str]) -> None:
         """Delete the objects written and abort multipart uploads under prefix, or journal it."""
