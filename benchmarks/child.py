@@ -43,7 +43,8 @@ def _timed(steps: dict[str, float], function: Callable[..., Any]) -> Callable[..
         try:
             return function(*args, **kwargs)
         finally:
-            steps[function.__name__] = time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            steps[function.__name__] = steps.get(function.__name__, 0.0) + elapsed
 
     return wrapper
 
@@ -51,16 +52,20 @@ def _timed(steps: dict[str, float], function: Callable[..., Any]) -> Callable[..
 def ours(spec: dict[str, Any]) -> dict[str, Any]:
     """run_export end to end, publishing into the case's own folder.
 
-    The steps run_export calls (load, write, publish, cleanup) are wrapped with timers, so
-    the result also says where the time went; run_export itself runs unchanged.
+    The lifecycle's steps (select, write_shard, assemble, publish, cleanup) are wrapped with
+    timers, so the result also says where the time went; run_export itself runs unchanged.
     """
     from export_pipeline import export
     from export_pipeline.settings import Settings
 
     steps: dict[str, float] = {}
-    for name in ("load", "write", "publish", "cleanup"):
-        if callable(getattr(export, name, None)):
-            setattr(export, name, _timed(steps, getattr(export, name)))
+    lifecycle = export.ExportLifecycle
+    for name in ("select", "write_shard", "assemble", "publish", "cleanup"):
+        step = lifecycle.__dict__[name]
+        if isinstance(step, staticmethod):
+            setattr(lifecycle, name, staticmethod(_timed(steps, step.__func__)))
+        else:
+            setattr(lifecycle, name, _timed(steps, step))
     settings = Settings(home=Path(spec["home"]), storage=Path(spec["out_dir"]).as_uri())
     started = time.perf_counter()
     result = export.run_export(
@@ -83,14 +88,15 @@ def ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def dagster(spec: dict[str, Any]) -> dict[str, Any]:
-    """One run of the export_collection job, in process, as the CLI launches it."""
-    from dagster import DagsterInstance
-
-    from export_pipeline.orchestration.launch import execute
+    """One run of the export_collection job as the CLI launches it: one shard in process,
+    several in parallel processes (`spec["shards"]`, default EXPORT_PIPELINE_SHARDS)."""
+    from export_pipeline.orchestration.launch import execute, local_instance
     from export_pipeline.settings import Settings
 
     settings = Settings(home=Path(spec["home"]), storage=Path(spec["out_dir"]).as_uri())
-    instance = DagsterInstance.ephemeral()
+    if spec.get("shards"):
+        settings = settings.model_copy(update={"shards": str(spec["shards"])})
+    instance = local_instance(settings)
     started = time.perf_counter()
     run = execute(settings, spec["namespace"], spec["collection"], spec["request"], "cli", instance)
     seconds = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""The `export_collection` job: plan -> select -> export_shard (one per shard) -> publish."""
+"""The `export_collection` job: plan -> export_shard (one per shard) -> publish -> report."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from export_pipeline.orchestration.ops import (
     plan_export_op,
     publish_files,
     report_export,
-    select_documents,
 )
 
 JOB_NAME = "export_collection"
@@ -32,7 +31,7 @@ JOB_NAME = "export_collection"
 )
 def export_collection() -> None:
     """The one export job every entry point launches."""
-    progress, shards = select_documents(plan_export_op())
+    progress, shards = plan_export_op()
     parts = shards.map(export_shard)
     report_export(publish_files(progress, parts.collect()))
 

@@ -110,8 +110,10 @@ def _step(context: dg.OpExecutionContext, plan: ExportPlan, name: str) -> Iterat
 
 @dg.op(
     name="plan_export",
-    description="Validate the request, resolve the collection, fix the snapshot to read and"
-    " cut it into shards.",
+    description="Validate the request, fix the snapshot to read, decide what the shards cannot"
+    " decide alone (a sample's cutoff, the columns of a filtered csv or parquet export), then"
+    " hand out the shards.",
+    out={"progress": dg.Out(Progress), "shards": dg.DynamicOut(ShardTask)},
 )
 def plan_export_op(
     context: dg.OpExecutionContext,
@@ -119,8 +121,9 @@ def plan_export_op(
     store: StoreResource,
     storage: StorageResource,
     duckdb: DuckDBResource,
-) -> Progress:
-    """Step 0: the ExportPlan; no document is read."""
+) -> Iterator[dg.Output[Progress] | dg.DynamicOutput[ShardTask]]:
+    """Step 1: the ExportPlan, a pass over the matches where the export needs one, and one
+    task per shard."""
     started = time.perf_counter()
     lifecycle = _lifecycle(store, storage, duckdb)
     try:
@@ -135,7 +138,15 @@ def plan_export_op(
         f"export {plan.export_id} of {plan.namespace.name}/{plan.collection.name}"
         f" in {len(plan.shards)} shard(s)"
     )
-    return Progress(plan=plan, seconds={"plan": round(time.perf_counter() - started, 3)})
+    progress = Progress(plan=plan, seconds={"plan": round(time.perf_counter() - started, 3)})
+    with _step(context, plan, "select") as selecting:
+        progress.selection = lifecycle.select(plan)
+    progress.seconds["select"] = round(time.perf_counter() - selecting, 3)
+    matched = progress.selection.matched
+    yield dg.Output(progress, "progress", metadata={} if matched is None else {"matched": matched})
+    for shard in plan.shards:
+        task = ShardTask(plan=plan, selection=progress.selection, shard=shard)
+        yield dg.DynamicOutput(task, output_name="shards", mapping_key=f"shard_{shard.index:05d}")
 
 
 def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
@@ -148,31 +159,6 @@ def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
     trigger = tags.trigger_of(run.tags)
     found = tags.export_tags(plan.namespace, plan.collection, plan.request.format, trigger)
     context.instance.add_run_tags(context.run_id, {**found, tags.EXPORT_ID: plan.export_id})
-
-
-@dg.op(
-    description="Decide what the shards cannot decide alone (a sample's cutoff, the columns"
-    " of a filtered csv or parquet export), then hand out the shards.",
-    out={"progress": dg.Out(Progress), "shards": dg.DynamicOut(ShardTask)},
-)
-def select_documents(
-    context: dg.OpExecutionContext,
-    progress: Progress,
-    store: StoreResource,
-    storage: StorageResource,
-    duckdb: DuckDBResource,
-) -> Iterator[dg.Output[Progress] | dg.DynamicOutput[ShardTask]]:
-    """Step 1: a pass over the matches, when the export needs one; one task per shard."""
-    lifecycle = _lifecycle(store, storage, duckdb)
-    plan = progress.plan
-    with _step(context, plan, "select") as started:
-        progress.selection = lifecycle.select(plan)
-    progress.seconds["select"] = round(time.perf_counter() - started, 3)
-    metadata = {} if progress.selection.matched is None else {"matched": progress.selection.matched}
-    yield dg.Output(progress, "progress", metadata=metadata)
-    for shard in plan.shards:
-        task = ShardTask(plan=plan, selection=progress.selection, shard=shard)
-        yield dg.DynamicOutput(task, output_name="shards", mapping_key=f"shard_{shard.index:05d}")
 
 
 @dg.op(description="Write one shard's part of the documents (and vectors) file in scratch space.")

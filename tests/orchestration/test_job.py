@@ -24,7 +24,6 @@ from export_pipeline.orchestration.ops import (
     plan_export_op,
     publish_files,
     report_export,
-    select_documents,
 )
 from export_pipeline.orchestration.resources import resources_from
 from export_pipeline.settings import Settings
@@ -269,12 +268,9 @@ def test_each_op_with_build_op_context(
     context = dg.build_op_context(resources=resources, instance=dg.DagsterInstance.ephemeral())
     config = ExportConfig.of(ns.name, col.name, {"format": "csv", "filters": {"AND": [SCIENCE]}})
 
-    progress = plan_export_op(context, config)
-    assert progress.plan.collection.id == col.id and progress.selection.matched is None
-    assert not progress.plan.scratch_dir.exists()  # planning reads no document
-
-    outputs = list(select_documents(context, progress))
+    outputs = list(plan_export_op(context, config))
     progress = outputs[0].value
+    assert progress.plan.collection.id == col.id
     # a csv filter needs no pass before writing: the shards read the matches themselves
     assert progress.selection.streamed and progress.selection.matched is None
     tasks = [output.value for output in outputs[1:]]
@@ -298,7 +294,7 @@ def test_plan_op_turns_a_bad_collection_into_a_failure_that_is_not_retried(
     ns, _ = demo
     context = dg.build_op_context(resources=resources_from(settings))
     with pytest.raises(dg.Failure) as info:
-        plan_export_op(context, ExportConfig(namespace=ns.name, collection="nope"))
+        list(plan_export_op(context, ExportConfig(namespace=ns.name, collection="nope")))
     assert info.value.allow_retries is False
     assert info.value.metadata["error"].value["type"] == "NotFoundError"
 
@@ -322,7 +318,6 @@ def test_definitions_load_and_hold_the_export_job() -> None:
     job = defs.resolve_job_def("export_collection")
     assert [node.name for node in job.nodes_in_topological_order] == [
         "plan_export",
-        "select_documents",
         "export_shard",
         "publish_files",
         "report_export",
