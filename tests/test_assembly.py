@@ -415,3 +415,22 @@ def test_an_unknown_format_is_refused(tmp_path: Path) -> None:
     part.write_bytes(b"x")
     with pytest.raises(ValueError, match="xml"):
         assembled("xml", [part])
+
+
+def test_parts_written_by_duckdb_assemble_too(tmp_path: Path) -> None:
+    parts = []
+    with duckdb.connect() as con:
+        for k in range(3):
+            parts.append(tmp_path / f"part-{k}.parquet")
+            con.execute(
+                f"COPY (SELECT i AS id, 'doc-' || i AS document_id, [i::FLOAT, 0.5] AS vector,"
+                f" {{'a': i % 7, 'b': 'x'}} AS meta FROM range({k * 3000}, {(k + 1) * 3000}) t(i))"
+                f" TO '{parts[-1]}' (FORMAT parquet, ROW_GROUP_SIZE 1024)"
+            )
+    for part in parts:
+        data = part.read_bytes()
+        footer = data[-8 - struct.unpack("<I", data[-8:-4])[0] : -8]
+        assert encode_struct(decode_struct(footer)[0]) == footer
+    out = write_pieces(assembled("parquet", parts), tmp_path / "documents.parquet")
+    check_assembled(out, parts)
+    assert pq.read_table(out).column("id").to_pylist() == list(range(9000))
