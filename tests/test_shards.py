@@ -200,3 +200,38 @@ def _files_of(response: Any) -> list[Path]:
     if response.vectors_s3_path:
         paths.append(Path(response.vectors_s3_path.removeprefix("file://")))
     return paths
+
+
+def _corrupt_data(path: Path) -> None:
+    """Garbage over a segment's first column chunks; its footer (read to plan) intact."""
+    metadata = pq.read_metadata(path)
+    end = min(metadata.row_group(0).column(0).data_page_offset + 4096, path.stat().st_size // 2)
+    with open(path, "r+b") as handle:
+        handle.seek(4)
+        handle.write(b"\xff" * (end - 4))
+
+
+def _left_behind(settings: Settings) -> list[Path]:
+    exports = settings.home_dir / "exports"
+    found = [p for p in settings.scratch_dir.rglob("*") if p.is_file()]
+    return found + [p for p in exports.rglob("*") if p.is_file()] if exports.exists() else found
+
+
+@pytest.mark.parametrize("processes", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_failed_shard_fails_the_export_and_leaves_nothing(
+    store: Store, sharded: Collection, processes: bool
+) -> None:
+    from export_pipeline.errors import ExportPipelineError
+    from export_pipeline.orchestration.launch import execute, local_instance
+
+    _corrupt_data(store.documents.segment_files(sharded)[-1])
+    settings = store.settings.model_copy(update={"shards": "3"})
+    body = {"format": "parquet", "include_vectors": True}
+    # the job says what failed as the core's error; in this process, pyarrow's own error
+    with pytest.raises((ExportPipelineError, OSError)):
+        if processes:
+            instance = local_instance(settings)
+            execute(settings, sharded.namespace_id, sharded.id, body, "cli", instance)
+        else:
+            run_export(sharded.namespace_id, sharded.id, body, settings=settings)
+    assert _left_behind(settings) == []

@@ -6,6 +6,7 @@ with the same message before it becomes a run.
 
 import os
 import re
+import shutil
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
@@ -195,10 +196,21 @@ def _run_in_processes(
         ) as result,
     ):
         if not result.success:
+            # A shard that failed removed the scratch space; one still writing then may
+            # have made its folder again: nothing of a failed export stays.
+            _remove_scratch(instance, result.run_id, settings)
             raise run_error(result)
         progress: Progress = result.output_for_node("publish_files")
     assert progress.response is not None and progress.manifest is not None
     return ExportRun(result.run_id, progress.response, progress.manifest)
+
+
+def _remove_scratch(instance: dg.DagsterInstance, run_id: str, settings: Settings) -> None:
+    """The scratch folder of a run's export, removed (the run's tags name the export)."""
+    run = instance.get_run_by_id(run_id)
+    export_id = run.tags.get(tags.EXPORT_ID) if run is not None else None
+    if export_id:
+        shutil.rmtree(settings.scratch_dir / export_id, ignore_errors=True)
 
 
 def run_error(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> ExportPipelineError:
