@@ -51,6 +51,7 @@ from export_pipeline.engine.writers import (
     top_level_keys,
 )
 from export_pipeline.errors import ExportPipelineError
+from export_pipeline.recovery import sweep_quietly
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.store import PublishedExport, Store
@@ -367,10 +368,20 @@ def run_export(
     settings = settings or Settings()
     store = store or Store(settings)
     storage = storage or open_storage(settings)
+    sweep_quietly(settings, store, storage)  # recovery: what killed exports left
     plan = plan_export(store, namespace, collection, request or {})
+    # recovery: the record before anything is created; the lifecycle will move it
+    record = store.operations.begin(
+        "export",
+        plan.export_id,
+        paths=[plan.scratch_dir],
+        storage=storage.target,
+        storage_prefixes=[export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)],
+    )
     try:
         selection = load(plan, store, settings)
         outputs = write(plan, store, settings, selection)
         return publish(plan, outputs, storage, settings, store)
     finally:
         cleanup(plan)
+        record.end()  # recovery: published, or what it wrote is removed

@@ -3,7 +3,7 @@
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +24,9 @@ from export_pipeline.orchestration.resources import (
     StoreResource,
     settings_of,
 )
-from export_pipeline.storage import TransientStorageError, open_storage
+from export_pipeline.recovery import sweep_quietly
+from export_pipeline.settings import Settings
+from export_pipeline.storage import TransientStorageError, export_prefix, open_storage
 from export_pipeline.store import Store
 
 PUBLISH_RETRIES = 3
@@ -72,20 +74,24 @@ def _step(context: dg.OpExecutionContext, progress: Progress, name: str) -> Iter
             context.log.warning(f"{name}: transient storage error, retrying: {exc}")
             raise  # the RetryPolicy runs the op again; its files must still be there
         steps.cleanup(progress.plan)
+        _recovery_end(context, progress.plan)  # recovery:
         attempts = PUBLISH_RETRIES + 1
         raise failure(
             ExportPipelineError(f"storage kept failing after {attempts} attempts: {exc}")
         ) from None
     except ExportPipelineError as exc:
         steps.cleanup(progress.plan)
+        _recovery_end(context, progress.plan)  # recovery:
         raise failure(exc) from None
     except Exception as exc:  # unforeseen: said with its type, and never retried either
         steps.cleanup(progress.plan)
+        _recovery_end(context, progress.plan)  # recovery:
         said = f"{context.op_def.name}: {type(exc).__name__}: {exc} (run {context.run_id})"
         unforeseen = ExportPipelineError(said)
         raise failure(unforeseen) from exc
     except BaseException:  # a run being cancelled: a failed export leaves nothing
         steps.cleanup(progress.plan)
+        _recovery_end(context, progress.plan)  # recovery:
         raise
     progress.seconds[name] = round(time.perf_counter() - started, 3)
 
@@ -107,12 +113,36 @@ def plan_export_op(
     try:
         with guard(settings.home_dir, "home", PUBLISHED_NOTHING):
             store = Store(settings)
+            sweep_quietly(settings, store)  # recovery: what killed exports and ingests left
             plan = plan_export(store, config.namespace, config.collection, config.request())
     except ExportPipelineError as exc:
         raise failure(exc) from None
+    _recovery_begin(settings, plan)  # recovery:
     _tag_run(context, plan)
     context.log.info(f"export {plan.export_id} of {plan.namespace.name}/{plan.collection.name}")
     return Progress(plan=plan, seconds={"plan": round(time.perf_counter() - started, 3)})
+
+
+# recovery: the export's record (store/operations.py) before anything is created, ended once
+# published or cleaned up; a killed export leaves it for the sweep. The lifecycle moves these.
+def _recovery_begin(settings: Settings, plan: ExportPlan) -> None:
+    """Record the export's scratch folder and final prefix before either exists."""
+    prefix = export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)
+    Store(settings).operations.begin(
+        "export",
+        plan.export_id,
+        paths=[plan.scratch_dir],
+        storage=settings.storage_uri,
+        storage_prefixes=[prefix],
+    )
+
+
+def _recovery_end(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
+    """Forget the export's record once it removed what it wrote (never fails the step)."""
+    with suppress(Exception):
+        resources = context.resources
+        settings = settings_of(resources.store, resources.storage, resources.duckdb)
+        Store(settings).operations.end(plan.export_id)
 
 
 def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
@@ -185,6 +215,7 @@ def publish_files(
             progress.plan, progress.outputs, storage_target, settings, Store(settings)
         )
     steps.cleanup(progress.plan)
+    Store(settings).operations.end(progress.plan.export_id)  # recovery:
     progress.response, progress.manifest = result.response, result.manifest
     return progress
 
