@@ -347,3 +347,70 @@ def test_a_cli_export_killed_while_publishing_to_s3_leaves_nothing_after_gc(
     done = cli(EXPORT, env)
     assert done["document_count"] == 15_000
     assert done["s3_path"].startswith(f"s3://{bucket}/exports/")
+
+
+# --- The API: a worker cancelled at its time limit, and the server's start ---------------
+
+
+@pytest.mark.slow
+def test_an_api_export_cancelled_at_its_time_limit_leaves_nothing_on_s3(
+    store: Store, tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker pauses mid-upload (a test-only sitecustomize arms kill_child in the
+    spawned worker); the time limit ends it, and what it wrote goes at once."""
+    from export_pipeline.orchestration.launch import prepare
+    from export_pipeline.orchestration.pool import RunPool, RunTimedOut
+
+    big_collection(store)
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('RECOVERY_TEST_PAUSE'):\n"
+        f"    sys.path.insert(0, {str(CHILD.parent)!r})\n"
+        "    import kill_child\n"
+        "    kill_child.arm(*os.environ['RECOVERY_TEST_PAUSE'].split('|'))\n"
+    )
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("PYTHONPATH", f"{plugin}{os.pathsep}{WORKTREE}")
+    monkeypatch.setenv("RECOVERY_TEST_PAUSE", f"export-multipart|{marker}")
+    # The job's resources pass no S3 options: the worker reads them from its environment.
+    monkeypatch.setenv("EXPORT_PIPELINE_S3_PART_SIZE_MB", "5")
+    settings = store.settings.model_copy(
+        update={"storage": f"s3://{bucket}/exports", "s3_part_size_mb": 5}
+    )
+    pool = RunPool(settings, workers=1, per_collection=1)
+    try:
+        launch = prepare(store, "test-ns", "things", {"format": "json"}, "api")
+        with pytest.raises(RunTimedOut):
+            pool.run(launch, timeout=10)
+    finally:
+        pool.close()
+    assert marker.exists()  # it was cancelled mid-upload
+    s3 = boto3.session.Session().client("s3")
+    assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert debris(store) == []
+    assert store.operations.records() == []
+    assert run_statuses(settings) == [dg.DagsterRunStatus.CANCELED]
+
+
+@pytest.mark.slow
+def test_the_api_server_start_reclaims_and_fails_dead_runs(store: Store, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from export_pipeline.api.app import create_app
+    from export_pipeline.orchestration.pool import RunPool
+
+    big_collection(store)
+    kill_at("export-writing", EXPORT, env_of(store.settings), tmp_path)
+    assert debris(store)
+    pool = RunPool(store.settings, workers=1, per_collection=1)
+    try:
+        with TestClient(create_app(store.settings, pool)) as client:
+            assert client.get("/healthz").status_code == 200
+            assert debris(store) == []
+            assert store.operations.records() == []
+            assert run_statuses(store.settings) == [dg.DagsterRunStatus.FAILURE]
+    finally:
+        pool.close()
