@@ -43,8 +43,8 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
     }
 
 
-def kill_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> None:
-    """Run the CLI in a child until it reaches `point`, then SIGKILL it."""
+def paused_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> subprocess.Popen:
+    """Run the CLI in a child until it reaches `point` and waits there."""
     marker = folder / f"{point}.reached"
     process = subprocess.Popen(
         [sys.executable, str(CHILD), point, str(marker), *argv],
@@ -59,6 +59,12 @@ def kill_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> N
             pytest.fail(f"the child ended before {point}: {output[-3000:]}")
         assert time.monotonic() < deadline, f"{point} not reached"
         time.sleep(0.05)
+    return process
+
+
+def kill_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> None:
+    """Run the CLI in a child until it reaches `point`, then SIGKILL it."""
+    process = paused_at(point, argv, env, folder)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
 
@@ -264,6 +270,29 @@ def test_a_killed_ingest_changes_nothing_and_gc_reclaims_it(
     assert shape(store) == before
     done = cli(["ingest", "things", str(source), "-n", "test-ns"], env)
     assert done["document_count"] == len(DOCS) + len(more)
+
+
+@pytest.mark.slow
+def test_gc_leaves_a_live_ingest_alone_however_young_its_files(
+    store: Store, tmp_path: Path
+) -> None:
+    make_collection(store, DOCS)
+    more = [{"document_id": f"e{i:05d}"} for i in reversed(range(3000))]
+    source = write_jsonl(tmp_path / "more", more)
+    env = env_of(store.settings)
+    argv = ["ingest", "things", str(source), "-n", "test-ns"]
+    process = paused_at("ingest-segments", argv, env, tmp_path)
+    try:
+        during = debris(store)
+        assert during
+        report = cli(["gc", "--grace-seconds", "0"], env)
+        assert (report["records"], report["kept"]) == (0, 1)
+        assert debris(store) == during
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert cli(["gc"], env)["records"] == 1
+    assert debris(store) == []
 
 
 @pytest.mark.slow
