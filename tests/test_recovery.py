@@ -5,6 +5,7 @@ announces, then check: nothing changed, the next command reclaims everything, a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -208,6 +209,23 @@ def test_unrecorded_debris_goes_once_older_than_the_grace_period(store: Store) -
     assert not any(path.exists() for path in made)
     assert all(path.exists() for path in listed)  # the collection's own segments stay
     assert shape(store)[2] == len(DOCS)
+
+
+@pytest.mark.parametrize("retired, recorded, old", list(itertools.product([False, True], repeat=3)))
+def test_an_unlisted_segment_goes_only_when_nothing_keeps_it_and_it_is_old(
+    store: Store, retired: bool, recorded: bool, old: bool
+) -> None:
+    _, col = make_collection(store, DOCS)
+    segment = store.documents.collection_dir(col) / "segments" / "seg_unlisted.parquet"
+    segment.write_text("x")
+    if retired:  # replaced by an ingest, kept for the retention period
+        with store.catalog.transaction() as db:
+            db.execute("INSERT INTO retired_segments VALUES (?, ?)", (str(segment), time.time()))
+    if recorded:  # a live ingest is about to swap it in
+        store.operations.begin("ingest", "stg_live", segments=[segment])
+    sweep(store.settings, store, grace_seconds=0 if old else 3600)
+    assert segment.exists() == (retired or recorded or not old)
+    assert all(path.exists() for path in store.documents.segment_files(col))
 
 
 def test_segments_retention_keeps_are_not_orphans(store: Store) -> None:
@@ -443,3 +461,21 @@ def test_the_api_server_start_reclaims_and_fails_dead_runs(store: Store, tmp_pat
             assert run_statuses(store.settings) == [dg.DagsterRunStatus.FAILURE]
     finally:
         pool.close()
+
+
+def test_gc_on_a_home_never_used_reports_nothing_and_creates_nothing(
+    settings: Settings,
+) -> None:
+    report = cli(["gc"], env_of(settings))
+    assert report == {
+        "records": 0,
+        "paths": 0,
+        "objects": 0,
+        "multipart_uploads": 0,
+        "segments": 0,
+        "kept": 0,
+        "runs_failed": 0,
+        "skipped": None,
+        "errors": [],
+    }
+    assert not settings.home_dir.exists()
