@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000)
 
+    gc = commands.add_parser(
+        "gc", help="reclaim what killed exports and ingests left; mark their runs failed"
+    )
+    gc.add_argument(
+        "--grace-seconds",
+        type=float,
+        help="age past which unrecorded debris is removed (default:"
+        " EXPORT_PIPELINE_RECOVERY_GRACE_SECONDS, 3600)",
+    )
+
     commands.add_parser("demo", help="build a demo collection and export it")
     return parser
 
@@ -142,6 +152,10 @@ def _read_request(source: str, what: str) -> bytes:
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Carry out one parsed command and return its JSON result."""
+    if args.command == "gc":  # before opening the store: an empty home stays empty
+        from export_pipeline.orchestration.dead_runs import collect  # Dagster: ~0.9 s
+
+        return collect(settings, args.grace_seconds).as_dict()
     from export_pipeline.store import Store
 
     store = Store(settings)

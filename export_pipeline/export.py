@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,10 +41,12 @@ from export_pipeline.engine.selection import Selection, needs_survey, open_scrat
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS, csv_header
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
+from export_pipeline.recovery import sweep_quietly
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.storage.pieces import sha256_of_pieces
 from export_pipeline.store import PublishedExport, Store
+from export_pipeline.store.operations import Owner
 
 
 @dataclass(frozen=True)
@@ -235,17 +238,39 @@ class ExportLifecycle:
         )
         return ExportResult(response=response, manifest=manifest)
 
-    @staticmethod
-    def cleanup(plan: ExportPlan) -> None:
-        """Remove the export's scratch space, whether it succeeded or failed."""
+    def sweep(self) -> None:
+        """Reclaim what killed exports and ingests left (cheap when there is nothing)."""
+        sweep_quietly(self.settings, self.store, self._storage)
+
+    def begin(self, plan: ExportPlan, owner: Owner | None = None) -> None:
+        """Record what the export is about to create (its scratch folder, its final prefix)
+        before anything is: a killed export leaves a record for the sweep, not only debris.
+        `owner`: the process the export lives and dies with (default: this one)."""
+        prefix = export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)
+        self.store.operations.begin(
+            "export",
+            plan.export_id,
+            paths=[plan.scratch_dir],
+            storage=self.settings.storage_uri,
+            storage_prefixes=[prefix],
+            owner=owner,
+        )
+
+    def cleanup(self, plan: ExportPlan) -> None:
+        """Remove the export's scratch space, whether it succeeded or failed, and forget its
+        record (published, or what it wrote is removed)."""
         shutil.rmtree(plan.scratch_dir, ignore_errors=True)
+        with suppress(Exception):  # a record left behind is only work for the sweep
+            self.store.operations.end(plan.export_id)
 
     def run(
         self, namespace: str, collection: str, request: ExportRequest | dict[str, Any] | None
     ) -> ExportResult:
         """Every step in this process, the shards one after the other; nothing is left
         behind on failure."""
+        self.sweep()
         plan = self.plan(namespace, collection, request)
+        self.begin(plan)
         try:
             selection = self.select(plan)
             parts = [self.write_shard(plan, selection, shard) for shard in plan.shards]

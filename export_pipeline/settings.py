@@ -71,6 +71,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds replaced segments stay on disk for exports still reading them.",
     )
+    recovery_grace_seconds: int = Field(
+        3600,
+        ge=0,
+        description="Debris no record accounts for (scratch, staging, unlisted segments) is"
+        " reclaimed by the sweep once untouched this long.",
+    )
+    recovery_foreign_max_age_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="Records of operations on another host (whose process cannot be checked)"
+        " are taken as dead once this old.",
+    )
     schedules: Path | None = Field(
         None,
         description="YAML file of scheduled and on-change exports (unset: none).",

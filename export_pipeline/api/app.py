@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -26,12 +27,14 @@ from export_pipeline.errors import ValidationError
 from export_pipeline.jsontext import load_json
 from export_pipeline.links import ExportLinks, fresh_links
 from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.dead_runs import collect
 from export_pipeline.orchestration.launch import local_instance, prepare
 from export_pipeline.orchestration.pool import RunPool, instance_limits
 from export_pipeline.settings import Settings
 from export_pipeline.storage import open_storage
 from export_pipeline.store import Store
 
+log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
 bearer = HTTPBearer(auto_error=False, scheme_name="An API key: Authorization: Bearer sk_...")
 
@@ -43,6 +46,9 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # What killed exports and ingests left is reclaimed, and their runs stop blocking
+        # the queue, before the first request.
+        await run_in_threadpool(_recover, settings)
         # Warm workers: a request pays for its export, not for starting Python and Dagster.
         app.state.pool = pool or RunPool(settings, *instance_limits(settings))
         yield
@@ -112,6 +118,15 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
 
     install_schemas(app, bearer)
     return app
+
+
+def _recover(settings: Settings) -> None:
+    try:
+        report = collect(settings)
+    except Exception as exc:  # the API serves anyway; the next start (or `gc`) tries again
+        log.warning("recovery at start failed: %s", exc)
+        return
+    log.info("recovery at start: %s", report.as_dict())
 
 
 async def _body(request: Request, timeout: float) -> bytes:

@@ -5,7 +5,7 @@ folder. Both work alike, file for object: `<name>.json` directly inside (names s
 a dot ignored), oldest first, at most MAX_FILES_PER_TICK per tick; handled ones move into
 accepted/, or into rejected/ beside `<name>.error.txt`. What to do with a request (`decide`:
 parse, validate with `launch.prepare`, run key = sha256 of the bytes) is shared; a source only
-lists, reads and moves.
+lists, reads and moves, and moves only what it read (a folder compares the bytes, S3 the ETag).
 """
 
 from __future__ import annotations
@@ -175,7 +175,11 @@ class LocalDropFolder:
             # The note first: a file in rejected/ always has its reason beside it.
             note = target_dir / note_name(target.name)
             note.write_text(decision.error + "\n", encoding="utf-8")
-        os.replace(self.folder / decision.name, target)
+        source = self.folder / decision.name
+        # A writer may have replaced the file since it was read: that content is decided anew.
+        if hashlib.sha256(source.read_bytes()).hexdigest() != decision.run_key:
+            raise OSError(f"{source} changed since it was read; it is read again next tick")
+        os.replace(source, target)
         return str(target)
 
 
@@ -188,6 +192,7 @@ class S3DropPrefix:
         self.options = options
         if client is not None:
             self.client = client
+        self._etags: dict[str, str] = {}  # name -> ETag of the content read
 
     @classmethod
     def from_uri(cls, uri: str, options: S3Options) -> S3DropPrefix:
@@ -228,7 +233,9 @@ class S3DropPrefix:
 
     def read(self, name: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"].read()
+            found = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+            self._etags[name] = found["ETag"]
+            return found["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             if _code(exc) in {"NoSuchKey", "404"}:
                 raise FileNotFoundError(self.key(name)) from None
@@ -253,14 +260,31 @@ class S3DropPrefix:
                     ContentType="text/plain; charset=utf-8",
                     **encryption,
                 )
+            # Only the object read moves: the copy and the delete both require its ETag, so
+            # a request rewritten meanwhile stays to be decided anew.
+            read = self._etags.get(decision.name)
+            if_match = {"CopySourceIfMatch": read} if read else {}
             self.client.copy_object(
                 Bucket=self.bucket,
                 Key=target,
                 CopySource={"Bucket": self.bucket, "Key": source},
+                **if_match,
                 **encryption,
             )
-            self.client.delete_object(Bucket=self.bucket, Key=source)
+            try:
+                self.client.delete_object(
+                    Bucket=self.bucket, Key=source, **({"IfMatch": read} if read else {})
+                )
+            except ClientError as exc:
+                if _code(exc) != "PreconditionFailed":
+                    raise
+                # Changed between the copy and the delete (or a server that ignored the
+                # copy's condition): the copy may hold the new content, which is not ours.
+                self.client.delete_object(Bucket=self.bucket, Key=target)
+                raise
         except (BotoCoreError, ClientError) as exc:
+            if _code(exc) == "PreconditionFailed":
+                raise OSError(f"{self.where}/{decision.name} changed since it was read") from None
             raise OSError(self._why(exc)) from None
         return f"s3://{self.bucket}/{target}"
 

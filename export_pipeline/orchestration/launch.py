@@ -166,7 +166,8 @@ def run_launch(
         sqlite_quiet.hold(catalog_path(settings.home_dir))
         result = export_collection.execute_in_process(
             run_config=launch.run_config,
-            tags=launch.tags,
+            # recovery: the run names its process, so a killed one is marked failed
+            tags={**launch.tags, **tags.owner_tags()},
             run_id=run_id,
             instance=instance,
             resources=resources_from(settings),
@@ -192,7 +193,7 @@ def _run_in_processes(
             dg.reconstructable(export_job_with_resources),
             instance=instance,
             run_config=launch.run_config,
-            tags=launch.tags,
+            tags={**launch.tags, **tags.owner_tags()},
         ) as result,
     ):
         if not result.success:

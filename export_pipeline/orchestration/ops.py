@@ -1,6 +1,7 @@
 """The export job's ops: thin wrappers over the core steps, passing a small Progress along."""
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from export_pipeline.orchestration.resources import (
 )
 from export_pipeline.settings import Settings
 from export_pipeline.storage import TransientStorageError
+from export_pipeline.store.operations import Owner
 
 PUBLISH_RETRIES = 3
 PUBLISH_RETRY_POLICY = dg.RetryPolicy(
@@ -73,7 +75,9 @@ def failure(exc: ExportPipelineError) -> dg.Failure:
 
 
 @contextmanager
-def _step(context: dg.OpExecutionContext, plan: ExportPlan, name: str) -> Iterator[float]:
+def _step(
+    context: dg.OpExecutionContext, lifecycle: ExportLifecycle, plan: ExportPlan, name: str
+) -> Iterator[float]:
     """Time a step; on failure remove the scratch space unless the op is about to be retried.
 
     Only transient storage errors are retried. A full or read-only folder becomes the core's
@@ -81,7 +85,7 @@ def _step(context: dg.OpExecutionContext, plan: ExportPlan, name: str) -> Iterat
     Dagster's RetryPolicy would otherwise retry whatever an op raises.
     """
     started = time.perf_counter()
-    cleanup = ExportLifecycle.cleanup
+    cleanup = lifecycle.cleanup
     try:
         # Errors that name no path (DuckDB, pyarrow) happen in the export's scratch space.
         with guard(plan.scratch_dir, "scratch space", PUBLISHED_NOTHING):
@@ -128,9 +132,13 @@ def plan_export_op(
     lifecycle = _lifecycle(store, storage, duckdb)
     try:
         with guard(lifecycle.settings.home_dir, "home", PUBLISHED_NOTHING):
+            lifecycle.sweep()
             plan = lifecycle.plan(
                 config.namespace, config.collection, config.request(), config.shards or 1
             )
+            # The run's launcher, where it says: the steps' own processes end before the
+            # export does when the shards run in processes of their own.
+            lifecycle.begin(plan, owner=_launcher(context, config))
     except ExportPipelineError as exc:
         raise failure(exc) from None
     _tag_run(context, plan)
@@ -139,7 +147,7 @@ def plan_export_op(
         f" in {len(plan.shards)} shard(s)"
     )
     progress = Progress(plan=plan, seconds={"plan": round(time.perf_counter() - started, 3)})
-    with _step(context, plan, "select") as selecting:
+    with _step(context, lifecycle, plan, "select") as selecting:
         progress.selection = lifecycle.select(plan)
     progress.seconds["select"] = round(time.perf_counter() - selecting, 3)
     matched = progress.selection.matched
@@ -147,6 +155,19 @@ def plan_export_op(
     for shard in plan.shards:
         task = ShardTask(plan=plan, selection=progress.selection, shard=shard)
         yield dg.DynamicOutput(task, output_name="shards", mapping_key=f"shard_{shard.index:05d}")
+
+
+def _launcher(context: dg.OpExecutionContext, config: ExportConfig) -> Owner | None:
+    """The process the export lives and dies with: the run's launcher where its tags say;
+    else, for steps in processes of their own, their parent (which runs the executor, or
+    the forkserver that lives as long as it does); else this process (None)."""
+    try:
+        found = tags.owner_of(dict(context.run.tags))
+    except dg.DagsterError:  # the op was invoked directly (build_op_context): no run
+        return None
+    if found is None and (config.shards or 1) > 1:
+        return Owner.of(os.getppid())
+    return found
 
 
 def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
@@ -171,7 +192,7 @@ def export_shard(
 ) -> ShardParts:
     """Step 2, once per shard (in parallel where the executor allows): the shard's parts."""
     lifecycle = _lifecycle(store, storage, duckdb)
-    with _step(context, task.plan, f"shard {task.shard.index}"):
+    with _step(context, lifecycle, task.plan, f"shard {task.shard.index}"):
         parts = lifecycle.write_shard(task.plan, task.selection, task.shard)
     written = parts.documents.path.stat().st_size
     if parts.vectors is not None:
@@ -202,7 +223,7 @@ def publish_files(
     """Step 3: the files at their final keys; scratch space is removed afterwards."""
     lifecycle = _lifecycle(store, storage, duckdb)
     plan = progress.plan
-    with _step(context, plan, "publish") as started:
+    with _step(context, lifecycle, plan, "publish") as started:
         outputs = lifecycle.assemble(plan, progress.selection, parts)
         result = lifecycle.publish(plan, outputs)
     lifecycle.cleanup(plan)

@@ -32,6 +32,7 @@ from export_pipeline.orchestration.launch import (
     prepared_run_id,
     run_launch,
 )
+from export_pipeline.recovery import sweep_quietly
 from export_pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -192,6 +193,9 @@ class RunPool:
             export_id = run.tags.get(tags.EXPORT_ID)
             if export_id:
                 shutil.rmtree(self.settings.scratch_dir / export_id, ignore_errors=True)
+        # The worker is gone, so its export's record is dead: its objects, uploads and
+        # staging go now, not at the next sweep.
+        sweep_quietly(self.settings)
         replacement = _Worker(self.settings)
         with self._lock:
             self._workers[self._workers.index(worker)] = replacement

@@ -4,7 +4,11 @@
 <home>/requests) or, given `s3://bucket/prefix`, that S3 prefix (drops.py: the same rules for
 both, file for object). Each `<name>.json` holds `{"namespace", "collection", "request"}` and
 becomes one run per file content (run_key = sha256 of its bytes, so identical bytes never run
-twice). Handled files leave the folder: into accepted/, or into rejected/ beside
+twice). An accepted file leaves the folder only once its run exists (a later tick moves it into
+accepted/; until then each tick requests the same run_key again, which launches nothing new),
+so a daemon crash between the tick and the run's submission loses no request; on S3 the move
+happens only while the object is the one read (its ETag). A rejected file moves at once into
+rejected/ beside
 `<name>.error.txt` saying why, so a bad file is never retried. Only names ending in `.json`
 and not starting with a dot are read: writers write to a temporary name and rename, so no
 half-written file is read. It is RUNNING by default: it creates a local folder when missing
@@ -49,6 +53,7 @@ __all__ = [
 
 DROP_SENSOR = "export_request_drop"
 CHANGE_SENSOR = "collection_change_exports"
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster's sensor daemon puts a run's run_key in
 
 
 def build_drop_sensor(settings: Settings) -> dg.SensorDefinition:
@@ -80,26 +85,43 @@ def build_drop_sensor(settings: Settings) -> dg.SensorDefinition:
                 continue
             except OSError as exc:  # unreadable: left in place, and said so every tick
                 context.log.warning(f"{name}: cannot read it: {exc}")
-        # Every file decided, now file them away; a file that cannot be moved is read again
-        # next tick, and its run_key keeps that from launching a second run.
+        # An accepted file stays until its run exists: the daemon submits the run after the
+        # tick, and a crash in between must not lose the request. Until then every tick
+        # requests it again under the same run_key, which Dagster launches once.
+        launched = runs_exist(context.instance, {d.run_key for d in decisions if d.run_request})
         requests: dict[str, dg.RunRequest] = {}
+        filed = rejected = 0
         for decision in decisions:
-            try:
+            if decision.run_request is not None and decision.run_key not in launched:
+                requests.setdefault(decision.run_key, decision.run_request)
+                context.log.info(f"{decision.name} accepted, run_key {decision.run_key}")
+                continue
+            try:  # one that cannot be moved (or changed since read) is read again next tick
                 target = source.file_away(decision)
             except OSError as exc:
                 context.log.warning(f"{decision.name}: could not move it: {exc}")
                 target = decision.name
             if decision.run_request is None:
+                rejected += 1
                 context.log.warning(f"{decision.name} rejected ({target}): {decision.error}")
             else:
-                requests.setdefault(decision.run_key, decision.run_request)
-                context.log.info(f"{decision.name} accepted, run_key {decision.run_key}")
+                filed += 1
+                context.log.info(f"{decision.name} filed ({target}): its run exists")
         if not requests:
-            reason = f"rejected {len(decisions)} request file(s)" if decisions else "nothing read"
-            return dg.SensorResult(skip_reason=reason)
+            said = [f"filed {filed} request file(s) whose run exists"] if filed else []
+            said += [f"rejected {rejected} request file(s)"] if rejected else []
+            return dg.SensorResult(skip_reason="; ".join(said) or "nothing read")
         return dg.SensorResult(run_requests=list(requests.values()))
 
     return export_request_drop
+
+
+def runs_exist(instance: dg.DagsterInstance, run_keys: set[str]) -> set[str]:
+    """The run keys among `run_keys` that some run of the instance has."""
+    if not run_keys:
+        return set()
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: sorted(run_keys)}))
+    return {run.tags[RUN_KEY_TAG] for run in runs} & run_keys
 
 
 def build_change_sensor(entries: list[ScheduleEntry], settings: Settings) -> dg.SensorDefinition:

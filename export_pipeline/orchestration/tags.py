@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Literal, get_args
 
 from export_pipeline.store import Collection, Namespace
+from export_pipeline.store.operations import Owner
 
 PREFIX = "export_pipeline"
 JOB = f"{PREFIX}/job"  # static on every export run: the global concurrency limit keys on it
@@ -16,6 +17,11 @@ EXPORT_ID = f"{PREFIX}/export_id"
 FORMAT = f"{PREFIX}/format"
 TRIGGER = f"{PREFIX}/trigger"
 KEY_ID = f"{PREFIX}/key_id"  # the API key that asked (its id, never the key)
+# The process running a run in itself (execute_in_process): a run whose process is gone is
+# marked failed by orchestration/dead_runs.py instead of blocking the queue for good.
+HOST = f"{PREFIX}/host"
+PID = f"{PREFIX}/pid"
+PID_STARTED = f"{PREFIX}/pid_started"
 
 Trigger = Literal["ui", "schedule", "sensor", "api", "cli"]
 
@@ -38,3 +44,16 @@ def trigger_of(run_tags: Mapping[str, str]) -> Trigger:
     UI (or straight through GraphQL)."""
     found = run_tags.get(TRIGGER, "ui")
     return found if found in get_args(Trigger) else "ui"  # type: ignore[return-value]
+
+
+def owner_tags(owner: Owner | None = None) -> dict[str, str]:
+    """The tags naming the process that runs a run (default: this one)."""
+    owner = owner or Owner.current()
+    return {HOST: owner.host, PID: str(owner.pid), PID_STARTED: owner.started}
+
+
+def owner_of(run_tags: dict[str, str]) -> Owner | None:
+    """The process a run's owner tags name; None for a run without them."""
+    if HOST not in run_tags or not run_tags.get(PID, "").isdigit():
+        return None
+    return Owner(run_tags[HOST], int(run_tags[PID]), run_tags.get(PID_STARTED, ""))

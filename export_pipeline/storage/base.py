@@ -98,6 +98,11 @@ class Storage(Protocol):
         """Raise, saying why, if the storage cannot be reached or written."""
         ...
 
+    def discard(self, prefix: str) -> tuple[int, int]:
+        """Remove whatever an unfinished export wrote under `prefix` (objects, staging,
+        incomplete multipart uploads); returns (objects removed, uploads aborted)."""
+        ...
+
 
 def published(storage: Storage, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
     """Where each of `files` now lives under `prefix`."""

@@ -64,7 +64,7 @@ class LocalStorage:
         final = self.root / prefix
         if final.exists():
             raise ExportPipelineError(f"export folder {prefix} already exists")
-        staging = self.root / ".staging" / uuid.uuid4().hex
+        staging = self.root / ".staging" / f"{_flat(prefix)}.{uuid.uuid4().hex}"
         with guard(self.root, "exports folder", PUBLISHED_NOTHING):
             try:
                 staging.mkdir(parents=True)
@@ -80,6 +80,18 @@ class LocalStorage:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         return published(self, prefix, files)
+
+    def discard(self, prefix: str) -> tuple[int, int]:
+        """Remove whatever an unfinished export put under `prefix`: the folder and its
+        staging folders; returns (files removed, 0: local files have no pending uploads)."""
+        removed = 0
+        staging = self.root / ".staging"
+        found = list(staging.glob(f"{_flat(prefix)}.*")) if staging.is_dir() else []
+        for folder in [self.root / prefix, *found]:
+            if folder.is_dir():
+                removed += sum(1 for p in folder.rglob("*") if not p.is_dir())
+                shutil.rmtree(folder, ignore_errors=True)
+        return removed, 0
 
     def uri_of(self, key: str) -> str:
         """The published file's file:// URI."""
@@ -111,3 +123,8 @@ def _whole_file(file: LocalFile) -> Path | None:
     if isinstance(only, FileRange) and only.offset == 0:
         return only.path if only.length == only.path.stat().st_size else None
     return None
+
+
+def _flat(prefix: str) -> str:
+    """A prefix as one folder name (its staging folder's name starts with it)."""
+    return prefix.strip("/").replace("/", "~")

@@ -190,6 +190,33 @@ class S3Storage:
                 Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
 
+    def discard(self, prefix: str) -> tuple[int, int]:
+        """Remove every object under `prefix` and abort its incomplete multipart uploads;
+        returns (objects removed, uploads aborted)."""
+        base = self.key(prefix).rstrip("/") + "/"
+        objects = uploads = 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base
+            )
+            for page in pages:
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+                    objects += len(keys)
+            pending = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=base
+            )
+            for page in pending:
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    uploads += 1
+        except Exception as exc:
+            raise self._explain(exc, "cleanup") from None
+        return objects, uploads
+
     def sweep(self) -> None:
         """Finish removing what earlier failed exports left while the endpoint was away."""
         if self.journal is None or not self.journal.exists():

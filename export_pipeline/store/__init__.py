@@ -10,6 +10,7 @@ from export_pipeline.store.catalog import Catalog, Collection, Namespace, Vector
 from export_pipeline.store.documents import DocumentStore, IngestResult
 from export_pipeline.store.exports import ExportRegistry, PublishedExport
 from export_pipeline.store.keys import ApiKey, ApiKeys
+from export_pipeline.store.operations import Operations
 
 __all__ = [
     "ApiKey",
@@ -31,6 +32,7 @@ class Store:
         self.documents = DocumentStore(self.catalog, settings)
         self.exports = ExportRegistry(self.catalog)
         self.keys = ApiKeys(self.catalog)
+        self.operations = Operations(self.catalog)
 
     def resolve(self, namespace: str, collection: str) -> tuple[Namespace, Collection]:
         """Look up a namespace by id or name, then a collection inside it by id or name."""
@@ -42,6 +44,9 @@ class Store:
     ) -> IngestResult:
         """Ingest a JSONL file into a collection (all or nothing); a full or read-only disk
         fails naming the path, and the collection is left as it was."""
+        from export_pipeline.recovery import sweep_quietly  # it imports this module
+
+        sweep_quietly(self.settings, self)  # what killed exports and ingests left
         with guard(self.settings.home_dir, "home", INGESTED_NOTHING):
             _, found = self.resolve(namespace, collection)
             with guard(self.documents.collection_dir(found), "collection folder"):

@@ -47,6 +47,17 @@ CREATE TABLE IF NOT EXISTS exports (
     storage TEXT NOT NULL,
     prefix TEXT NOT NULL,
     exported_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_started TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    storage TEXT,
+    paths TEXT NOT NULL DEFAULT '[]',
+    storage_prefixes TEXT NOT NULL DEFAULT '[]',
+    segments TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT,
@@ -176,6 +187,16 @@ class Catalog:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: its statements see one snapshot, and no writer waits on it."""
+        with self._connect() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("ROLLBACK")
 
     def check(self) -> None:
         """Raise if the catalog cannot be read."""

@@ -34,6 +34,7 @@ from export_pipeline.store.batches import (
     rebatch,
 )
 from export_pipeline.store.catalog import Catalog, Collection, utc_now
+from export_pipeline.store.operations import Operations
 from export_pipeline.store.segments import SHAPE_ID, numbered, shapes_file
 
 
@@ -203,9 +204,12 @@ class DocumentStore:
             current = self.catalog.namespace(collection.namespace_id)
             fresh = self.catalog.collection(current, collection.id)
             work = self.collection_dir(fresh) / "staging" / f"stg_{uuid.uuid4().hex}"
-            work.mkdir(parents=True)
-            change = steps.Change(keep=list(fresh.segments))
+            # Recorded before anything is created: a killed ingest leaves a record that the
+            # next sweep reclaims its staging folder and new segments by.
+            record = Operations(self.catalog).begin("ingest", work.name, paths=[work])
+            change = steps.Change(keep=list(fresh.segments), record=record)
             try:
+                work.mkdir(parents=True)
                 with self._duckdb(work) as con:
                     return self._ingest(con, fresh, source, work, upsert, change)
             except BaseException:
@@ -214,6 +218,7 @@ class DocumentStore:
                 raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+                record.end()
 
     def _ingest(
         self,
@@ -258,6 +263,18 @@ class DocumentStore:
             yield con
         finally:
             con.close()
+
+    def listed_segments(self) -> tuple[set[str], set[str]]:
+        """The segment files every collection's current version lists, and the replaced ones
+        retention still keeps, as absolute paths (read in one snapshot of the catalog)."""
+        listed: set[str] = set()
+        with self.catalog.reading() as db:
+            rows = db.execute("SELECT id, namespace_id, segments FROM collections").fetchall()
+            retired = {row[0] for row in db.execute("SELECT path FROM retired_segments")}
+        for row in rows:
+            folder = self.catalog.home / "collections" / row["namespace_id"] / row["id"]
+            listed.update(str(folder / "segments" / name) for name in orjson.loads(row[2]))
+        return listed, retired
 
     def _swap(
         self, collection: Collection, segments: list[str], count: int, retired: list[str]

@@ -21,6 +21,7 @@ from export_pipeline.store.batches import ID, read_run
 from export_pipeline.store.catalog import Collection, utc_now
 from export_pipeline.store.jsonl import LineError, batches
 from export_pipeline.store.lines import line_of
+from export_pipeline.store.operations import Operation
 from export_pipeline.store.segments import (
     SegmentWriter,
     internal_suffix,
@@ -47,6 +48,13 @@ class Change:
     retired: list[str] = field(default_factory=list)
     replaced: int = 0
     created: list[Path] = field(default_factory=list)
+    record: Operation | None = None  # the ingest's record, told of each file before it exists
+
+    def will_create(self, *paths: Path) -> None:
+        """Note files about to be created (removed if the ingest fails, or after a crash)."""
+        self.created += paths
+        if self.record is not None:
+            self.record.add(segments=[p for p in paths if not p.name.endswith(".shapes.parquet")])
 
 
 def stage(
@@ -125,7 +133,7 @@ def replace_stored(
             kept.append(name)
             continue
         rewritten = new_segment_name()
-        change.created += [folder / rewritten, shapes_file(folder / rewritten)]
+        change.will_create(folder / rewritten, shapes_file(folder / rewritten))
         with SegmentWriter(folder / rewritten, segment_schema(collection.vector_indexes), con) as w:
             for batch in read_run(segment, None):
                 w.write(batch.filter(pc.invert(pc.is_in(batch.column(ID), value_set=gone))))
@@ -147,7 +155,7 @@ def add_segment(
     """The staged documents as a new sorted segment (created_at kept for replaced ones)."""
     name = new_segment_name()
     target = folder / name
-    change.created += [target, shapes_file(target)]
+    change.will_create(target, shapes_file(target))
     if staged.ascending and not replaced.num_rows:  # already a sorted segment: no rewrite
         staged.path.rename(target)
         shapes_file(staged.path).rename(shapes_file(target))

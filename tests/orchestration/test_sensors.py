@@ -20,7 +20,12 @@ from conftest import make_collection, write_jsonl
 from helpers import free_port
 
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.drops import LocalDropFolder, S3DropPrefix, drop_source
+from export_pipeline.orchestration.drops import (
+    LocalDropFolder,
+    S3DropPrefix,
+    decide,
+    drop_source,
+)
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.resources import resources_from
 from export_pipeline.orchestration.schedules import ScheduleEntry
@@ -28,9 +33,11 @@ from export_pipeline.orchestration.sensors import (
     CHANGE_SENSOR,
     DROP_SENSOR,
     MAX_FILES_PER_TICK,
+    RUN_KEY_TAG,
     build_change_sensor,
     build_drop_sensor,
     build_sensors,
+    runs_exist,
 )
 from export_pipeline.settings import Settings
 from export_pipeline.storage.s3 import S3Options
@@ -46,9 +53,34 @@ def things(store: Store) -> tuple[Namespace, Collection]:
     return make_collection(store, DOCS)
 
 
-def evaluate(sensor: dg.SensorDefinition, cursor: str | None = None) -> dg.SensorExecutionData:
-    context = dg.build_sensor_context(cursor=cursor, instance=dg.DagsterInstance.ephemeral())
+def evaluate(
+    sensor: dg.SensorDefinition,
+    cursor: str | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> dg.SensorExecutionData:
+    """One tick of the real sensor against `instance` (default: a new, empty one)."""
+    instance = instance or dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(cursor=cursor, instance=instance)
     return sensor.evaluate_tick(context)
+
+
+def submit(instance: dg.DagsterInstance, data: dg.SensorExecutionData) -> None:
+    """What the sensor daemon does after a tick: a run per run_key that has none yet."""
+    for request in data.run_requests or []:
+        if runs_exist(instance, {request.run_key}):
+            continue
+        instance.create_run_for_job(
+            job_def=export_collection,
+            run_config=request.run_config,
+            tags={**request.tags, RUN_KEY_TAG: request.run_key, "dagster/sensor_name": DROP_SENSOR},
+        )
+
+
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance) -> dg.SensorExecutionData:
+    """A tick whose run requests the daemon submits."""
+    data = evaluate(sensor, instance=instance)
+    submit(instance, data)
+    return data
 
 
 def drop(settings: Settings, name: str, content: Any) -> bytes:
@@ -94,7 +126,9 @@ def test_a_valid_file_launches_one_run_keyed_by_its_sha256_and_is_accepted(
     settings: Settings, things: tuple[Namespace, Collection]
 ) -> None:
     data = drop(settings, "export-1.json", VALID)
-    result = evaluate(build_drop_sensor(settings))
+    instance = dg.DagsterInstance.ephemeral()
+    sensor = build_drop_sensor(settings)
+    result = tick(sensor, instance)
     (request,) = result.run_requests
     assert request.run_key == hashlib.sha256(data).hexdigest()
     assert request.run_config == {
@@ -106,6 +140,11 @@ def test_a_valid_file_launches_one_run_keyed_by_its_sha256_and_is_accepted(
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id
+    # It leaves the folder once its run exists: on the next tick.
+    assert listing(settings.drop_folder) == ["export-1.json"]
+    after = evaluate(sensor, instance=instance)
+    assert after.run_requests == []
+    assert after.skip_message == "filed 1 request file(s) whose run exists"
     assert listing(settings.drop_folder) == ["accepted/export-1.json"]
     assert (settings.drop_folder / "accepted" / "export-1.json").read_bytes() == data
 
@@ -114,11 +153,14 @@ def test_a_handled_file_is_not_launched_again_on_the_next_evaluation(
     settings: Settings, things: tuple[Namespace, Collection]
 ) -> None:
     sensor = build_drop_sensor(settings)
+    instance = dg.DagsterInstance.ephemeral()
     drop(settings, "a.json", VALID)
-    assert len(evaluate(sensor).run_requests) == 1
-    again = evaluate(sensor)
-    assert again.run_requests == []
-    assert again.skip_message
+    assert len(tick(sensor, instance).run_requests) == 1
+    for _ in range(2):
+        again = tick(sensor, instance)
+        assert again.run_requests == []
+        assert again.skip_message
+    assert len(instance.get_runs()) == 1
 
 
 def test_the_same_content_dropped_twice_has_the_same_run_key(
@@ -126,15 +168,19 @@ def test_the_same_content_dropped_twice_has_the_same_run_key(
 ) -> None:
     """Exactly once per content: Dagster launches one run per run_key of a sensor."""
     sensor = build_drop_sensor(settings)
+    instance = dg.DagsterInstance.ephemeral()
     drop(settings, "a.json", VALID)
     drop(settings, "b.json", VALID)
-    (in_one_tick,) = evaluate(sensor).run_requests  # one request for two equal files
+    (in_one_tick,) = tick(sensor, instance).run_requests  # one request for two equal files
+    assert evaluate(sensor, instance=instance).run_requests == []  # both filed away
     drop(settings, "a.json", VALID)
-    (later,) = evaluate(sensor).run_requests
-    assert later.run_key == in_one_tick.run_key
+    # The same content again: its run exists, so it is filed at once and launches nothing.
+    assert evaluate(sensor, instance=instance).run_requests == []
     other = drop(settings, "c.json", {**VALID, "request": {"format": "json"}})
-    (different,) = evaluate(sensor).run_requests
+    (different,) = tick(sensor, instance).run_requests
     assert different.run_key == hashlib.sha256(other).hexdigest() != in_one_tick.run_key
+    evaluate(sensor, instance=instance)
+    assert len(instance.get_runs()) == 2
     # An earlier file of the same name is kept; the later one gets its hash in its name.
     assert listing(settings.drop_folder / "accepted") == sorted(
         ["a.json", f"a.{in_one_tick.run_key[:12]}.json", "b.json", "c.json"]
@@ -205,8 +251,15 @@ def test_good_and_bad_files_in_one_tick_are_decided_separately(
 ) -> None:
     drop(settings, "good.json", VALID)
     drop(settings, "bad.json", {**VALID, "collection": "gone"})
-    (request,) = evaluate(build_drop_sensor(settings)).run_requests
+    sensor, instance = build_drop_sensor(settings), dg.DagsterInstance.ephemeral()
+    (request,) = tick(sensor, instance).run_requests
     assert request.run_config["collection"] == "things"
+    assert listing(settings.drop_folder) == [
+        "good.json",
+        "rejected/bad.error.txt",
+        "rejected/bad.json",
+    ]
+    evaluate(sensor, instance=instance)
     assert listing(settings.drop_folder) == [
         "accepted/good.json",
         "rejected/bad.error.txt",
@@ -232,10 +285,42 @@ def test_at_most_50_files_per_tick_the_rest_next_tick(
 ) -> None:
     for number in range(MAX_FILES_PER_TICK + 1):
         drop(settings, f"r{number:03d}.json", {**VALID, "request": {"sample_size": number + 1}})
-    sensor = build_drop_sensor(settings)
-    assert len(evaluate(sensor).run_requests) == MAX_FILES_PER_TICK
-    assert len(evaluate(sensor).run_requests) == 1
+    sensor, instance = build_drop_sensor(settings), dg.DagsterInstance.ephemeral()
+    assert len(tick(sensor, instance).run_requests) == MAX_FILES_PER_TICK
+    assert tick(sensor, instance).run_requests == []  # the 50 oldest are filed away
+    assert len(tick(sensor, instance).run_requests) == 1
+    tick(sensor, instance)
     assert len(listing(settings.drop_folder / "accepted")) == MAX_FILES_PER_TICK + 1
+
+
+def test_a_crash_between_the_tick_and_the_run_loses_nothing(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    """The daemon dies after the tick, before submitting its run: the file is still there,
+    and the next tick asks for the same run again (Dagster launches a run_key once)."""
+    data = drop(settings, "a.json", VALID)
+    sensor, instance = build_drop_sensor(settings), dg.DagsterInstance.ephemeral()
+    (lost,) = evaluate(sensor, instance=instance).run_requests  # never submitted
+    assert listing(settings.drop_folder) == ["a.json"]
+    (again,) = tick(sensor, instance).run_requests
+    assert again.run_key == lost.run_key == hashlib.sha256(data).hexdigest()
+    assert listing(settings.drop_folder) == ["a.json"]
+    tick(sensor, instance)
+    assert listing(settings.drop_folder) == ["accepted/a.json"]
+    assert [run.tags[RUN_KEY_TAG] for run in instance.get_runs()] == [lost.run_key]
+
+
+def test_a_file_rewritten_after_it_was_read_is_not_moved(
+    settings: Settings, things: tuple[Namespace, Collection]
+) -> None:
+    source = LocalDropFolder(settings.drop_folder)
+    data = drop(settings, "a.json", VALID)
+    decision = decide(Store(settings), "a.json", source.read("a.json"))
+    assert decision.run_key == hashlib.sha256(data).hexdigest()
+    drop(settings, "a.json", {**VALID, "request": {"format": "json"}})
+    with pytest.raises(OSError, match="changed since it was read"):
+        source.file_away(decision)
+    assert listing(settings.drop_folder) == ["a.json"]
 
 
 # --- Collection change ------------------------------------------------------------------
@@ -398,8 +483,8 @@ def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
     settings = s3_drop(settings, bucket, prefix)
     under = f"{prefix}/" if prefix else ""
     data = put(bucket, f"{under}export-1.json", VALID)
-    sensor = build_drop_sensor(settings)
-    (request,) = evaluate(sensor).run_requests
+    sensor, instance = build_drop_sensor(settings), dg.DagsterInstance.ephemeral()
+    (request,) = tick(sensor, instance).run_requests
     assert request.run_key == hashlib.sha256(data).hexdigest()
     assert request.run_config == {
         "namespace": "test-ns",
@@ -410,9 +495,11 @@ def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id
+    assert objects(bucket) == [f"{under}export-1.json"]  # until its run exists
+    assert evaluate(sensor, instance=instance).run_requests == []
     assert objects(bucket) == [f"{under}accepted/export-1.json"]
     assert body(bucket, f"{under}accepted/export-1.json") == data
-    again = evaluate(sensor)
+    again = evaluate(sensor, instance=instance)
     assert again.run_requests == []
     assert again.skip_message == f"no request files in s3://{bucket}/{prefix}".rstrip("/")
 
@@ -441,12 +528,15 @@ def test_s3_good_and_bad_objects_and_names_taken_before_are_filed_like_files(
     settings: Settings, things: tuple[Namespace, Collection], bucket: str
 ) -> None:
     sensor = build_drop_sensor(s3_drop(settings, bucket))
+    instance = dg.DagsterInstance.ephemeral()
     put(bucket, "inbox/a.json", VALID)
     put(bucket, "inbox/bad.json", {**VALID, "collection": "gone"})
-    (first,) = evaluate(sensor).run_requests
+    (first,) = tick(sensor, instance).run_requests
+    evaluate(sensor, instance=instance)
     put(bucket, "inbox/a.json", {**VALID, "request": {"format": "json"}})
     put(bucket, "inbox/bad.json", b"{")
-    (second,) = evaluate(sensor).run_requests
+    (second,) = tick(sensor, instance).run_requests
+    evaluate(sensor, instance=instance)
     bad_key = hashlib.sha256(b"{").hexdigest()[:12]
     # An earlier object of the same name is kept; the later one gets its hash in its name.
     assert objects(bucket) == sorted(
@@ -463,6 +553,25 @@ def test_s3_good_and_bad_objects_and_names_taken_before_are_filed_like_files(
         bucket, f"inbox/accepted/a.{second.run_key[:12]}.json"
     )
     assert first.run_key != second.run_key
+
+
+def test_an_s3_object_rewritten_after_it_was_read_is_not_moved(
+    settings: Settings, things: tuple[Namespace, Collection], bucket: str
+) -> None:
+    """The move requires the ETag read (CopySourceIfMatch, then DeleteObject IfMatch; moto
+    honours the delete's condition only): the new content stays, for the next tick."""
+    source = S3DropPrefix.from_uri(f"s3://{bucket}/inbox", S3Options())
+    put(bucket, "inbox/a.json", VALID)
+    decision = decide(Store(settings), "a.json", source.read("a.json"))
+    rewritten = put(bucket, "inbox/a.json", {**VALID, "request": {"format": "json"}})
+    with pytest.raises(OSError, match="changed since it was read"):
+        source.file_away(decision)
+    assert objects(bucket) == ["inbox/a.json"]
+    assert body(bucket, "inbox/a.json") == rewritten
+    # Unchanged, it moves.
+    decision = decide(Store(settings), "a.json", source.read("a.json"))
+    source.file_away(decision)
+    assert objects(bucket) == ["inbox/accepted/a.json"]
 
 
 def test_s3_temporary_hidden_nested_and_other_keys_are_left_alone(
@@ -531,14 +640,17 @@ def test_a_run_request_from_an_s3_object_executes_the_export(
 ) -> None:
     settings = s3_drop(settings, bucket)
     put(bucket, "inbox/export.json", {**VALID, "request": {"format": "json"}})
-    (request,) = evaluate(build_drop_sensor(settings)).run_requests
+    sensor, instance = build_drop_sensor(settings), dg.DagsterInstance.ephemeral()
+    (request,) = evaluate(sensor, instance=instance).run_requests
     result = export_collection.execute_in_process(
         run_config=request.run_config,
-        tags=request.tags,
-        instance=dg.DagsterInstance.ephemeral(),
+        tags={**request.tags, RUN_KEY_TAG: request.run_key},
+        instance=instance,
         resources=resources_from(settings),
     )
     assert result.success
     assert result.output_for_node("report_export")["document_count"] == len(DOCS)
     assert result.dagster_run.tags[tags.TRIGGER] == "sensor"
+    assert objects(bucket) == ["inbox/export.json"]
+    assert evaluate(sensor, instance=instance).run_requests == []  # its run exists
     assert objects(bucket) == ["inbox/accepted/export.json"]

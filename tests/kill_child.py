@@ -1,0 +1,88 @@
+"""A child process for the crash tests: `python kill_child.py POINT MARKER CLI-ARGS...` runs the
+CLI in this process with one pause point armed. Reaching it, the child writes MARKER (its
+pid) and waits there to be killed with SIGKILL: the test observes the marker, no sleeping."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def pause(marker: str) -> None:
+    """Say where we are, then wait for SIGKILL."""
+    Path(marker + ".tmp").write_text(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)
+    while True:
+        time.sleep(60)
+
+
+def after(owner: Any, name: str, marker: str, when: Any = lambda *a, **k: True) -> None:
+    """Pause after `owner.name(...)` returns where `when(*args)` holds."""
+    original = getattr(owner, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if when(*args, **kwargs):
+            pause(marker)
+        return result
+
+    setattr(owner, name, wrapped)
+
+
+def before(owner: Any, name: str, marker: str, when: Any = lambda *a, **k: True) -> None:
+    """Pause before `owner.name(...)` runs where `when(*args)` holds."""
+    original = getattr(owner, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if when(*args, **kwargs):
+            pause(marker)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapped)
+
+
+def arm(point: str, marker: str) -> None:
+    """Install the pause at `point`."""
+    from export_pipeline.engine import writers
+    from export_pipeline.storage import local, s3
+    from export_pipeline.store import documents, segments
+
+    writer = segments.SegmentWriter
+    if point == "ingest-staging":  # the staged file exists, partly written
+        after(writer, "write", marker, lambda w, b: w.path.name == "staged.parquet")
+    elif point == "ingest-segments":  # a new segment file exists, partly written
+        after(writer, "write", marker, lambda w, b: w.path.parent.name == "segments")
+    elif point == "ingest-swap":  # every file written, the catalog not yet changed
+        before(documents.DocumentStore, "_swap", marker)
+    elif point == "export-planning":  # planned and recorded; nothing read yet
+        from export_pipeline import export
+
+        before(export, "load", marker)
+    elif point == "export-writing":  # the documents file partly written in scratch space
+        before(writers.DocumentsWriter, "close", marker)
+    elif point == "export-publish":  # local storage: a file moved into exports/.staging
+        after(local.shutil, "move", marker, lambda source, target: ".staging" in str(target))
+    elif point == "export-manifest":  # S3: documents at the final prefix, no manifest yet
+        before(s3.S3Storage, "_upload", marker, lambda s, f, key: key.endswith("manifest.json"))
+    elif point == "export-multipart":  # S3: one part of a multipart upload sent
+        made = s3.make_client
+
+        def make_client(options: Any) -> Any:
+            client = made(options)
+            client.meta.events.register("after-call.s3.UploadPart", lambda **_: pause(marker))
+            return client
+
+        s3.make_client = make_client
+    else:
+        raise SystemExit(f"unknown pause point {point}")
+
+
+if __name__ == "__main__":
+    point, marker, *argv = sys.argv[1:]
+    arm(point, marker)
+    from export_pipeline.cli import main
+
+    sys.exit(main(argv, use_agent=False))
