@@ -60,13 +60,20 @@ def arm(point: str, marker: str) -> None:
     elif point == "export-planning":  # planned and recorded; nothing read yet
         from export_pipeline import export
 
-        before(export, "load", marker)
+        before(export.ExportLifecycle, "select", marker)
     elif point == "export-writing":  # the documents file partly written in scratch space
         before(writers.DocumentsWriter, "close", marker)
     elif point == "export-publish":  # local storage: a file moved into exports/.staging
         after(local.shutil, "move", marker, lambda source, target: ".staging" in str(target))
     elif point == "export-manifest":  # S3: documents at the final prefix, no manifest yet
-        before(s3.S3Storage, "_upload", marker, lambda s, f, key: key.endswith("manifest.json"))
+        from export_pipeline.storage import s3_parts
+
+        before(
+            s3_parts.PartUploads,
+            "complete",
+            marker,
+            lambda uploads, staged: staged.key.endswith("manifest.json"),
+        )
     elif point == "export-multipart":  # S3: one part of a multipart upload sent
         made = s3.make_client
 

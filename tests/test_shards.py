@@ -19,7 +19,13 @@ from conftest import make_collection, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export_pipeline.engine.shards import Shard, plan_shards, shard_count
+from export_pipeline.engine.shards import (
+    AUTO_MIN_DOCUMENTS,
+    Shard,
+    plan_shards,
+    shard_count,
+    shard_threads,
+)
 from export_pipeline.export import ExportResult, run_export
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Store, VectorIndex
@@ -148,13 +154,18 @@ def test_shards_cut_at_row_groups_and_cover_every_id(store: Store, sharded: Coll
 
 @given(st.lists(st.integers(min_value=1, max_value=5_000), min_size=1, max_size=30))
 @settings(max_examples=50, deadline=None)
-def test_auto_is_one_shard_for_small_snapshots_and_one_per_core_for_large(
+def test_auto_is_one_shard_for_small_snapshots_and_enough_for_every_core_for_large(
     sizes: list[int],
 ) -> None:
     for size in sizes:
         assert shard_count("auto", size, cores=4) == 1
-        assert shard_count("auto", size * 1000, cores=4) in (1, 4)
+        large = size * 1000
+        expected = 1 if large < AUTO_MIN_DOCUMENTS else 2
+        assert shard_count("auto", large, cores=4, threads=2) == expected
+        assert shard_count("auto", large, cores=2, threads=2) == 1  # one keeps both busy
         assert shard_count(str(size), 0, cores=4) == size
+        # shards running at once share the cores between their DuckDB threads
+        assert shard_threads(2, size, cores=4) == (2 if size <= 2 else 1)
 
 
 def test_shard_sql_is_a_half_open_range() -> None:

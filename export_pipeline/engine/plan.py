@@ -69,7 +69,9 @@ def plan_export(
     if request.select_fields is not None:
         select = drop_covered(["document_id", *request.select_fields])
     if shards is None:
-        shards = shard_count(store.settings.shards, found.document_count)
+        shards = shard_count(
+            store.settings.shards, found.document_count, threads=store.settings.duckdb_threads
+        )
     export_id = new_id("exp_", 16)
     return ExportPlan(
         export_id=export_id,

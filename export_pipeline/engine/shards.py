@@ -47,13 +47,23 @@ class Shard(BaseModel):
         return self.lower is None and self.upper is None
 
 
-def shard_count(setting: str, documents: int, cores: int | None = None) -> int:
+def shard_count(setting: str, documents: int, cores: int | None = None, threads: int = 2) -> int:
     """EXPORT_PIPELINE_SHARDS: an integer as given, or `auto`: one shard for a small
-    snapshot, one per core for a large one."""
+    snapshot; for a large one, as many as keep every core busy when each shard works on
+    `threads` of them (DuckDB's threads, the writers' threads): one shard already keeps two
+    cores busy, so a two-core machine gets one."""
     if setting != "auto":
         return int(setting)
     cores = cores or os.cpu_count() or 1
-    return 1 if documents < AUTO_MIN_DOCUMENTS else cores
+    return 1 if documents < AUTO_MIN_DOCUMENTS else max(1, cores // max(1, threads))
+
+
+def shard_threads(threads: int, shards: int, cores: int | None = None) -> int:
+    """DuckDB threads of each of `shards` shards running at once: their share of the cores,
+    at most `threads` (so that parallel shards do not fight over them)."""
+    cores = cores or os.cpu_count() or 1
+    running = max(1, min(shards, cores))
+    return max(1, min(threads, cores // running))
 
 
 def plan_shards(segments: list[Path], count: int) -> list[Shard]:

@@ -61,7 +61,9 @@ def prepare(
     """Validate the request and resolve the collection; raises the CLI's errors otherwise."""
     config = ExportConfig.of(namespace, collection, body)
     found_ns, found = store.resolve(namespace, collection)
-    shards = shard_count(store.settings.shards, found.document_count)
+    shards = shard_count(
+        store.settings.shards, found.document_count, threads=store.settings.duckdb_threads
+    )
     run_config = {
         "namespace": namespace,
         "collection": collection,

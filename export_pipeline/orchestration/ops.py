@@ -16,7 +16,7 @@ from export_pipeline.engine.manifest import Outputs
 from export_pipeline.engine.parts import ShardParts
 from export_pipeline.engine.plan import ExportPlan
 from export_pipeline.engine.selection import Selection
-from export_pipeline.engine.shards import Shard
+from export_pipeline.engine.shards import Shard, shard_threads
 from export_pipeline.errors import PUBLISHED_NOTHING, ExportPipelineError, guard
 from export_pipeline.export import ExportLifecycle
 from export_pipeline.orchestration import tags
@@ -192,6 +192,11 @@ def export_shard(
 ) -> ShardParts:
     """Step 2, once per shard (in parallel where the executor allows): the shard's parts."""
     lifecycle = _lifecycle(store, storage, duckdb)
+    if len(task.plan.shards) > 1:  # shards running at once share the cores
+        threads = shard_threads(lifecycle.settings.duckdb_threads, len(task.plan.shards))
+        lifecycle = ExportLifecycle(
+            lifecycle.settings.model_copy(update={"duckdb_threads": threads})
+        )
     with _step(context, lifecycle, task.plan, f"shard {task.shard.index}"):
         parts = lifecycle.write_shard(task.plan, task.selection, task.shard)
     written = parts.documents.path.stat().st_size
