@@ -39,7 +39,7 @@ from export_pipeline.engine.plan import ExportPlan, plan_export
 from export_pipeline.engine.preview import markdown_table
 from export_pipeline.engine.selection import Selection, needs_survey, open_scratch, survey
 from export_pipeline.engine.shards import Shard
-from export_pipeline.engine.sinks import PREVIEW_ROWS, csv_header
+from export_pipeline.engine.sinks import PREVIEW_ROWS
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
 from export_pipeline.recovery import sweep_quietly
 from export_pipeline.settings import Settings
@@ -175,8 +175,7 @@ class ExportLifecycle:
                 sha256=sha256_of(path),
                 columns=columns,
             )
-        header = csv_header([c["name"] for c in columns]) if fmt == "csv" else b""
-        pieces = assembled(fmt, paths, header=header)
+        pieces = assembled(fmt, paths)  # the first csv part holds the header
         size = sum(p.length if not isinstance(p, bytes) else len(p) for p in pieces)
         return OutputFile(
             role=role,

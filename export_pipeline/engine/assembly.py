@@ -164,7 +164,13 @@ def _parquet_pieces(paths: list[Path]) -> tuple[Piece, ...]:
     meta.set_value(FMD_NUM_ROWS, I64, rows)
     footer = encode_struct(meta)
     pieces.append(footer + struct.pack("<I", len(footer)) + MAGIC)
-    return tuple(_joined(pieces))
+    joined = _joined(pieces)
+    # The first part starts with the same magic: one range from its first byte lets a local
+    # storage take that part's file as the start of the assembled one instead of copying it.
+    first = joined[1] if len(joined) > 1 else None
+    if joined[0] == MAGIC and isinstance(first, FileRange) and first.offset == len(MAGIC):
+        joined[:2] = [FileRange(first.path, 0, first.length + len(MAGIC))]
+    return tuple(joined)
 
 
 def _check_schema(first: ParquetPart, part: ParquetPart, index: int) -> None:

@@ -116,9 +116,9 @@ class _ShardWrite:
         where, params = chosen(plan, selection)
         ids, id_params = shard.sql()
         self.where = (f"({where}) AND {ids}", [*params, *id_params])
-        # The only shard writes the whole file; csv parts of several have no header of their
-        # own (the assembled file starts with it).
-        self.alone = len(plan.shards) == 1
+        # The first shard's csv part starts with the header, the others' have none: joined
+        # in order they are the one file (and the first part can become it).
+        self.alone = shard.index == 0
         self.max_bytes = duck.batch_bytes(con)
         self.max_rows = batch_rows(shape, fmt)
         # A json export of some documents lists the keys of their structures, by number.

@@ -16,7 +16,7 @@ from export_pipeline.errors import (
     guard,
 )
 from export_pipeline.storage.base import FileRange, LocalFile, PublishedObject, published
-from export_pipeline.storage.pieces import write_pieces
+from export_pipeline.storage.pieces import check_pieces, pieces_of, write_pieces
 
 
 class LocalStorage:
@@ -67,11 +67,19 @@ class LocalStorage:
         staging = self.root / ".staging" / f"{_flat(prefix)}.{uuid.uuid4().hex}"
         with guard(self.root, "exports folder", PUBLISHED_NOTHING):
             try:
+                for file in files:  # a part shorter than planned fails before anything moves
+                    check_pieces(pieces_of(file))
                 staging.mkdir(parents=True)
                 for file in files:
                     whole = _whole_file(file)
                     if whole is not None:
                         shutil.move(whole, staging / file.name)
+                    elif (start := _own_start(file, files)) is not None:
+                        # The first part becomes the file; only the rest is copied after it.
+                        target = staging / file.name
+                        shutil.move(start.path, target)
+                        os.truncate(target, start.length)
+                        write_pieces((file.pieces or ())[1:], target, append=True)
                     else:
                         write_pieces(file.pieces or (), staging / file.name)
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +131,20 @@ def _whole_file(file: LocalFile) -> Path | None:
     if isinstance(only, FileRange) and only.offset == 0:
         return only.path if only.length == only.path.stat().st_size else None
     return None
+
+
+def _own_start(file: LocalFile, files: list[LocalFile]) -> FileRange | None:
+    """The range a file of pieces starts with, where it is the start of a part file that no
+    other piece reads (so the part may become the file)."""
+    first = file.pieces[0] if file.pieces else None
+    if not isinstance(first, FileRange) or first.offset != 0:
+        return None
+    others = [p for f in files for p in (f.pieces or ()) if p is not first]
+    if any(isinstance(p, FileRange) and p.path == first.path for p in others):
+        return None
+    if any(f.pieces is None and f.path == first.path for f in files):
+        return None
+    return first
 
 
 def _flat(prefix: str) -> str:

@@ -133,12 +133,16 @@ def sha256_of_pieces(pieces: Iterable[Piece]) -> str:
     return digest.hexdigest()
 
 
-def write_pieces(pieces: Iterable[Piece], target: Path) -> None:
-    """Write the file the pieces make at `target`, ranges copied by the kernel where it can.
+def write_pieces(pieces: Iterable[Piece], target: Path, *, append: bool = False) -> None:
+    """Write the file the pieces make at `target` (or after what it holds, with `append`),
+    ranges copied by the kernel where it can.
 
     A failure (a short or missing part) removes `target` and raises.
     """
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # Not O_APPEND: copy_file_range refuses such a file; the position is set at its end.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | (0 if append else os.O_TRUNC), 0o644)
+    if append:
+        os.lseek(fd, 0, os.SEEK_END)
     try:
         for piece in pieces:
             if isinstance(piece, FileRange):
