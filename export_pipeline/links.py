@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from export_pipeline.contract import ExportPart
 from export_pipeline.engine.manifest import MANIFEST_NAME
@@ -29,6 +29,15 @@ class ExportLinks(BaseModel):
     vectors_s3_path: str | None
     urls_expire_at: datetime | None  # None where links do not expire (local files)
     parts: list[ExportPart] | None = None  # every part, for an export with max_file_size_bytes
+
+    # No return annotation: one would replace the model's schema in the OpenAPI document.
+    @model_serializer(mode="wrap")
+    def _parts_if_any(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # An export of one file each is shown as before: no `parts` key.
+        data = handler(self)
+        if isinstance(data, dict) and self.parts is None:
+            data.pop("parts", None)
+        return data
 
 
 def fresh_links(

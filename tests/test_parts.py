@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,24 @@ def test_a_bad_limit_fails_before_any_document_is_read(
         run_export(col.namespace_id, col.id, {"max_file_size_bytes": LIMIT - 1}, settings=settings)
     assert [d["loc"] for d in caught.value.details] == ["max_file_size_bytes"]
     assert not (tmp_path / "scratch").exists() or not any((tmp_path / "scratch").iterdir())
+
+
+def test_every_part_on_s3_has_its_own_link(big: tuple[Store, Collection], bucket: str) -> None:
+    store, col = big
+    target = store.settings.model_copy(update={"storage": f"s3://{bucket}/team-a/exports"})
+    body = {"format": "parquet", "include_vectors": True, "max_file_size_bytes": LIMIT}
+    result = run_export(col.namespace_id, col.id, body, settings=target)
+    parts = result.response.parts
+    assert parts is not None and len(parts) > 2
+    assert result.response.s3_path == parts[0].s3_path
+    for part in parts:
+        with urllib.request.urlopen(part.download_url, timeout=30) as got:
+            data, disposition = got.read(), got.headers["Content-Disposition"]
+        assert hashlib.sha256(data).hexdigest() == part.sha256
+        assert len(data) == part.file_size_bytes
+        assert len(data) <= LIMIT or part.document_count == 1
+        assert disposition == f'attachment; filename="{part.name}"'
+        assert pq.read_table(pa.BufferReader(data)).num_rows == part.document_count
+    links = fresh_links(store, target, col.namespace_id, result.manifest["export_id"])
+    assert links.parts is not None
+    assert [p.s3_path for p in links.parts] == [p.s3_path for p in parts]

@@ -65,7 +65,7 @@ class ShardParts(BaseModel):
     # rows written per SHAPE_ID, where the shape was the snapshot's (`Selection.streamed`)
     structure_counts: list[int] | None = None
     # with max_file_size_bytes: the shard's part files in order, documents and vectors
-    # aligned row for row (`documents` then totals the rows, its path the first part's)
+    # aligned row for row (`documents` then only totals the rows and lists the columns)
     documents_parts: list[Part] | None = None
     vectors_parts: list[Part] | None = None
     seconds: float = 0.0

@@ -47,6 +47,7 @@ class PartRoller:
         self.chunks: dict[str, list[Path]] = {role: [] for role in self.roles}
         self.rows = 0  # in the current part
         self.parts: dict[str, list[RolledPart]] = {role: [] for role in self.roles}
+        self.row_bytes: list[float] = []  # per role, in the last chunk written
         self._numbered = 0
 
     def writer(
@@ -98,29 +99,38 @@ class PartRoller:
 
     def _fitting(self, tables: list[pa.Table], start: int, rows: int) -> tuple[int, list[Path]]:
         """The most rows from `start` (up to `rows`) that fit the current part, with their
-        chunk files: all of them, or a bisection that starts from a proportional guess."""
-        fits, chunks, sizes = self._probe(tables, start, rows)
-        if fits:
-            return rows, chunks
-        self._drop(chunks)
-        current = [self._size(role, self.chunks[role]) for role in self.roles]
-        shares = [
-            (self.limit - now) / max(1, size - now)
-            for now, size in zip(current, sizes, strict=True)
-        ]
-        low, high, kept = 0, rows, []
-        guess = int(rows * min(shares))
+        chunk files. Each guess comes from the bytes a row took in the last chunk written,
+        every other one halves the range left, so a cut costs a few chunks, never more than
+        a bisection's."""
+        base = [self._size(role, self.chunks[role]) for role in self.roles]
+        low, high, kept = 0, rows + 1, []  # `low` rows fit, `high` do not (rows + 1: unknown)
+        guess, step = self._guess(base, rows), 0
         while high - low > 1:
-            middle = guess if low < guess < high else (low + high) // 2
-            guess = -1
-            fits, chunks, _ = self._probe(tables, start, middle)
+            middle = min(max(guess, low + 1), high - 1)
+            fits, chunks, sizes = self._probe(tables, start, middle)
+            self.row_bytes = [
+                max(1.0, (size - now) / middle) for size, now in zip(sizes, base, strict=True)
+            ]
             if fits:
                 self._drop(kept)
                 low, kept = middle, chunks
             else:
                 self._drop(chunks)
                 high = middle
+            step += 1
+            halved = (low + high) // 2 if high <= rows else rows
+            guess = self._guess(base, rows) if step % 2 else halved
         return low, kept
+
+    def _guess(self, base: list[int], rows: int) -> int:
+        """The rows that fill the current part, at the bytes per row seen last (all of them
+        before any chunk was written)."""
+        if not self.row_bytes:
+            return rows
+        room = min(
+            (self.limit - now) / per_row for now, per_row in zip(base, self.row_bytes, strict=True)
+        )
+        return min(rows, int(room))
 
     def _probe(
         self, tables: list[pa.Table], start: int, rows: int

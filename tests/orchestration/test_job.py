@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -261,13 +264,29 @@ def test_transient_storage_error_is_retried_and_the_export_completes(
 def test_job_writes_parts_in_parallel_shard_processes(
     settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Through the CLI in a process of its own, as a user runs it: its step processes come
+    from a forkserver that must see this test's home, not an earlier test's."""
     monkeypatch.setattr(segments_module, "ROW_GROUP_ROWS", 8)  # something for 2 shards to cut
     ns, col = make_collection(store, list(demo_documents(60)), DEMO_INDEXES, name="articles")
-    sharded = settings.model_copy(update={"shards": "2"})
-    body = {"format": "csv", "include_vectors": True, "max_file_size_bytes": 5 * 1024 * 1024}
-    run = execute(sharded, ns.name, col.name, body, trigger="cli")
-    assert len(run.manifest["shards"]) == 2
-    parts = run.response.parts
+    env = {
+        **os.environ,
+        "EXPORT_PIPELINE_HOME": str(settings.home_dir),
+        "EXPORT_PIPELINE_SHARDS": "2",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    env.pop("EXPORT_PIPELINE_STORAGE", None)
+    argv = ["export", col.name, "-n", ns.name, "--format", "csv", "--include-vectors"]
+    argv += ["--max-file-size", str(5 * 1024 * 1024)]
+    done = subprocess.run(
+        [sys.executable, "-m", "export_pipeline.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    response = ExportResponse.model_validate_json(done.stdout)
+    parts = response.parts
     assert parts is not None
     # Each shard ends a part: both wrote some of the 60 documents.
     assert [(p.role, p.name) for p in parts] == [
