@@ -85,6 +85,7 @@ BODIES = [
     {},
     {"include_vectors": True},
     {"filters": {"kind": "even"}, "include_vectors": True},
+    {"filters": {"kind": "even"}},  # without vectors DuckDB streams the matches
     {"select_fields": ["text", "meta.quoted", "n"]},
     {"sample_size": 40, "sample_seed": 3, "include_vectors": True},
 ]
