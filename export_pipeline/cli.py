@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--select-fields", help="comma-separated field paths")
     export.add_argument("--sample-size", type=int)
     export.add_argument("--sample-seed", type=int)
+    export.add_argument(
+        "--max-file-size",
+        type=int,
+        metavar="BYTES",
+        help="write numbered parts of at most BYTES each (at least 5 MiB)",
+    )
     export.add_argument("--include-vectors", action="store_true", default=None)
 
     url = commands.add_parser("url", help="sign fresh download links for an earlier export")
@@ -129,6 +135,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         "select_fields": args.select_fields.split(",") if args.select_fields else None,
         "sample_size": args.sample_size,
         "sample_seed": args.sample_seed,
+        "max_file_size_bytes": args.max_file_size,
         "include_vectors": args.include_vectors,
     }
     return body | {key: value for key, value in flags.items() if value is not None}

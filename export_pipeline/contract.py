@@ -14,11 +14,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     Tag,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -36,6 +38,7 @@ MAX_IN_VALUES = 10_000
 # conditions and keep a filter's parameters near 1 MiB.
 MAX_FILTER_IN_VALUES = 100_000
 MAX_SAMPLE_SIZE = 1_000_000  # R6
+MIN_FILE_SIZE_BYTES = 5 * 1024 * 1024  # the smallest max_file_size_bytes (S3's smallest part)
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -299,6 +302,16 @@ class ExportRequest(BaseModel):
             "seed is drawn and reported in the manifest."
         ),
     )
+    max_file_size_bytes: StrictInt | None = Field(
+        None,
+        ge=MIN_FILE_SIZE_BYTES,
+        description=(
+            "Extension: the largest file in bytes (at least 5 MiB). The documents and vectors "
+            "are then written as numbered parts (documents-00000.{format}, ...), each a whole "
+            "file of at most this size (a document larger than it alone in its part), the "
+            "documents and vectors parts holding the same rows. Without it: one file each."
+        ),
+    )
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -332,10 +345,41 @@ class ExportResponse(BaseModel):
     vectors_s3_path: str | None = Field(
         None, description="Full S3 path for the vectors file (if include_vectors=True)."
     )
+    parts: list[ExportPart] | None = Field(
+        None,
+        description=(
+            "Extension, only with max_file_size_bytes: every part file, the documents' in "
+            "order, then the vectors'. download_url and s3_path name the first documents part."
+        ),
+    )
+
+    # No return annotation: one would replace the response's schema in the OpenAPI document.
+    @model_serializer(mode="wrap")
+    def _seed_fields_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # Without max_file_size_bytes the response is the seed's: no `parts` key at all.
+        data = handler(self)
+        if isinstance(data, dict) and self.parts is None:
+            data.pop("parts", None)
+        return data
+
+
+class ExportPart(BaseModel):
+    """One part file of an export cut by max_file_size_bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["documents", "vectors"] = Field(description="Which file this is a part of.")
+    name: str = Field(description="The part's file name, e.g. documents-00000.parquet.")
+    download_url: str = Field(description="Presigned URL for downloading the part.")
+    s3_path: str = Field(description="Full S3 path of the part.")
+    document_count: int = Field(ge=0, description="Documents (rows) in the part.")
+    file_size_bytes: int = Field(ge=0, description="Size of the part in bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the part's bytes.")
 
 
 LogicalOperator.model_rebuild()
 ExportRequest.model_rebuild()
+ExportResponse.model_rebuild()
 
 
 # The seed's curl example, verbatim (tests check the copy): the API documents it.

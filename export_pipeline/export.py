@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from export_pipeline.contract import ExportRequest, ExportResponse
+from export_pipeline.contract import ExportPart, ExportRequest, ExportResponse
 from export_pipeline.engine.assembly import assembled
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
@@ -28,6 +28,7 @@ from export_pipeline.engine.manifest import (
     build_manifest,
     sha256_of,
 )
+from export_pipeline.engine.part_files import part_files
 from export_pipeline.engine.parts import (
     ShardParts,
     counted_shape,
@@ -108,20 +109,27 @@ class ExportLifecycle:
         if selection.streamed:
             parts = self._reshaped(plan, selection, parts)
         fmt = plan.request.format
-        documents = self._file(plan, "documents", plan.documents_name, [p.documents for p in parts])
         warnings = list(dict.fromkeys(w for p in parts for w in p.warnings))
+        columns = None
         if fmt == "json":
             keys = [column["name"] for p in parts for column in p.documents.columns]
             columns, more = json_columns(keys, plan.select_paths, self.settings.max_columns)
-            documents = documents.model_copy(update={"columns": columns})
             warnings += more
-        files = [documents]
-        if plan.request.include_vectors:
-            vectors = [p.vectors for p in parts if p.vectors is not None]
-            files.append(self._file(plan, "vectors", plan.vectors_name, vectors))
+        if plan.request.max_file_size_bytes is not None:
+            files = part_files(plan, parts, columns)
+        else:
+            documents = self._file(
+                plan, "documents", plan.documents_name, [p.documents for p in parts]
+            )
+            if columns is not None:
+                documents = documents.model_copy(update={"columns": columns})
+            files = [documents]
+            if plan.request.include_vectors:
+                vectors = [p.vectors for p in parts if p.vectors is not None]
+                files.append(self._file(plan, "vectors", plan.vectors_name, vectors))
         preview = [row for p in parts for row in p.preview][:PREVIEW_ROWS]
         return Outputs(
-            document_count=documents.rows,
+            document_count=sum(p.documents.rows for p in parts),
             files=files,
             warnings=warnings,
             preview=markdown_table(preview),
@@ -223,8 +231,23 @@ class ExportLifecycle:
             )
         )
         ttl = self.settings.url_ttl_seconds
-        documents = published[plan.documents_name]
-        vectors = published.get(plan.vectors_name) if plan.request.include_vectors else None
+        documents = published[outputs.files[0].name]
+        first_vectors = next((f.name for f in outputs.files if f.role == "vectors"), None)
+        vectors = published[first_vectors] if first_vectors else None
+        parts = None
+        if plan.request.max_file_size_bytes is not None:
+            parts = [
+                ExportPart(
+                    role=f.role,  # type: ignore[arg-type]
+                    name=f.name,
+                    download_url=storage.download_url(published[f.name].key, ttl),
+                    s3_path=published[f.name].uri,
+                    document_count=f.rows,
+                    file_size_bytes=f.bytes,
+                    sha256=f.sha256,
+                )
+                for f in outputs.files
+            ]
         response = ExportResponse(
             download_url=storage.download_url(documents.key, ttl),
             s3_path=documents.uri,
@@ -234,6 +257,7 @@ class ExportLifecycle:
             exported_at=exported_at,
             vectors_download_url=storage.download_url(vectors.key, ttl) if vectors else None,
             vectors_s3_path=vectors.uri if vectors else None,
+            parts=parts,
         )
         return ExportResult(response=response, manifest=manifest)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
+from export_pipeline.contract import ExportPart
 from export_pipeline.engine.manifest import MANIFEST_NAME
 from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
@@ -27,6 +28,16 @@ class ExportLinks(BaseModel):
     vectors_download_url: str | None
     vectors_s3_path: str | None
     urls_expire_at: datetime | None  # None where links do not expire (local files)
+    parts: list[ExportPart] | None = None  # every part, for an export with max_file_size_bytes
+
+    # No return annotation: one would replace the model's schema in the OpenAPI document.
+    @model_serializer(mode="wrap")
+    def _parts_if_any(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # An export of one file each is shown as before: no `parts` key.
+        data = handler(self)
+        if isinstance(data, dict) and self.parts is None:
+            data.pop("parts", None)
+        return data
 
 
 def fresh_links(
@@ -43,10 +54,25 @@ def fresh_links(
         raise NotFoundError(f"export {export_id!r} is not an export of this collection")
     storage = open_storage(settings, found.storage)
     manifest = json.loads(storage.read(f"{found.prefix}/{MANIFEST_NAME}"))
-    files = {entry["role"]: entry for entry in manifest["files"]}
     ttl = settings.url_ttl_seconds
     signed_at = datetime.now(UTC).replace(microsecond=0)
-    documents, vectors = files["documents"], files.get("vectors")
+    # The first file of each role: the only one, or the first part.
+    documents = next(entry for entry in manifest["files"] if entry["role"] == "documents")
+    vectors = next((entry for entry in manifest["files"] if entry["role"] == "vectors"), None)
+    parts = None
+    if manifest["request"].get("max_file_size_bytes") is not None:
+        parts = [
+            ExportPart(
+                role=entry["role"],
+                name=entry["name"],
+                download_url=storage.download_url(entry["key"], ttl),
+                s3_path=storage.uri_of(entry["key"]),
+                document_count=entry["rows"],
+                file_size_bytes=entry["bytes"],
+                sha256=entry["sha256"],
+            )
+            for entry in manifest["files"]
+        ]
     return ExportLinks(
         export_id=export_id,
         download_url=storage.download_url(documents["key"], ttl),
@@ -58,4 +84,5 @@ def fresh_links(
         vectors_download_url=storage.download_url(vectors["key"], ttl) if vectors else None,
         vectors_s3_path=storage.uri_of(vectors["key"]) if vectors else None,
         urls_expire_at=signed_at + timedelta(seconds=ttl) if storage.links_expire else None,
+        parts=parts,
     )

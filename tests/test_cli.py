@@ -90,7 +90,7 @@ def test_seed_request_body_runs_verbatim(cli, people: Path, tmp_path: Path) -> N
     code, out = cli("export", "people", "-n", "hr-team", "--request", str(request))
     assert code == 0
     response = ExportResponse.model_validate(out)
-    assert set(out) == set(ExportResponse.model_fields)
+    assert set(out) == set(ExportResponse.model_fields) - {"parts"}  # no parts asked for
     table = pq.read_table(response.s3_path.removeprefix("file://"))
     # AND name == John (case-sensitive) and age >= 30; OR active/admin; NOT HR/remote.
     assert table.column("document_id").to_pylist() == ["p1", "p2"]
@@ -113,11 +113,28 @@ def test_request_from_stdin_with_flags_on_top(cli, people: Path) -> None:
     assert Path(out["vectors_s3_path"].removeprefix("file://")).name == "people_vectors.csv"
 
 
+def test_max_file_size_writes_numbered_parts(cli, people: Path) -> None:
+    code, out = cli(
+        "export", "people", "-n", "hr-team", "--format", "json", "--include-vectors",
+        "--max-file-size", str(5 * 1024 * 1024),
+    )  # fmt: skip
+    assert code == 0, out
+    assert [(p["role"], p["name"], p["document_count"]) for p in out["parts"]] == [
+        ("documents", "documents-00000.json", 5),
+        ("vectors", "people_vectors-00000.json", 5),
+    ]
+    assert out["s3_path"] == out["parts"][0]["s3_path"]
+    assert out["s3_path"].endswith("/documents-00000.json")
+    assert out["vectors_s3_path"] == out["parts"][1]["s3_path"]
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "kind"),
     [
         (["export", "people", "-n", "hr-team", "--format", "xml"], 2, "ValidationError"),
         (["export", "people", "-n", "hr-team", "--sample-size", "0"], 2, "ValidationError"),
+        (["export", "people", "-n", "hr-team", "--max-file-size", "5242879"], 2, "ValidationError"),
+        (["export", "people", "-n", "hr-team", "--max-file-size", "5MB"], 2, "ValidationError"),
         (["export", "nope", "-n", "hr-team"], 3, "NotFoundError"),
         (["export", "people", "-n", "nobody"], 3, "NotFoundError"),
         (["namespace", "create", "hr-team"], 1, "ConflictError"),

@@ -424,8 +424,9 @@ def test_F3_case_sensitive_must_be_bool(value: Any) -> None:
 # --- A1 --------------------------------------------------------------------------------
 
 
-def test_A1_response_has_exactly_the_seed_fields() -> None:
-    assert set(ExportResponse.model_fields) == SEED_RESPONSE_FIELDS
+def test_A1_response_has_the_seed_fields_plus_the_optional_parts() -> None:
+    assert set(ExportResponse.model_fields) - {"parts"} == SEED_RESPONSE_FIELDS
+    assert not ExportResponse.model_fields["parts"].is_required()
 
 
 def test_A1_vectors_fields_optional_and_null_by_default() -> None:
@@ -439,9 +440,11 @@ def test_A1_vectors_fields_optional_and_null_by_default() -> None:
     )
     assert response.vectors_download_url is None
     assert response.vectors_s3_path is None
-    assert set(response.model_dump()) == SEED_RESPONSE_FIELDS
+    assert set(response.model_dump()) == SEED_RESPONSE_FIELDS  # no `parts` key without parts
+    assert set(response.model_dump(mode="json")) == SEED_RESPONSE_FIELDS
 
 
-def test_A1_R_request_model_has_seed_fields_plus_optional_extension() -> None:
-    assert set(ExportRequest.model_fields) - {"sample_seed"} == set(SEED_REQUEST)
-    assert not ExportRequest.model_fields["sample_seed"].is_required()
+def test_A1_R_request_model_has_seed_fields_plus_optional_extensions() -> None:
+    extensions = {"sample_seed", "max_file_size_bytes"}
+    assert set(ExportRequest.model_fields) - extensions == set(SEED_REQUEST)
+    assert not any(ExportRequest.model_fields[name].is_required() for name in extensions)

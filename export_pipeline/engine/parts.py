@@ -24,6 +24,7 @@ from export_pipeline import duck
 from export_pipeline.engine import width
 from export_pipeline.engine.plan import ExportPlan
 from export_pipeline.engine.preview import preview_rows
+from export_pipeline.engine.rolling import PartRoller
 from export_pipeline.engine.schema import Shape, shape_of
 from export_pipeline.engine.selection import (
     Selection,
@@ -63,8 +64,18 @@ class ShardParts(BaseModel):
     preview: list[dict[str, Any]] = []  # the first rows, for the run's preview
     # rows written per SHAPE_ID, where the shape was the snapshot's (`Selection.streamed`)
     structure_counts: list[int] | None = None
+    # with max_file_size_bytes: the shard's part files in order, documents and vectors
+    # aligned row for row (`documents` then only totals the rows and lists the columns)
+    documents_parts: list[Part] | None = None
+    vectors_parts: list[Part] | None = None
     seconds: float = 0.0
     worker: str = ""  # host name and process id that wrote the parts
+
+    def files(self) -> list[Part]:
+        """Every file the shard wrote in scratch space."""
+        if self.documents_parts is not None:
+            return [*self.documents_parts, *(self.vectors_parts or [])]
+        return [self.documents] + ([self.vectors] if self.vectors else [])
 
 
 def shard_folder(plan: ExportPlan, shard: Shard) -> Path:
@@ -119,6 +130,12 @@ class _ShardWrite:
         # The first shard's csv part starts with the header, the others' have none: joined
         # in order they are the one file (and the first part can become it).
         self.alone = shard.index == 0
+        self.roller = None
+        if plan.request.max_file_size_bytes is not None:
+            roles = ["documents", "vectors"] if plan.request.include_vectors else ["documents"]
+            limit = plan.request.max_file_size_bytes
+            self.roller = PartRoller(fmt, limit, folder, roles)
+            self.alone = False  # the roller puts the header before each part's rows
         self.max_bytes = duck.batch_bytes(con)
         self.max_rows = batch_rows(shape, fmt)
         # A json export of some documents lists the keys of their structures, by number.
@@ -132,7 +149,9 @@ class _ShardWrite:
         if plan.request.include_vectors:
             path = self.folder / plan.vectors_name
             indexes = plan.collection.vector_indexes
-            vectors = VectorsWriter(self.con, fmt, indexes, path, csv_header=self.alone)
+            vectors = VectorsWriter(
+                self.con, fmt, indexes, path, csv_header=self.alone, rolling=self.roller
+            )
         # Without vectors, DuckDB reads, filters and converts the rows in one streaming query
         # where the segments let it (`scan_files`); otherwise Arrow reads them in batches.
         files = None
@@ -171,6 +190,7 @@ class _ShardWrite:
                 vectors.abort()
             raise
         counts = documents.structure_counts.tolist() if counting else None
+        rolled = self._rolled(written.columns, done.columns if done else [])
         return ShardParts(
             shard=self.shard,
             documents=Part(path=written.path, rows=written.rows, columns=written.columns),
@@ -180,7 +200,21 @@ class _ShardWrite:
             warnings=written.warnings,
             preview=preview_rows(written.head, fmt),
             structure_counts=counts,
+            documents_parts=rolled.get("documents"),
+            vectors_parts=rolled.get("vectors"),
         )
+
+    def _rolled(
+        self, documents: list[dict[str, str]], vectors: list[dict[str, str]]
+    ) -> dict[str, list[Part]]:
+        """The roller's part files by role, if the export is cut into parts."""
+        if self.roller is None:
+            return {}
+        columns = {"documents": documents, "vectors": vectors}
+        return {
+            role: [Part(path=p.path, rows=p.rows, columns=columns[role]) for p in rolled]
+            for role, rolled in self.roller.parts.items()
+        }
 
     def _documents_writer(self, **options: Any) -> DocumentsWriter:
         plan = self.plan
@@ -195,6 +229,7 @@ class _ShardWrite:
             self.settings.max_columns,
             structures=self.structures,
             csv_header=self.alone,
+            rolling=self.roller,
             **options,
         )
 

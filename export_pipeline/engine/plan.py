@@ -45,6 +45,14 @@ class ExportPlan(BaseModel):
         """W1: the vectors file name."""
         return f"{self.collection.name}_vectors.{self.request.format}"
 
+    def documents_part_name(self, number: int) -> str:
+        """The name of part `number` of the documents (`max_file_size_bytes`)."""
+        return f"documents-{number:05d}.{self.request.format}"
+
+    def vectors_part_name(self, number: int) -> str:
+        """The name of part `number` of the vectors (`max_file_size_bytes`)."""
+        return f"{self.collection.name}_vectors-{number:05d}.{self.request.format}"
+
 
 def plan_export(
     store: Store,

@@ -78,16 +78,20 @@ class TableWriter:
         """Append the rows of one converted table (written once the previous one is)."""
         table = self._shaped(table)
         self._wait()
+        self._noted(table)
+        self._writing = threading.Thread(
+            target=self._write_now, args=(table,), name="table-writer", daemon=True
+        )
+        self._writing.start()
+
+    def _noted(self, table: pa.Table) -> None:
+        """Count the rows about to be written; keep the first few, and the schema."""
         if self._target is None:
             self._target = table.schema
         if self.head is None or self.head.num_rows < PREVIEW_ROWS:
             first = table.slice(0, PREVIEW_ROWS)
             self.head = first if self.head is None else pa.concat_tables([self.head, first])
         self.rows += table.num_rows
-        self._writing = threading.Thread(
-            target=self._write_now, args=(table,), name="table-writer", daemon=True
-        )
-        self._writing.start()
 
     def _write_now(self, table: pa.Table) -> None:
         try:

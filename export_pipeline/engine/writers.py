@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from export_pipeline import duck
+from export_pipeline.engine.rolling import PartRoller, SinkFactory
 from export_pipeline.engine.schema import (
     Shape,
     cell_sql,
@@ -64,11 +65,13 @@ class DocumentsWriter:
         structures: pa.ChunkedArray | None = None,
         count_structures: bool = False,
         csv_header: bool = True,
+        rolling: PartRoller | None = None,
     ) -> None:
         """`where` picks the rows of each batch to write (a predicate and its parameters);
         `structures` are the snapshot's structures as SHAPE_ID numbers them, when it does;
         `count_structures`: `write_all` counts the SHAPE_IDs of the rows it writes;
-        `csv_header`: whether a csv file starts with its header (a shard's part does not)."""
+        `csv_header`: whether a csv file starts with its header (a shard's part does not);
+        `rolling`: the roller that cuts the file into parts of bounded size, if any."""
         self.con, self.fmt, self.select = con, fmt, select
         self.counting = count_structures
         self.structure_counts = np.zeros(0, dtype=np.int64)  # rows written, by SHAPE_ID
@@ -89,23 +92,25 @@ class DocumentsWriter:
         if fmt == "json":
             passthrough = select is None and condition == "TRUE"
             self.sql = None if passthrough and not carry else f"SELECT doc{carry} FROM {source} s"
-            self.writer = TableWriter(path, lambda schema: LineSink(path))
+            self.writer = table_writer(path, _lines, rolling, "documents")
         elif shape is None:
             raise ValueError("csv and parquet need the documents' shape")
         elif shape.whole_document:
             self.sql = (
                 f"SELECT document_id, doc AS {duck.identifier(WHOLE_DOCUMENT)}{carry} FROM {source}"
             )
-            sink = csv_sink(path, header=csv_header) if fmt == "csv" else parquet_sink(path)
-            self.writer = TableWriter(path, sink)
+            self.writer = table_writer(path, _sink(fmt, csv_header), rolling, "documents")
         elif fmt == "csv":
             self.sql, self.params, names = _csv_query(shape, select, source, carry)
-            self.writer = TableWriter(path, csv_sink(path, header=csv_header), names=names)
+            sink = _sink(fmt, csv_header)
+            self.writer = table_writer(path, sink, rolling, "documents", names=names)
         else:
             self.sql, self.params, names, order, as_text = _parquet_query(
                 shape, select, source, carry
             )
-            self.writer = TableWriter(path, parquet_sink(path), names=names, order=order)
+            self.writer = table_writer(
+                path, parquet_sink, rolling, "documents", names=names, order=order
+            )
             self.warnings += [
                 f"field {name!r} holds values that parquet cannot type as one column;"
                 " written as JSON text (W4)"
@@ -303,8 +308,10 @@ class VectorsWriter:
         path: Path,
         *,
         csv_header: bool = True,
+        rolling: PartRoller | None = None,
     ) -> None:
-        """`csv_header`: whether a csv file starts with its header (a shard's part does not)."""
+        """`csv_header`: whether a csv file starts with its header (a shard's part does not);
+        `rolling`: the roller that cuts the file into parts, with the documents file."""
         self.con, self.fmt, self.indexes = con, fmt, indexes
         self.columns = ["document_id", *(vector_column(index.name) for index in indexes)]
         stored = [(index, duck.identifier(vector_column(index.name))) for index in indexes]
@@ -314,7 +321,9 @@ class VectorsWriter:
                 + [(index.name, vector_type(index)) for index in indexes]
             )
             self.sql = None
-            self.writer = TableWriter(path, parquet_sink(path), names=self.keys, schema=schema)
+            self.writer = table_writer(
+                path, parquet_sink, rolling, "vectors", names=self.keys, schema=schema
+            )
             return
         if fmt == "json":
             members = "".join(
@@ -325,11 +334,12 @@ class VectorsWriter:
                 f"""SELECT '{{"document_id":' || CAST(to_json(document_id) AS VARCHAR)"""
                 f"""{members} || '}}' FROM {duck.BATCH}"""
             )
-            self.writer = TableWriter(path, lambda schema: LineSink(path))
+            self.writer = table_writer(path, _lines, rolling, "vectors")
             return
         texts = "".join(f", {vector_text_sql(index, column)}" for index, column in stored)
         self.sql = f"SELECT document_id{texts} FROM {duck.BATCH}"
-        self.writer = TableWriter(path, csv_sink(path, header=csv_header), names=self.keys)
+        sink = _sink(fmt, csv_header)
+        self.writer = table_writer(path, sink, rolling, "vectors", names=self.keys)
 
     @property
     def keys(self) -> list[str]:
@@ -354,3 +364,22 @@ class VectorsWriter:
         if self.fmt == "json":
             written.columns = [{"name": key, "type": "json"} for key in self.keys]
         return written
+
+
+def table_writer(
+    path: Path, make_sink: SinkFactory, rolling: PartRoller | None, role: str, **shaping: Any
+) -> TableWriter:
+    """The file's TableWriter, or, with a roller, the one that hands its tables to it."""
+    if rolling is None:
+        return TableWriter(path, make_sink(path), **shaping)
+    return rolling.writer(role, path, make_sink, **shaping)
+
+
+def _lines(path: Path) -> Any:
+    return lambda schema: LineSink(path)
+
+
+def _sink(fmt: str, header: bool) -> SinkFactory:
+    if fmt == "csv":
+        return lambda path: csv_sink(path, header=header)
+    return parquet_sink

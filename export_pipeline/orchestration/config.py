@@ -36,6 +36,7 @@ class ExportConfig(dg.Config):
     )
     sample_size: int | None = Field(None, description=_described("sample_size"))
     sample_seed: int | None = Field(None, description=_described("sample_seed"))
+    max_file_size_bytes: int | None = Field(None, description=_described("max_file_size_bytes"))
     shards: int | None = Field(
         None,
         ge=1,

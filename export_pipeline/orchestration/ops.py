@@ -199,9 +199,7 @@ def export_shard(
         )
     with _step(context, lifecycle, task.plan, f"shard {task.shard.index}"):
         parts = lifecycle.write_shard(task.plan, task.selection, task.shard)
-    written = parts.documents.path.stat().st_size
-    if parts.vectors is not None:
-        written += parts.vectors.path.stat().st_size
+    written = sum(part.path.stat().st_size for part in parts.files())
     context.log.info(
         f"shard {task.shard.index}: {parts.documents.rows:,} rows, {written:,} bytes,"
         f" {parts.seconds:.2f} s ({parts.worker})"
@@ -268,7 +266,7 @@ def export_metadata(progress: Progress, ttl_seconds: int) -> dict[str, Any]:
     """Links, sizes, checksums, warnings, seed, timings and a preview, as Dagster metadata."""
     plan, response, outputs = progress.plan, progress.response, progress.outputs
     assert response is not None and outputs is not None
-    files = {f.role: f for f in outputs.files}
+    files = {f.role: f for f in reversed(outputs.files)}  # the first of each role (its links')
     metadata: dict[str, Any] = {
         "download_url": dg.MetadataValue.url(response.download_url),
         "s3_path": dg.MetadataValue.text(response.s3_path),
@@ -289,4 +287,9 @@ def export_metadata(progress: Progress, ttl_seconds: int) -> dict[str, Any]:
         metadata["vectors_sha256"] = files["vectors"].sha256
     if plan.sample_seed is not None:
         metadata["sample_seed"] = plan.sample_seed
+    if response.parts is not None:
+        metadata["parts"] = dg.MetadataValue.json(
+            [part.model_dump(include={"role", "name", "document_count", "file_size_bytes"})
+             for part in response.parts]
+        )  # fmt: skip
     return metadata

@@ -199,6 +199,34 @@ def test_H3_invalid_request_is_422_with_locations(world: World) -> None:
     assert {d["loc"] for d in error["details"]} == {"filters.AND.0.operator", "sample_size"}
 
 
+@pytest.mark.parametrize("size", [0, 5 * 1024 * 1024 - 1, "6000000", 6e6])
+def test_H3_max_file_size_bytes_out_of_range_or_not_an_integer_is_422(
+    world: World, size: Any
+) -> None:
+    body = {"format": "json", "max_file_size_bytes": size}
+    error = error_of(world.post("people", body, key=world.key_a), 422, "ValidationError")
+    assert [d["loc"] for d in error["details"]] == ["max_file_size_bytes"]
+
+
+def test_max_file_size_bytes_gives_parts_and_fresh_links_for_each(world: World) -> None:
+    body = {"format": "csv", "include_vectors": True, "max_file_size_bytes": 5 * 1024 * 1024}
+    response = world.post("people", body, key=world.key_a)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == SEED_RESPONSE_FIELDS | {"parts"}
+    names = [(part["role"], part["name"]) for part in result["parts"]]
+    assert names == [("documents", "documents-00000.csv"), ("vectors", "people_vectors-00000.csv")]
+    assert result["s3_path"] == result["parts"][0]["s3_path"]
+    assert read_csv(result["parts"][0]["download_url"])[0][0] == "document_id"
+    export_id = result["s3_path"].split("/")[-2]
+    headers = {"Authorization": f"Bearer {world.key_a}", "X-Namespace": "team-a"}
+    again = world.client.get(f"/v1/collections/people/exports/{export_id}", headers=headers)
+    assert again.status_code == 200, again.text
+    assert [part["s3_path"] for part in again.json()["parts"]] == [
+        part["s3_path"] for part in result["parts"]
+    ]
+
+
 @pytest.mark.parametrize(
     ("content", "content_type"),
     [(b"{not json", "application/json"), (b"[1, 2]", "application/json"),

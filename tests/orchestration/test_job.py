@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from export_pipeline.settings import Settings
 from export_pipeline.storage.base import TransientStorageError
 from export_pipeline.storage.local import LocalStorage
 from export_pipeline.store import Collection, Namespace, Store
+from export_pipeline.store import segments as segments_module
 
 SCIENCE = {"field": "metadata.category", "operator": "eq", "value": "science"}
 
@@ -257,6 +261,49 @@ def test_transient_storage_error_is_retried_and_the_export_completes(
     assert not files_under(settings.scratch_dir)
 
 
+def test_job_writes_parts_in_parallel_shard_processes(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the CLI in a process of its own, as a user runs it: its step processes come
+    from a forkserver that must see this test's home, not an earlier test's."""
+    monkeypatch.setattr(segments_module, "ROW_GROUP_ROWS", 8)  # something for 2 shards to cut
+    ns, col = make_collection(store, list(demo_documents(60)), DEMO_INDEXES, name="articles")
+    env = {
+        **os.environ,
+        "EXPORT_PIPELINE_HOME": str(settings.home_dir),
+        "EXPORT_PIPELINE_SHARDS": "2",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    env.pop("EXPORT_PIPELINE_STORAGE", None)
+    argv = ["export", col.name, "-n", ns.name, "--format", "csv", "--include-vectors"]
+    argv += ["--max-file-size", str(5 * 1024 * 1024)]
+    done = subprocess.run(
+        [sys.executable, "-m", "export_pipeline.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    response = ExportResponse.model_validate_json(done.stdout)
+    parts = response.parts
+    assert parts is not None
+    # Each shard ends a part: both wrote some of the 60 documents.
+    assert [(p.role, p.name) for p in parts] == [
+        ("documents", "documents-00000.csv"),
+        ("documents", "documents-00001.csv"),
+        ("vectors", "articles_vectors-00000.csv"),
+        ("vectors", "articles_vectors-00001.csv"),
+    ]
+    ids = [[row[0] for row in read_csv(p.s3_path)[1:]] for p in parts]
+    assert ids[0] + ids[1] == sorted(d["document_id"] for d in demo_documents(60))
+    assert ids[:2] == ids[2:]
+    assert [sha256_of(Path(p.s3_path.removeprefix("file://"))) for p in parts] == [
+        p.sha256 for p in parts
+    ]
+    assert not files_under(settings.scratch_dir)
+
+
 # --- Each op on its own ----------------------------------------------------------------
 
 
@@ -309,6 +356,7 @@ def test_launchpad_shows_every_request_field_with_its_description() -> None:
     assert all(field.description for field in fields.values())
     assert fields["format"].default_value == "parquet"
     assert "LogicalOperator" in fields["filters"].description
+    assert "5 MiB" in fields["max_file_size_bytes"].description
 
 
 def test_definitions_load_and_hold_the_export_job() -> None:

@@ -1,0 +1,52 @@
+"""An export cut by `max_file_size_bytes`: the shards' part files, numbered as published."""
+
+from __future__ import annotations
+
+from itertools import zip_longest
+
+from export_pipeline.engine.manifest import OutputFile, sha256_of
+from export_pipeline.engine.parts import Part, ShardParts
+from export_pipeline.engine.plan import ExportPlan
+from export_pipeline.engine.writers import CONTENT_TYPES
+
+
+def part_files(
+    plan: ExportPlan, parts: list[ShardParts], json_keys: list[dict[str, str]] | None
+) -> list[OutputFile]:
+    """Every shard's part files, numbered in shard order: the documents', then the
+    vectors'. Shards that wrote no rows add none (all of them: the first one's empty part)."""
+    rolled = [(p.documents_parts or [], p.vectors_parts or []) for p in parts]
+    kept = [pair for shard in rolled for pair in zip_longest(*shard) if pair[0].rows]
+    if not kept:
+        kept = list(zip_longest(*rolled[0]))[:1]
+    content_type = CONTENT_TYPES[plan.request.format]
+
+    def output(role: str, name: str, part: Part, columns: list[dict[str, str]]) -> OutputFile:
+        size, digest = part.path.stat().st_size, sha256_of(part.path)
+        return OutputFile(
+            role=role,
+            name=name,
+            path=part.path,
+            content_type=content_type,
+            rows=part.rows,
+            bytes=size,
+            sha256=digest,
+            columns=columns,
+        )
+
+    files = [
+        output(
+            "documents",
+            plan.documents_part_name(n),
+            docs,
+            docs.columns if json_keys is None else json_keys,
+        )
+        for n, (docs, _) in enumerate(kept)
+    ]
+    if plan.request.include_vectors:
+        files += [
+            output("vectors", plan.vectors_part_name(n), vectors, vectors.columns)
+            for n, (_, vectors) in enumerate(kept)
+            if vectors is not None
+        ]
+    return files
