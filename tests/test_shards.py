@@ -246,3 +246,24 @@ def test_a_failed_shard_fails_the_export_and_leaves_nothing(
         else:
             run_export(sharded.namespace_id, sharded.id, body, settings=settings)
     assert _left_behind(settings) == []
+
+
+@pytest.mark.slow
+def test_runs_in_processes_for_two_homes_in_one_process_each_read_their_own(
+    store: Store, sharded: Collection, tmp_path: Path
+) -> None:
+    """The step processes come from a forkserver, which keeps the environment it started in:
+    a later launch with other settings must not run its steps with the first one's home."""
+    from export_pipeline.orchestration.launch import execute, local_instance
+
+    first = store.settings.model_copy(update={"shards": "2"})
+    execute(
+        first, sharded.namespace_id, sharded.id, {"format": "json"}, "cli", local_instance(first)
+    )
+    other = Store(Settings(home=tmp_path / "other-home", shards="2"))
+    ns, col = make_collection(other, [_doc(n) for n in range(30)], INDEXES, name="elsewhere")
+    run = execute(
+        other.settings, ns.id, col.id, {"format": "json"}, "cli", local_instance(other.settings)
+    )
+    assert run.response.document_count == 30
+    assert len(run.manifest["shards"]) == 2

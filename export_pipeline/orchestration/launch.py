@@ -4,11 +4,13 @@ The CLI, schedules, sensors and the API all come through here, so a bad request 
 with the same message before it becomes a run.
 """
 
+import multiprocessing.forkserver
 import os
 import re
 import shutil
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,7 @@ def _run_in_processes(
     with (
         guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
         settings_environment(settings),
+        _forkserver_of_this_environment(),
         dg.execute_job(
             dg.reconstructable(export_job_with_resources),
             instance=instance,
@@ -206,6 +209,24 @@ def _run_in_processes(
         progress: Progress = result.output_for_node("publish_files")
     assert progress.response is not None and progress.manifest is not None
     return ExportRun(result.run_id, progress.response, progress.manifest)
+
+
+_forkserver_environment: dict[str, str] | None = None
+
+
+@contextmanager
+def _forkserver_of_this_environment() -> Iterator[None]:
+    """The step processes are forked from a forkserver, which keeps the environment it was
+    started in: one started for a launch with other settings (another home) is stopped, so
+    that this launch's steps get a new one started in this environment."""
+    global _forkserver_environment
+    current = {k: v for k, v in os.environ.items() if k.startswith(("EXPORT_PIPELINE_", "DAGSTER"))}
+    if _forkserver_environment is not None and _forkserver_environment != current:
+        stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
+        if stop is not None:  # CPython's; without it the old server's settings would win
+            stop()
+    _forkserver_environment = current
+    yield
 
 
 def _remove_scratch(instance: dg.DagsterInstance, run_id: str, settings: Settings) -> None:
