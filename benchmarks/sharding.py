@@ -135,14 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         shutil.rmtree(folder, ignore_errors=True)
     print(table(rows, args.shards))
-    report.write_json(
-        args.out,
-        {
-            "machine": report.machine(),
-            "params": vars(args) | {"home": str(args.home)},
-            "cases": rows,
-        },
-    )
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report.write_json(args.out, {"params": params, "cases": rows})
     return 0 if all(r["same_files"] for r in rows) else 1
 
 

@@ -141,6 +141,22 @@ def test_through_dagster_runs_the_job_and_agrees_with_the_reference(tmp_path: Pa
     assert all(case["ours"]["extra"]["run_id"] for case in report["cases"])
 
 
+@pytest.mark.slow
+def test_sharding_benchmark_runs_one_and_two_shards_and_finds_the_same_files(
+    tmp_path: Path,
+) -> None:
+    """`python -m benchmarks.sharding` at a tiny size: both runs, the same files, the
+    memory of every process of the export counted."""
+    out = tmp_path / "sharding.json"
+    tiny = ["--n", "300", "--dims", "4", "--shards", "2", "--formats", "csv,parquet"]
+    tiny += ["--variants", "filter", "--vectors", "on", "--home", str(tmp_path / "home")]
+    run = _bench_module("benchmarks.sharding", *tiny, "--out", str(out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert [c["case"] for c in cases] == ["csv+vec/filter", "parquet+vec/filter"]
+    assert all(c["same_files"] and c["shards_peak_mib"] > c["one_shard_peak_mib"] for c in cases)
+
+
 # --- messy collections (`python -m benchmarks.messy`) -----------------------------------
 
 
