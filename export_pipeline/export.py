@@ -32,12 +32,12 @@ from export_pipeline.engine.part_files import part_files
 from export_pipeline.engine.parts import (
     ShardParts,
     counted_shape,
-    export_shape,
     same_shape,
     write_parts,
 )
 from export_pipeline.engine.plan import ExportPlan, plan_export
 from export_pipeline.engine.preview import markdown_table
+from export_pipeline.engine.schema import shape_of
 from export_pipeline.engine.selection import Selection, needs_survey, open_scratch, survey
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS
@@ -156,8 +156,10 @@ class ExportLifecycle:
             counts[: len(found)] += np.asarray(found, dtype=np.int64)
         max_columns = self.settings.max_columns
         theirs = counted_shape(plan, self.store, counts.tolist(), max_columns)
-        with open_scratch(plan, self.settings) as con:
-            written = export_shape(con, plan, self.store, selection, max_columns)
+        # what the shards wrote with: the snapshot's shape (a numbered store: its sidecars)
+        snapshot = self.store.documents.shapes(plan.collection) or []
+        fmt, select = plan.request.format, plan.select_paths
+        written = shape_of(snapshot, select, fmt=fmt, max_columns=max_columns)
         if same_shape(theirs, written):
             return parts
         return [
