@@ -26,10 +26,10 @@ from export_pipeline.engine.manifest import (
     OutputFile,
     Outputs,
     build_manifest,
-    sha256_of,
 )
-from export_pipeline.engine.part_files import part_files
+from export_pipeline.engine.part_files import part_file, part_files
 from export_pipeline.engine.parts import (
+    Part,
     ShardParts,
     counted_shape,
     same_shape,
@@ -38,14 +38,21 @@ from export_pipeline.engine.parts import (
 from export_pipeline.engine.plan import ExportPlan, plan_export
 from export_pipeline.engine.preview import markdown_table
 from export_pipeline.engine.schema import shape_of
-from export_pipeline.engine.selection import Selection, needs_survey, open_scratch, survey
+from export_pipeline.engine.selection import (
+    Selection,
+    needs_survey,
+    open_scratch,
+    scratch_files,
+    summed_counts,
+    survey,
+)
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
 from export_pipeline.recovery import sweep_quietly
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
-from export_pipeline.storage.pieces import sha256_of_pieces
+from export_pipeline.storage.pieces import sha256_of_pieces, size_of_pieces
 from export_pipeline.store import PublishedExport, Store
 from export_pipeline.store.operations import Owner
 
@@ -149,11 +156,8 @@ class ExportLifecycle:
     ) -> list[ShardParts]:
         """The parts as they are if the structures the shards wrote make the snapshot's shape,
         else every shard written again with theirs."""
-        width = max((len(part.structure_counts or []) for part in parts), default=0)
-        counts = np.zeros(width, dtype=np.int64)
-        for part in parts:
-            found = part.structure_counts or []
-            counts[: len(found)] += np.asarray(found, dtype=np.int64)
+        found = [np.asarray(part.structure_counts or [], dtype=np.int64) for part in parts]
+        counts = summed_counts(found)
         max_columns = self.settings.max_columns
         theirs = counted_shape(plan, self.store, counts.tolist(), max_columns)
         # what the shards wrote with: the snapshot's shape (a numbered store: its sidecars)
@@ -167,33 +171,20 @@ class ExportLifecycle:
             for part in parts
         ]
 
-    def _file(self, plan: ExportPlan, role: str, name: str, parts: list[Any]) -> OutputFile:
+    def _file(self, plan: ExportPlan, role: str, name: str, parts: list[Part]) -> OutputFile:
         """One published file from its parts: the single part itself, or their assembly."""
         fmt = plan.request.format
-        paths = [part.path for part in parts]
-        rows = sum(part.rows for part in parts)
         columns = parts[0].columns if parts else []
-        if len(paths) == 1:
-            path = paths[0]
-            return OutputFile(
-                role=role,
-                name=name,
-                path=path,
-                content_type=CONTENT_TYPES[fmt],
-                rows=rows,
-                bytes=path.stat().st_size,
-                sha256=sha256_of(path),
-                columns=columns,
-            )
-        pieces = assembled(fmt, paths)  # the first csv part holds the header
-        size = sum(p.length if not isinstance(p, bytes) else len(p) for p in pieces)
+        if len(parts) == 1:
+            return part_file(role, name, parts[0], fmt, columns)
+        pieces = assembled(fmt, [part.path for part in parts])  # the first csv part: header
         return OutputFile(
             role=role,
             name=name,
-            path=plan.scratch_dir / "out" / name,
+            path=scratch_files(plan) / name,
             content_type=CONTENT_TYPES[fmt],
-            rows=rows,
-            bytes=size,
+            rows=sum(part.rows for part in parts),
+            bytes=size_of_pieces(pieces),
             sha256=sha256_of_pieces(pieces),
             columns=columns,
             pieces=list(pieces),
@@ -205,9 +196,7 @@ class ExportLifecycle:
         keys = {f.name: f"{prefix}/{f.name}" for f in outputs.files}
         exported_at = datetime.now(UTC).replace(microsecond=0)
         manifest = build_manifest(plan, outputs, keys, exported_at)
-        out = plan.scratch_dir / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        manifest_path = out / MANIFEST_NAME
+        manifest_path = scratch_files(plan) / MANIFEST_NAME
         manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         local = [
             LocalFile(

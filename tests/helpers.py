@@ -160,3 +160,16 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(a, float):
         return a == b and math.copysign(1, a) == math.copysign(1, b)
     return a == b
+
+
+def cli_output(argv: list[str], env: dict[str, str]) -> str:
+    """`export-pipeline ARGV` run in a process of its own; what it printed (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "export_pipeline.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

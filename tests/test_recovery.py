@@ -19,7 +19,7 @@ import boto3
 import dagster as dg
 import pytest
 from conftest import make_collection, write_jsonl
-from helpers import files_under
+from helpers import cli_output, files_under
 
 from export_pipeline.orchestration.launch import local_instance
 from export_pipeline.recovery import sweep, sweep_quietly
@@ -72,15 +72,7 @@ def kill_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> N
 
 def cli(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """`export-pipeline ARGV` in its own process; its JSON output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "export_pipeline.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout)
+    return json.loads(cli_output(argv, env))
 
 
 def debris(store: Store) -> list[str]:

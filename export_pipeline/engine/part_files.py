@@ -19,20 +19,10 @@ def part_files(
     kept = [pair for shard in rolled for pair in zip_longest(*shard) if pair[0].rows]
     if not kept:
         kept = list(zip_longest(*rolled[0]))[:1]
-    content_type = CONTENT_TYPES[plan.request.format]
+    fmt = plan.request.format
 
     def output(role: str, name: str, part: Part, columns: list[dict[str, str]]) -> OutputFile:
-        size, digest = part.path.stat().st_size, sha256_of(part.path)
-        return OutputFile(
-            role=role,
-            name=name,
-            path=part.path,
-            content_type=content_type,
-            rows=part.rows,
-            bytes=size,
-            sha256=digest,
-            columns=columns,
-        )
+        return part_file(role, name, part, fmt, columns)
 
     files = [
         output(
@@ -50,3 +40,19 @@ def part_files(
             if vectors is not None
         ]
     return files
+
+
+def part_file(
+    role: str, name: str, part: Part, fmt: str, columns: list[dict[str, str]]
+) -> OutputFile:
+    """One part file published as it is, with its size and checksum."""
+    return OutputFile(
+        role=role,
+        name=name,
+        path=part.path,
+        content_type=CONTENT_TYPES[fmt],
+        rows=part.rows,
+        bytes=part.path.stat().st_size,
+        sha256=sha256_of(part.path),
+        columns=columns,
+    )

@@ -129,13 +129,13 @@ class _ShardWrite:
         self.where = (f"({where}) AND {ids}", [*params, *id_params])
         # The first shard's csv part starts with the header, the others' have none: joined
         # in order they are the one file (and the first part can become it).
-        self.alone = shard.index == 0
+        self.csv_header = shard.index == 0
         self.roller = None
         if plan.request.max_file_size_bytes is not None:
             roles = ["documents", "vectors"] if plan.request.include_vectors else ["documents"]
             limit = plan.request.max_file_size_bytes
             self.roller = PartRoller(fmt, limit, folder, roles)
-            self.alone = False  # the roller puts the header before each part's rows
+            self.csv_header = False  # the roller puts the header before each part's rows
         self.max_bytes = duck.batch_bytes(con)
         self.max_rows = batch_rows(shape, fmt)
         # A json export of some documents lists the keys of their structures, by number.
@@ -150,7 +150,7 @@ class _ShardWrite:
             path = self.folder / plan.vectors_name
             indexes = plan.collection.vector_indexes
             vectors = VectorsWriter(
-                self.con, fmt, indexes, path, csv_header=self.alone, rolling=self.roller
+                self.con, fmt, indexes, path, csv_header=self.csv_header, rolling=self.roller
             )
         # Without vectors, DuckDB reads, filters and converts the rows in one streaming query
         # where the segments let it (`scan_files`); otherwise Arrow reads them in batches.
@@ -228,7 +228,7 @@ class _ShardWrite:
             path,
             self.settings.max_columns,
             structures=self.structures,
-            csv_header=self.alone,
+            csv_header=self.csv_header,
             rolling=self.roller,
             **options,
         )
@@ -293,11 +293,8 @@ def same_shape(one: Shape | None, other: Shape | None) -> bool:
     """Whether two shapes give the same file: columns in the same order, same warnings."""
     if one is None or other is None:
         return one is other
-    return (
-        one == other
-        and list(one.structure) == list(other.structure)
-        and str(one.structure) == str(other.structure)
-    )
+    # dicts compare without their order; their text shows it, at every level
+    return one == other and str(one.structure) == str(other.structure)
 
 
 def _shapes_by_pass(

@@ -243,7 +243,7 @@ class _Tally:
         """How many rows are chosen, how many of them have each structure number, the
         cutoff."""
         if self.size is None:
-            return self.matched, _summed(self.numbers), None
+            return self.matched, summed_counts(self.numbers), None
         if not self.held:
             return 0, np.zeros(0, np.int64), None
         rank, number, ids = self._lowest()
@@ -264,7 +264,7 @@ def _counts(numbers: np.ndarray) -> np.ndarray:
     return np.bincount(numbers[numbers >= 0])
 
 
-def _summed(counts: list[np.ndarray]) -> np.ndarray:
+def summed_counts(counts: list[np.ndarray]) -> np.ndarray:
     """Counts per number, added up from arrays of different lengths."""
     total = np.zeros(max((len(c) for c in counts), default=0), dtype=np.int64)
     for found in counts:

@@ -41,11 +41,6 @@ class Shard(BaseModel):
             params.append(self.upper)
         return " AND ".join(conditions) or "TRUE", params
 
-    @property
-    def whole(self) -> bool:
-        """Whether the shard is the whole snapshot."""
-        return self.lower is None and self.upper is None
-
 
 def shard_count(setting: str, documents: int, cores: int | None = None, threads: int = 2) -> int:
     """EXPORT_PIPELINE_SHARDS: an integer as given, or `auto`: one shard for a small

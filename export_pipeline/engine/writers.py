@@ -29,7 +29,7 @@ from export_pipeline.engine.schema import (
     parquet_structure,
     pointer,
 )
-from export_pipeline.engine.selection import projection_sql
+from export_pipeline.engine.selection import projection_sql, summed_counts
 from export_pipeline.engine.sinks import (
     LineSink,
     TableWriter,
@@ -163,11 +163,7 @@ class DocumentsWriter:
         """The table without its last column, the rows' SHAPE_IDs, which are counted."""
         last = table.num_columns - 1
         found = np.bincount(table.column(last).to_numpy(zero_copy_only=False))
-        if len(found) > len(self.structure_counts):
-            grown = np.zeros(len(found), dtype=np.int64)
-            grown[: len(self.structure_counts)] = self.structure_counts
-            self.structure_counts = grown
-        self.structure_counts[: len(found)] += found
+        self.structure_counts = summed_counts([self.structure_counts, found])
         return table.remove_column(last)
 
     def _run(self, rows: pa.Table) -> pa.Table:

@@ -179,6 +179,11 @@ def run_launch(
         )
     if not result.success:
         raise run_error(result)
+    return _finished(result)
+
+
+def _finished(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> ExportRun:
+    """A successful run's response and manifest (the publish step's output)."""
     progress: Progress = result.output_for_node("publish_files")
     assert progress.response is not None and progress.manifest is not None
     return ExportRun(result.run_id, progress.response, progress.manifest)
@@ -206,9 +211,7 @@ def _run_in_processes(
             # have made its folder again: nothing of a failed export stays.
             _remove_scratch(instance, result.run_id, settings)
             raise run_error(result)
-        progress: Progress = result.output_for_node("publish_files")
-    assert progress.response is not None and progress.manifest is not None
-    return ExportRun(result.run_id, progress.response, progress.manifest)
+        return _finished(result)  # outputs are read while the result is open
 
 
 _forkserver_environment: dict[str, str] | None = None

@@ -48,13 +48,6 @@ class LocalFile:
     sha256: str | None = None  # kept as object metadata where the backend has any
     pieces: tuple[Piece, ...] | None = None
 
-    @property
-    def size(self) -> int:
-        """The file's size in bytes."""
-        if self.pieces is None:
-            return self.path.stat().st_size
-        return sum(p.length if isinstance(p, FileRange) else len(p) for p in self.pieces)
-
 
 @dataclass(frozen=True)
 class PublishedObject:

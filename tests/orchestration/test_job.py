@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import dagster as dg
 import pytest
 from conftest import make_collection
-from helpers import files_under, read_csv, read_json_lines, read_parquet
+from helpers import cli_output, files_under, read_csv, read_json_lines, read_parquet
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
@@ -277,15 +276,7 @@ def test_job_writes_parts_in_parallel_shard_processes(
     env.pop("EXPORT_PIPELINE_STORAGE", None)
     argv = ["export", col.name, "-n", ns.name, "--format", "csv", "--include-vectors"]
     argv += ["--max-file-size", str(5 * 1024 * 1024)]
-    done = subprocess.run(
-        [sys.executable, "-m", "export_pipeline.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    response = ExportResponse.model_validate_json(done.stdout)
+    response = ExportResponse.model_validate_json(cli_output(argv, env))
     parts = response.parts
     assert parts is not None
     # Each shard ends a part: both wrote some of the 60 documents.
