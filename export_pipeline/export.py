@@ -49,7 +49,7 @@ from export_pipeline.engine.selection import (
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
-from export_pipeline.recovery import sweep_quietly
+from export_pipeline.recovery import reclaim, sweep_quietly
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.storage.pieces import sha256_of_pieces, size_of_pieces
@@ -277,6 +277,13 @@ class ExportLifecycle:
         with suppress(Exception):  # a record left behind is only work for the sweep
             self.store.operations.end(plan.export_id)
 
+    def abandon(self, export_id: str) -> None:
+        """Reclaim a failed export whose steps could not clean up after it (a step process
+        killed while its launcher lives): its scratch, what it put in storage, its record."""
+        reclaim(self.settings, self.store, export_id, self._storage)
+        # a shard still writing when another failed may have made its folder again
+        shutil.rmtree(self.settings.scratch_dir / export_id, ignore_errors=True)
+
     def run(
         self, namespace: str, collection: str, request: ExportRequest | dict[str, Any] | None
     ) -> ExportResult:
@@ -289,9 +296,12 @@ class ExportLifecycle:
             selection = self.select(plan)
             parts = [self.write_shard(plan, selection, shard) for shard in plan.shards]
             outputs = self.assemble(plan, selection, parts)
-            return self.publish(plan, outputs)
-        finally:
-            self.cleanup(plan)
+            result = self.publish(plan, outputs)
+        except BaseException:
+            self.abandon(plan.export_id)
+            raise
+        self.cleanup(plan)
+        return result
 
 
 def run_export(

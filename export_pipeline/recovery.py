@@ -89,6 +89,20 @@ def sweep(
     return report
 
 
+def reclaim(
+    settings: Settings, store: Store, op_id: str, storage: Storage | None = None
+) -> SweepReport:
+    """Reclaim one operation that ended without cleaning up after itself, alive owner or not
+    (a step process killed under a launcher that lives on): what it recorded, then its
+    record."""
+    report = SweepReport()
+    storages = _Storages(settings, storage)
+    for record in store.operations.records():
+        if record.id == op_id:
+            _reclaim(record, store, storages, report)
+    return report
+
+
 def sweep_quietly(
     settings: Settings, store: Store | None = None, storage: Storage | None = None
 ) -> SweepReport | None:

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="Shards an export is written in, in parallel: a number, or auto (one for"
         " a small collection, one per core for a large one).",
     )
+    executor: Literal["local", "in_process"] = Field(
+        "local",
+        description="Where the export job's steps run: local = one shard in the launching"
+        " process, several in parallel local processes (at most one per core); in_process ="
+        " every step in the launching process, the shards one after the other.",
+    )
     max_columns: int = Field(
         1000,
         ge=2,

@@ -7,13 +7,16 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store, VectorIndex
+
+if TYPE_CHECKING:
+    from export_pipeline.orchestration.launch import ExportRun
 
 _counter = itertools.count()
 
@@ -63,6 +66,27 @@ def make_collection(
     if docs:
         store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", docs))
     return ns, store.catalog.collection(ns, col.id)
+
+
+def export_job(
+    namespace: str,
+    collection: str,
+    body: dict[str, Any] | None,
+    *,
+    settings: Settings,
+    processes: bool = False,
+) -> ExportRun:
+    """One export the way users run it: a run of the export_collection job, launched as the
+    CLI and the API launch it. Its shards run one after the other in this process (an
+    ephemeral instance), or with `processes` in processes of their own (the home's instance)."""
+    import dagster as dg
+
+    from export_pipeline.orchestration.launch import execute, local_instance
+
+    if processes:
+        return execute(settings, namespace, collection, body, "cli", local_instance(settings))
+    serial = settings.model_copy(update={"executor": "in_process"})
+    return execute(serial, namespace, collection, body, "cli", dg.DagsterInstance.ephemeral())
 
 
 class LocalS3:

@@ -1,18 +1,42 @@
-"""A child process for the crash tests: `python kill_child.py POINT MARKER CLI-ARGS...` runs the
-CLI in this process with one pause point armed. Reaching it, the child writes MARKER (its
-pid) and waits there to be killed with SIGKILL: the test observes the marker, no sleeping."""
+"""Pause points for the crash tests. `armed_environment(folder, POINT, MARKER)` is the
+environment of a CLI whose every process (the launcher, the forkserver its step processes
+fork from, the API's workers) arms POINT at start (a sitecustomize on PYTHONPATH). The first
+process to reach it writes MARKER (its pid) and waits there to be killed with SIGKILL; any
+other goes on. The test observes the marker, no sleeping."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+WORKTREE = Path(__file__).resolve().parents[1]
+
+
+def armed_environment(folder: Path, point: str, marker: Path) -> dict[str, str]:
+    """The variables that arm `point` in every Python process started with them."""
+    plugin = folder / "pause-plugin"
+    plugin.mkdir(exist_ok=True)
+    (plugin / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('RECOVERY_TEST_PAUSE'):\n"
+        f"    sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "    import kill_child\n"
+        "    kill_child.arm(*os.environ['RECOVERY_TEST_PAUSE'].split('|'))\n"
+    )
+    return {
+        "PYTHONPATH": f"{plugin}{os.pathsep}{WORKTREE}",
+        "RECOVERY_TEST_PAUSE": f"{point}|{marker}",
+    }
+
 
 def pause(marker: str) -> None:
-    """Say where we are, then wait for SIGKILL."""
+    """Say where we are, then wait for SIGKILL; only the first process to get here."""
+    try:
+        os.close(os.open(marker + ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
     Path(marker + ".tmp").write_text(str(os.getpid()))
     os.replace(marker + ".tmp", marker)
     while True:
@@ -61,8 +85,12 @@ def arm(point: str, marker: str) -> None:
         from export_pipeline import export
 
         before(export.ExportLifecycle, "select", marker)
-    elif point == "export-writing":  # the documents file partly written in scratch space
+    elif point == "export-writing":  # a shard's documents part written, not yet closed
         before(writers.DocumentsWriter, "close", marker)
+    elif point == "export-assembly":  # local: the assembled documents file partly written
+        from export_pipeline.storage import pieces
+
+        after(pieces, "_copy_range", marker)
     elif point == "export-publish":  # local storage: a file moved into exports/.staging
         after(local.shutil, "move", marker, lambda source, target: ".staging" in str(target))
     elif point == "export-manifest":  # S3: documents at the final prefix, no manifest yet
@@ -85,11 +113,3 @@ def arm(point: str, marker: str) -> None:
         s3.make_client = make_client
     else:
         raise SystemExit(f"unknown pause point {point}")
-
-
-if __name__ == "__main__":
-    point, marker, *argv = sys.argv[1:]
-    arm(point, marker)
-    from export_pipeline.cli import main
-
-    sys.exit(main(argv, use_agent=False))

@@ -6,7 +6,8 @@ import json
 import threading
 from pathlib import Path
 
-from export_pipeline.export import run_export
+from conftest import export_job
+
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 
@@ -40,10 +41,10 @@ def test_exports_during_ingest_see_whole_versions_only(tmp_path: Path) -> None:
     writer = threading.Thread(target=ingest_rest)
     writer.start()
     while not done.is_set() or len(counts) < 2:
-        result = run_export("team", "docs", {"format": "csv"}, settings=settings)
+        result = export_job("team", "docs", {"format": "csv"}, settings=settings)
         counts.append(result.response.document_count)
     writer.join()
-    final = run_export("team", "docs", {"format": "csv"}, settings=settings)
+    final = export_job("team", "docs", {"format": "csv"}, settings=settings)
 
     # Every export saw a whole number of ingested files, never a partial one.
     assert set(counts) <= {batch, 2 * batch, 3 * batch}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import make_collection, write_jsonl
+from conftest import export_job, make_collection, write_jsonl
 from helpers import (
     SEED_REQUEST,
     SEED_RESPONSE_FIELDS,
@@ -31,7 +31,7 @@ from export_pipeline.errors import (
     NotFoundError,
     ValidationError,
 )
-from export_pipeline.export import ExportResult, run_export
+from export_pipeline.orchestration.launch import ExportRun
 from export_pipeline.settings import Settings
 from export_pipeline.storage import local as local_storage
 from export_pipeline.store import Collection, Namespace, Store, VectorIndex
@@ -41,8 +41,8 @@ DENSE = VectorIndex(name="emb", dimensions=3)
 SPARSE = VectorIndex(name="bag", dimensions=1000, type="sparse")
 
 
-def run(store: Store, ns: Namespace, col: Collection, request: Any = None) -> ExportResult:
-    return run_export(ns.id, col.id, request, settings=store.settings)
+def run(store: Store, ns: Namespace, col: Collection, request: Any = None) -> ExportRun:
+    return export_job(ns.id, col.id, request, settings=store.settings)
 
 
 def scratch_leftovers(settings: Settings) -> list[Path]:
@@ -844,7 +844,7 @@ def test_W7_failed_publish_rename_leaves_nothing(
         raise OSError("disk on fire")
 
     monkeypatch.setattr(local_storage.os, "rename", broken_rename)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(ExportPipelineError, match="OSError: disk on fire"):
         run(store, ns, col, {"format": "csv", "include_vectors": True})
     assert_nothing_published(store.settings)
 
@@ -863,7 +863,7 @@ def test_W7_failure_after_first_file_copied_leaves_nothing(
         return real_move(src, dst)
 
     monkeypatch.setattr(local_storage.shutil, "move", move_then_fail)
-    with pytest.raises(OSError, match="no space left"):
+    with pytest.raises(ExportPipelineError, match="OSError: no space left"):
         run(store, ns, col, {"format": "json", "include_vectors": True})
     assert len(calls) == 2
     assert_nothing_published(store.settings)
@@ -878,7 +878,7 @@ def test_W7_failed_write_step_leaves_nothing(
         raise RuntimeError("writer crashed")
 
     monkeypatch.setattr(VectorsWriter, "write", broken_write)
-    with pytest.raises(RuntimeError, match="writer crashed"):
+    with pytest.raises(ExportPipelineError, match="RuntimeError: writer crashed"):
         run(store, ns, col, {"format": "parquet", "include_vectors": True})
     assert_nothing_published(store.settings)
 
@@ -890,7 +890,7 @@ def test_W7_unwritable_storage_root_leaves_nothing(tmp_path: Path) -> None:
     store = Store(settings)
     ns, col = make_collection(store, PEOPLE[:3])
     with pytest.raises(EnvironmentProblem, match=r"^Not a directory at .*nothing was published$"):
-        run_export(ns.id, col.id, {"format": "json"}, settings=settings)
+        export_job(ns.id, col.id, {"format": "json"}, settings=settings)
     assert scratch_leftovers(settings) == []
     assert blocker.read_text() == "a file where the storage root should be"
 
@@ -959,7 +959,7 @@ def test_D2_A1_collection_addressed_by_id_or_name(
     ns, col = people
     for ns_key in (ns.id, ns.name):
         for col_key in (col.id, col.name):
-            result = run_export(ns_key, col_key, {"format": "json"}, settings=store.settings)
+            result = export_job(ns_key, col_key, {"format": "json"}, settings=store.settings)
             assert result.response.document_count == len(PEOPLE)
             assert f"/{ns.id}/exports/{col.id}/" in result.response.s3_path
 
@@ -1002,7 +1002,7 @@ def test_R_F_seed_example_request_runs_verbatim(store: Store) -> None:
             doc["department"] = department
         docs.append(doc)
     ns, col = make_collection(store, docs, name="people")
-    result = run_export(
+    result = export_job(
         ns.name, col.name, json.loads(json.dumps(SEED_REQUEST)), settings=store.settings
     )
     expected = [row[0] for row in SEED_PEOPLE if row[-1]]
@@ -1057,7 +1057,7 @@ def test_F4_R7_invalid_request_or_unknown_collection_fails_before_reading(
 
     monkeypatch.setattr(type(store.documents), "rows", must_not_read)
     with pytest.raises(error) as info:
-        run_export(namespace, collection, request_body, settings=store.settings)
+        export_job(namespace, collection, request_body, settings=store.settings)
     if error is ValidationError:
         assert info.value.details and all("loc" in d for d in info.value.details)
     assert not store.settings.scratch_dir.exists() or scratch_leftovers(store.settings) == []

@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import make_collection, write_jsonl
+from conftest import export_job, make_collection, write_jsonl
 from helpers import read_csv, read_json_lines, read_parquet
 
 from export_pipeline.engine import kinds, plan
 from export_pipeline.engine.kinds import field_kinds, scalar_kinds
 from export_pipeline.engine.plan import plan_export
-from export_pipeline.export import ExportLifecycle, run_export
+from export_pipeline.export import ExportLifecycle
 from export_pipeline.filters import uses_macros
 from export_pipeline.store import Store, VectorIndex
 from export_pipeline.store.segments import shapes_file
@@ -88,9 +88,9 @@ def test_specialised_exports_equal_the_general_form(
 ) -> None:
     ns, col = make_collection(store, DOCS)
     body = {"format": fmt, "filters": filters}
-    specialised = run_export(ns.id, col.id, body, settings=store.settings)
+    specialised = export_job(ns.id, col.id, body, settings=store.settings)
     monkeypatch.setattr(plan, "field_kinds", lambda *args: {})  # the general form
-    general = run_export(ns.id, col.id, body, settings=store.settings)
+    general = export_job(ns.id, col.id, body, settings=store.settings)
     assert specialised.response.document_count == general.response.document_count
     assert _rows(specialised, fmt) == _rows(general, fmt)
     columns = [file["columns"] for file in general.manifest["files"]]
@@ -101,14 +101,14 @@ def test_a_field_that_is_sometimes_a_list_falls_back_to_the_general_form(store: 
     ns, col = make_collection(store, DOCS)
     body = {"format": "json", "filters": RATING}
     assert "json_extract_string" in plan_export(store, ns.id, col.id, body).filter_sql
-    before = run_export(ns.id, col.id, body, settings=store.settings)
+    before = export_job(ns.id, col.id, body, settings=store.settings)
     expected = [doc["document_id"] for doc in read_json_lines(before.response.s3_path)]
     # a later ingest: one rating is a list (one element matches), one a string (never does)
     later = [{"document_id": "e1", "rating": [5, 0.5]}, {"document_id": "e2", "rating": "0.1"}]
     store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", later))
     planned = plan_export(store, ns.id, col.id, body)
     assert "json_extract_string" not in planned.filter_sql and "_r." in planned.filter_sql
-    after = run_export(ns.id, col.id, body, settings=store.settings)
+    after = export_job(ns.id, col.id, body, settings=store.settings)
     assert [doc["document_id"] for doc in read_json_lines(after.response.s3_path)] == [
         *expected,
         "e1",
@@ -141,7 +141,7 @@ def test_without_lists_of_structures_or_with_too_many_the_general_form_stays(
     (segment,) = store.documents.segment_files(col)
     shapes_file(segment).unlink()  # a segment of an older version
     assert field_kinds(store, col, ["rating"]) == {}
-    result = run_export(
+    result = export_job(
         ns.id, col.id, {"format": "csv", "filters": RATING}, settings=store.settings
     )
     assert result.response.document_count == sum(
@@ -270,5 +270,5 @@ def test_samples_and_vectors_are_surveyed_before_the_shards_write(
         assert selection.matched == (3 if "sample_size" in body else 12)
     finally:
         lifecycle.cleanup(planned)
-    result = run_export(ns.id, col.id, body, settings=store.settings)
+    result = export_job(ns.id, col.id, body, settings=store.settings)
     assert result.response.document_count == (3 if "sample_size" in body else 12)

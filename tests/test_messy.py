@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_collection, write_jsonl
+from conftest import export_job, make_collection, write_jsonl
 from helpers import files_under, local_path, read_csv, read_json_lines, read_parquet, same_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from export_pipeline.engine import shapes
 from export_pipeline.engine.shapes import CLASH
 from export_pipeline.errors import ValidationError
-from export_pipeline.export import run_export
 from export_pipeline.jsontext import MAX_DOCUMENT_DEPTH
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
@@ -40,7 +39,7 @@ def nested(depth: int, leaf: Any = 1, kind: str = "object") -> Any:
 
 
 def export(store: Store, collection: str, **request: Any) -> Any:
-    return run_export("test-ns", collection, request, settings=store.settings)
+    return export_job("test-ns", collection, request, settings=store.settings)
 
 
 # --- depth ------------------------------------------------------------------------------
@@ -135,15 +134,15 @@ def test_documents_of_megabytes_export_within_a_small_duckdb_memory_limit(tmp_pa
     ]
     make_collection(store, docs)
     for fmt in FORMATS:
-        full = run_export("test-ns", "things", {"format": fmt}, settings=settings)
+        full = export_job("test-ns", "things", {"format": fmt}, settings=settings)
         assert full.response.document_count == 24
-        some = run_export(
+        some = export_job(
             "test-ns", "things", {"format": fmt, "filters": {"m.i": 5}}, settings=settings
         )
         assert some.response.document_count == 1
         sample = {"format": fmt, "sample_size": 3, "sample_seed": 1}
         assert (
-            run_export("test-ns", "things", sample, settings=settings).response.document_count == 3
+            export_job("test-ns", "things", sample, settings=settings).response.document_count == 3
         )
 
 
@@ -170,7 +169,7 @@ def test_wide_object_becomes_one_json_text_column(narrow_settings: Settings) -> 
     ]
     make_collection(store, docs)
     for fmt in ["csv", "parquet"]:
-        result = run_export("test-ns", "things", {"format": fmt}, settings=narrow_settings)
+        result = export_job("test-ns", "things", {"format": fmt}, settings=narrow_settings)
         warnings = result.manifest["warnings"]
         assert [w for w in warnings if w.startswith("field 'attrs' has more keys than")] == [
             "field 'attrs' has more keys than EXPORT_PIPELINE_MAX_COLUMNS=20; written as JSON text"
@@ -191,12 +190,12 @@ def test_top_level_too_wide_becomes_document_id_and_document(narrow_settings: Se
     docs = [{"document_id": f"d{i:03d}", f"tag_{i}": i} for i in range(60)]
     make_collection(store, docs)
     json_lines = read_json_lines(
-        run_export(
+        export_job(
             "test-ns", "things", {"format": "json"}, settings=narrow_settings
         ).response.s3_path
     )
     for fmt in ["csv", "parquet"]:
-        result = run_export("test-ns", "things", {"format": fmt}, settings=narrow_settings)
+        result = export_job("test-ns", "things", {"format": fmt}, settings=narrow_settings)
         assert any("written as two columns" in warning for warning in result.manifest["warnings"])
         if fmt == "parquet":
             table = read_parquet(result.response.s3_path)
@@ -223,7 +222,7 @@ def test_width_limit_collapses_the_widest_object_first_then_the_whole_document(
     for limit, header in expected.items():
         settings = Settings(home=tmp_path / f"home{limit}", max_columns=limit)
         make_collection(Store(settings), docs)
-        result = run_export("test-ns", "things", {"format": "csv"}, settings=settings)
+        result = export_job("test-ns", "things", {"format": "csv"}, settings=settings)
         assert read_csv(result.response.s3_path)[0] == header
 
 
@@ -298,7 +297,7 @@ def test_every_accepted_document_exports_in_every_format(
     make_collection(store, docs)
     stored = {doc["document_id"]: doc for doc in docs}
     for fmt in FORMATS:
-        result = run_export("test-ns", "things", {"format": fmt}, settings=settings_)
+        result = export_job("test-ns", "things", {"format": fmt}, settings=settings_)
         assert result.response.document_count == len(docs)
         path = result.response.s3_path
         if fmt == "json":

@@ -20,14 +20,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_collection
+from conftest import export_job, make_collection
 from helpers import ids_of, local_path, read_csv
 
 from export_pipeline.contract import MIN_FILE_SIZE_BYTES
 from export_pipeline.engine.plan import parse_request
 from export_pipeline.errors import ValidationError
-from export_pipeline.export import ExportResult, run_export
 from export_pipeline.links import fresh_links
+from export_pipeline.orchestration.launch import ExportRun
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Store, VectorIndex
 from export_pipeline.store import segments as segments_module
@@ -72,9 +72,9 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Collection]:
     return store, col
 
 
-def _export(store: Store, col: Collection, body: dict[str, Any], shards: int) -> ExportResult:
+def _export(store: Store, col: Collection, body: dict[str, Any], shards: int) -> ExportRun:
     settings = store.settings.model_copy(update={"shards": str(shards)})
-    return run_export(col.namespace_id, col.id, body, settings=settings)
+    return export_job(col.namespace_id, col.id, body, settings=settings)
 
 
 def _table(path: Path) -> pa.Table:
@@ -257,7 +257,7 @@ def test_a_bad_limit_fails_before_any_document_is_read(
     store, col = big
     settings = store.settings.model_copy(update={"scratch": tmp_path / "scratch"})
     with pytest.raises(ValidationError) as caught:
-        run_export(col.namespace_id, col.id, {"max_file_size_bytes": LIMIT - 1}, settings=settings)
+        export_job(col.namespace_id, col.id, {"max_file_size_bytes": LIMIT - 1}, settings=settings)
     assert [d["loc"] for d in caught.value.details] == ["max_file_size_bytes"]
     assert not (tmp_path / "scratch").exists() or not any((tmp_path / "scratch").iterdir())
 
@@ -266,7 +266,7 @@ def test_every_part_on_s3_has_its_own_link(big: tuple[Store, Collection], bucket
     store, col = big
     target = store.settings.model_copy(update={"storage": f"s3://{bucket}/team-a/exports"})
     body = {"format": "parquet", "include_vectors": True, "max_file_size_bytes": LIMIT}
-    result = run_export(col.namespace_id, col.id, body, settings=target)
+    result = export_job(col.namespace_id, col.id, body, settings=target)
     parts = result.response.parts
     assert parts is not None and len(parts) > 2
     assert result.response.s3_path == parts[0].s3_path

@@ -20,6 +20,7 @@ import dagster as dg
 import pytest
 from conftest import make_collection, write_jsonl
 from helpers import cli_output, files_under
+from kill_child import armed_environment
 
 from export_pipeline.orchestration.launch import local_instance
 from export_pipeline.recovery import sweep, sweep_quietly
@@ -29,7 +30,6 @@ from export_pipeline.store import Store
 from export_pipeline.store.operations import Owner, process_start
 
 WORKTREE = Path(__file__).resolve().parents[1]
-CHILD = Path(__file__).with_name("kill_child.py")
 DOCS = [{"document_id": f"d{i:05d}", "n": i} for i in range(50)]
 
 
@@ -45,11 +45,11 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def paused_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> subprocess.Popen:
-    """Run the CLI in a child until it reaches `point` and waits there."""
+    """Run the CLI in a child until one of its processes reaches `point` and waits there."""
     marker = folder / f"{point}.reached"
     process = subprocess.Popen(
-        [sys.executable, str(CHILD), point, str(marker), *argv],
-        env=env,
+        [sys.executable, "-m", "export_pipeline.cli", *argv],
+        env={**env, **armed_environment(folder, point, marker)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -63,9 +63,15 @@ def paused_at(point: str, argv: list[str], env: dict[str, str], folder: Path) ->
     return process
 
 
+def paused_pid(point: str, folder: Path) -> int:
+    """The process waiting at `point` (the CLI itself, or one of its step processes)."""
+    return int((folder / f"{point}.reached").read_text())
+
+
 def kill_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> None:
     """Run the CLI in a child until it reaches `point`, then SIGKILL it."""
     process = paused_at(point, argv, env, folder)
+    assert paused_pid(point, folder) == process.pid
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
 
@@ -322,9 +328,12 @@ def test_the_next_ingest_reclaims_what_a_killed_one_left(store: Store, tmp_path:
 
 
 def big_collection(store: Store) -> None:
-    """About 6.5 MB of json documents: over the smallest S3 part size (5 MB)."""
+    """About 6.5 MB of json documents (over the smallest S3 part size, 5 MB), in two
+    segments: two shards both have documents to write."""
     text = "lorem ipsum " * 36
-    make_collection(store, [{"document_id": f"d{i:06d}", "text": text} for i in range(15_000)])
+    docs = [{"document_id": f"d{i:06d}", "text": text} for i in range(15_000)]
+    ns, col = make_collection(store, docs[:7_500])
+    store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", docs[7_500:]))
 
 
 def run_statuses(settings: Settings) -> list[dg.DagsterRunStatus]:
@@ -334,13 +343,20 @@ def run_statuses(settings: Settings) -> list[dg.DagsterRunStatus]:
 EXPORT = ["export", "things", "-n", "test-ns", "--format", "json"]
 
 
+# Where a whole export is killed: the shards written one after the other in the CLI's own
+# process (the in_process executor), so the one process killed is the export.
+IN_ONE_PROCESS = {"EXPORT_PIPELINE_SHARDS": "2", "EXPORT_PIPELINE_EXECUTOR": "in_process"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["export-planning", "export-writing", "export-publish"])
+@pytest.mark.parametrize(
+    "point", ["export-planning", "export-writing", "export-assembly", "export-publish"]
+)
 def test_a_killed_cli_export_is_reclaimed_and_its_run_marked_failed(
     store: Store, tmp_path: Path, point: str
 ) -> None:
     big_collection(store)
-    env = env_of(store.settings)
+    env = env_of(store.settings, **IN_ONE_PROCESS)
     kill_at(point, EXPORT, env, tmp_path)
     exports = store.settings.home_dir / "exports"
     assert [p for p in files_under(exports) if ".staging" not in p.parts] == []
@@ -388,6 +404,33 @@ def test_a_cli_export_killed_while_publishing_to_s3_leaves_nothing_after_gc(
     assert done["s3_path"].startswith(f"s3://{bucket}/exports/")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["export-writing", "export-assembly"])
+def test_a_step_process_killed_fails_the_export_and_its_launcher_leaves_nothing(
+    store: Store, tmp_path: Path, point: str
+) -> None:
+    """Two shards in processes of their own: one shard's process killed mid-write, or the
+    process assembling the files. The launcher lives on: the run fails, and what the export
+    wrote goes at once, without waiting for a sweep."""
+    big_collection(store)
+    env = env_of(store.settings, EXPORT_PIPELINE_SHARDS="2")
+    process = paused_at(point, EXPORT, env, tmp_path)
+    step = paused_pid(point, tmp_path)
+    assert step != process.pid
+    os.kill(step, signal.SIGKILL)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    failed = json.loads(output.decode().strip().splitlines()[-1])
+    step_name = "export_shard" if point == "export-writing" else "publish_files"
+    assert step_name in failed["error"]["message"]
+    assert files_under(store.settings.home_dir / "exports") == []
+    assert debris(store) == []
+    assert store.operations.records() == []
+    assert run_statuses(store.settings) == [dg.DagsterRunStatus.FAILURE]
+    done = cli(EXPORT, env)
+    assert done["document_count"] == 15_000
+
+
 # --- The API: a worker cancelled at its time limit, and the server's start ---------------
 
 
@@ -401,20 +444,9 @@ def test_an_api_export_cancelled_at_its_time_limit_leaves_nothing_on_s3(
     from export_pipeline.orchestration.pool import RunPool, RunTimedOut
 
     big_collection(store)
-    plugin = tmp_path / "plugin"
-    plugin.mkdir()
-    (plugin / "sitecustomize.py").write_text(
-        "import os, sys\n"
-        "if os.environ.get('RECOVERY_TEST_PAUSE'):\n"
-        f"    sys.path.insert(0, {str(CHILD.parent)!r})\n"
-        "    import kill_child\n"
-        "    kill_child.arm(*os.environ['RECOVERY_TEST_PAUSE'].split('|'))\n"
-    )
     marker = tmp_path / "paused"
-    monkeypatch.setenv("PYTHONPATH", f"{plugin}{os.pathsep}{WORKTREE}")
-    monkeypatch.setenv("RECOVERY_TEST_PAUSE", f"export-multipart|{marker}")
-    # The job's resources pass no S3 options: the worker reads them from its environment.
-    monkeypatch.setenv("EXPORT_PIPELINE_S3_PART_SIZE_MB", "5")
+    for name, value in armed_environment(tmp_path, "export-multipart", marker).items():
+        monkeypatch.setenv(name, value)
     settings = store.settings.model_copy(
         update={"storage": f"s3://{bucket}/exports", "s3_part_size_mb": 5}
     )

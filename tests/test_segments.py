@@ -9,10 +9,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_collection, write_jsonl
+from conftest import export_job, make_collection, write_jsonl
 from helpers import files_under, read_csv, read_json_lines
 
-from export_pipeline.export import run_export
 from export_pipeline.store import Store, VectorIndex
 from export_pipeline.store.batches import byte_chunks, merge_sorted
 from export_pipeline.store.segments import ROW_GROUP_BYTES, shapes_file
@@ -37,7 +36,7 @@ def test_O3_unsorted_file_sorted_through_spilled_runs_and_merges(
     ns, col = make_collection(store, docs, [VectorIndex(name="v", dimensions=2)])
     expected = sorted(ids, key=lambda i: i.encode())
     assert ids_in(store, col) == expected
-    result = run_export(
+    result = export_job(
         ns.id, col.id, {"format": "json", "include_vectors": True}, settings=store.settings
     )
     lines = read_json_lines(result.response.s3_path)
@@ -58,7 +57,7 @@ def test_O3_upserts_across_segments_merge_in_id_order(store: Store) -> None:
         store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", docs))
     col = store.catalog.collection(ns, col.id)
     assert len(col.segments) == 3
-    result = run_export(ns.id, col.id, {"format": "csv"}, settings=store.settings)
+    result = export_job(ns.id, col.id, {"format": "csv"}, settings=store.settings)
     _, *rows = read_csv(result.response.s3_path)
     assert [row[0] for row in rows] == [f"a{n:02d}" for n in range(40)]
 
@@ -83,7 +82,7 @@ def test_segments_from_older_versions_still_export(store: Store, sidecar: str) -
     else:  # the first sidecars held one representative document per shape
         table = pq.read_table(segment, columns=["doc"]).slice(0, 1)
         pq.write_table(table.append_column("n", pa.array([5])), shapes_file(segment))
-    result = run_export(ns.id, col.id, {"format": "csv"}, settings=store.settings)
+    result = export_job(ns.id, col.id, {"format": "csv"}, settings=store.settings)
     header, *rows = read_csv(result.response.s3_path)
     assert "b.c" in header and len(rows) == 5
 
@@ -135,7 +134,7 @@ _SELECTIONS = [
 
 
 def _exported(store: Store, ns: Any, col: Any, body: dict[str, Any]) -> tuple[Any, Any]:
-    result = run_export(ns.id, col.id, body, settings=store.settings)
+    result = export_job(ns.id, col.id, body, settings=store.settings)
     if body["format"] == "json":
         lines = read_json_lines(result.response.s3_path)
         return lines, [c["name"] for c in result.manifest["files"][0]["columns"]]
@@ -203,7 +202,7 @@ def test_a_snapshot_of_older_and_newer_segments_exports_its_chosen_shapes(
     col = store.catalog.collection(ns, col.id)
     assert len(col.segments) == 2 and not store.documents.numbered(col)
     body = {"format": fmt, "filters": _SELECTIONS[0]["filters"]}
-    result = run_export(ns.id, col.id, body, settings=store.settings)
+    result = export_job(ns.id, col.id, body, settings=store.settings)
     names = [c["name"] for c in result.manifest["files"][0]["columns"]]
     assert "only_a" not in names and result.response.document_count == 10
     # upserting into the older segment rewrites it numbered
@@ -212,5 +211,5 @@ def test_a_snapshot_of_older_and_newer_segments_exports_its_chosen_shapes(
         ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", changed), upsert=True
     )
     assert store.documents.numbered(store.catalog.collection(ns, col.id))
-    again = run_export(ns.id, col.id, body, settings=store.settings)
+    again = export_job(ns.id, col.id, body, settings=store.settings)
     assert [c["name"] for c in again.manifest["files"][0]["columns"]] == names

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_collection, write_jsonl
+from conftest import export_job, make_collection, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +26,7 @@ from export_pipeline.engine.shards import (
     shard_count,
     shard_threads,
 )
-from export_pipeline.export import ExportResult, run_export
+from export_pipeline.orchestration.launch import ExportRun
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Store, VectorIndex
 from export_pipeline.store import segments as segments_module
@@ -66,12 +66,12 @@ def sharded(store: Store, monkeypatch: pytest.MonkeyPatch) -> Collection:
     return store.catalog.collection(ns, col.id)
 
 
-def _export(store: Store, col: Collection, body: dict[str, Any], shards: int) -> ExportResult:
+def _export(store: Store, col: Collection, body: dict[str, Any], shards: int) -> ExportRun:
     settings = store.settings.model_copy(update={"shards": str(shards)})
-    return run_export(col.namespace_id, col.id, body, settings=settings)
+    return export_job(col.namespace_id, col.id, body, settings=settings)
 
 
-def _files(result: ExportResult) -> list[Path]:
+def _files(result: ExportRun) -> list[Path]:
     paths = [Path(result.response.s3_path.removeprefix("file://"))]
     if result.response.vectors_s3_path:
         paths.append(Path(result.response.vectors_s3_path.removeprefix("file://")))
@@ -189,12 +189,12 @@ def test_the_job_runs_several_shards_in_parallel_processes(
     store: Store, sharded: Collection
 ) -> None:
     """The path users run: the export_collection job, its shards in processes of their own."""
-    from export_pipeline.orchestration.launch import execute, local_instance
+    from export_pipeline.orchestration.launch import local_instance
 
     body = {"format": "csv", "include_vectors": True}
     settings = store.settings.model_copy(update={"shards": "3"})
+    run = export_job(sharded.namespace_id, sharded.id, body, settings=settings, processes=True)
     instance = local_instance(settings)
-    run = execute(settings, sharded.namespace_id, sharded.id, body, "cli", instance)
     workers = {s["worker"] for s in run.manifest["shards"]}
     assert len(run.manifest["shards"]) == 3 and len(workers) == 3  # a process each
     alone = _export(store, sharded, body, 1)
@@ -233,18 +233,12 @@ def test_a_failed_shard_fails_the_export_and_leaves_nothing(
     store: Store, sharded: Collection, processes: bool
 ) -> None:
     from export_pipeline.errors import ExportPipelineError
-    from export_pipeline.orchestration.launch import execute, local_instance
 
     _corrupt_data(store.documents.segment_files(sharded)[-1])
     settings = store.settings.model_copy(update={"shards": "3"})
     body = {"format": "parquet", "include_vectors": True}
-    # the job says what failed as the core's error; in this process, pyarrow's own error
-    with pytest.raises((ExportPipelineError, OSError)):
-        if processes:
-            instance = local_instance(settings)
-            execute(settings, sharded.namespace_id, sharded.id, body, "cli", instance)
-        else:
-            run_export(sharded.namespace_id, sharded.id, body, settings=settings)
+    with pytest.raises(ExportPipelineError, match="export_shard"):
+        export_job(sharded.namespace_id, sharded.id, body, settings=settings, processes=processes)
     assert _left_behind(settings) == []
 
 
@@ -254,16 +248,10 @@ def test_runs_in_processes_for_two_homes_in_one_process_each_read_their_own(
 ) -> None:
     """The step processes come from a forkserver, which keeps the environment it started in:
     a later launch with other settings must not run its steps with the first one's home."""
-    from export_pipeline.orchestration.launch import execute, local_instance
-
     first = store.settings.model_copy(update={"shards": "2"})
-    execute(
-        first, sharded.namespace_id, sharded.id, {"format": "json"}, "cli", local_instance(first)
-    )
+    export_job(sharded.namespace_id, sharded.id, {"format": "json"}, settings=first, processes=True)
     other = Store(Settings(home=tmp_path / "other-home", shards="2"))
     ns, col = make_collection(other, [_doc(n) for n in range(30)], INDEXES, name="elsewhere")
-    run = execute(
-        other.settings, ns.id, col.id, {"format": "json"}, "cli", local_instance(other.settings)
-    )
+    run = export_job(ns.id, col.id, {"format": "json"}, settings=other.settings, processes=True)
     assert run.response.document_count == 30
     assert len(run.manifest["shards"]) == 2

@@ -8,11 +8,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_collection, write_jsonl
+from conftest import export_job, make_collection, write_jsonl
 from helpers import files_under, read_json_lines
 
 from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
-from export_pipeline.export import run_export
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store, VectorIndex
 from export_pipeline.store.segments import shapes_file
@@ -24,7 +23,7 @@ INDEXES = [
 
 
 def export_json(store: Store, ns: Namespace, col: Collection, **request: Any) -> list[dict]:
-    result = run_export(ns.id, col.id, {"format": "json", **request}, settings=store.settings)
+    result = export_job(ns.id, col.id, {"format": "json", **request}, settings=store.settings)
     return read_json_lines(result.response.s3_path)
 
 
@@ -110,7 +109,7 @@ def test_D1_D2_collection_invisible_from_another_namespace(store: Store) -> None
         with pytest.raises(NotFoundError):
             store.ingest(other.name, key, write_jsonl(store.settings.home_dir / "x", []))
         with pytest.raises(NotFoundError):
-            run_export(other.id, key, {}, settings=store.settings)
+            export_job(other.id, key, {}, settings=store.settings)
     assert store.catalog.collections(other) == []
     assert store.catalog.collection(ns, col.id).document_count == 1
 
@@ -364,7 +363,7 @@ def test_D3_upsert_replaces_values_and_keeps_created_at(store: Store) -> None:
     assert (result.ingested, result.replaced, result.document_count) == (1, 1, 2)
     col = store.catalog.collection(ns, col.id)
     assert col.document_count == 2
-    run = run_export(
+    run = export_job(
         ns.id, col.id, {"format": "json", "include_vectors": True}, settings=store.settings
     )
     after = {d["document_id"]: d for d in read_json_lines(run.response.s3_path)}
@@ -408,7 +407,7 @@ def test_D1_D2_D3_store_persists_across_instances(store: Store, settings: Settin
     assert (col2.id, col2.document_count, col2.version) == (col.id, 2, col.version)
     assert col2.vector_indexes == INDEXES
     assert export_json(fresh, ns2, col2) == original
-    result = run_export(
+    result = export_job(
         ns.name, col.name, {"format": "json"}, settings=Settings(home=settings.home)
     )
     assert read_json_lines(result.response.s3_path) == original

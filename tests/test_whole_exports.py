@@ -11,13 +11,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_collection, write_jsonl
+from conftest import export_job, make_collection, write_jsonl
 from helpers import ids_of, local_path
 
 from export_pipeline import duck
 from export_pipeline.engine import parts as parts_module
 from export_pipeline.engine.sinks import TableWriter, csv_sink
-from export_pipeline.export import ExportResult, run_export
+from export_pipeline.errors import ExportPipelineError
+from export_pipeline.orchestration.launch import ExportRun
 from export_pipeline.store import Collection, DocumentStore, Store, VectorIndex
 
 FORMATS = ["json", "csv", "parquet"]
@@ -56,8 +57,8 @@ def _collection(store: Store, parts: list[list[str]], name: str = "things") -> C
     return store.catalog.collection(ns, col.id)
 
 
-def _run(store: Store, col: Collection, request: dict[str, Any]) -> ExportResult:
-    return run_export(col.namespace_id, col.id, request, settings=store.settings)
+def _run(store: Store, col: Collection, request: dict[str, Any]) -> ExportRun:
+    return export_job(col.namespace_id, col.id, request, settings=store.settings)
 
 
 def _sources(monkeypatch: pytest.MonkeyPatch) -> list[list[Path] | None]:
@@ -77,7 +78,7 @@ def _batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DocumentStore, "scan_files", lambda *args: None)
 
 
-def _same_file(a: ExportResult, b: ExportResult, fmt: str) -> None:
+def _same_file(a: ExportRun, b: ExportRun, fmt: str) -> None:
     pa_path, pb_path = local_path(a.response.s3_path), local_path(b.response.s3_path)
     if fmt == "parquet":
         ta, tb = pq.read_table(pa_path), pq.read_table(pb_path)
@@ -168,7 +169,7 @@ def test_W7_a_sink_failing_on_its_thread_fails_the_export(
         raise OSError("no space left on device")
 
     monkeypatch.setattr(pq.ParquetWriter, "write_table", broken)
-    with pytest.raises(OSError, match="no space left on device"):
+    with pytest.raises(ExportPipelineError, match=r"No space left on device at .*nothing was"):
         _run(store, col, {"format": "parquet"})
     _nothing_left(store)
 
@@ -191,7 +192,7 @@ def test_W7_an_interrupt_between_batches_stops_the_writer_and_leaves_nothing(
         real_write(self, table)
 
     monkeypatch.setattr(TableWriter, "write", write_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(ExportPipelineError, match="KeyboardInterrupt"):  # the step's failure
         _run(store, col, {"format": "csv"})
     assert written == [2]
     _nothing_left(store)

@@ -45,9 +45,16 @@ class ExportConfig(dg.Config):
         " process; the CLI, the API, schedules and sensors set it from EXPORT_PIPELINE_SHARDS.",
     )
 
+    executor: Literal["local", "in_process"] = Field(
+        "local",
+        description="Where the steps run: local = several shards in parallel processes, one"
+        " shard in the launching process; in_process = every step in the launching process."
+        " The launchers set it from EXPORT_PIPELINE_EXECUTOR.",
+    )
+
     def request_body(self) -> dict[str, Any]:
         """The HTTP request body this config stands for (fields left unset are omitted)."""
-        body = self.model_dump(exclude={"namespace", "collection", "shards"})
+        body = self.model_dump(exclude={"namespace", "collection", "shards", "executor"})
         return {key: value for key, value in body.items() if value is not None}
 
     def request(self) -> ExportRequest:
@@ -72,14 +79,14 @@ def validate_request(config: ExportConfig) -> dg.RunConfig:
     return dg.RunConfig(
         ops={"plan_export": config},
         loggers={"console": {"config": {"log_level": "INFO"}}},
-        execution={"config": executor_config(config.shards or 1)},
+        execution={"config": executor_config(config.shards or 1, config.executor)},
     )
 
 
-def executor_config(shards: int) -> dict[str, Any]:
-    """One shard: every step in the launching process; more: the shards in parallel
-    processes, at most one per core."""
-    if shards <= 1:
+def executor_config(shards: int, executor: str = "local") -> dict[str, Any]:
+    """One shard, or the in_process executor: every step in the launching process; more
+    shards: in parallel processes, at most one per core."""
+    if shards <= 1 or executor == "in_process":
         return {"in_process": {}}
     # Each step's process is forked from a server that imported Dagster and the export code
     # once, instead of a new interpreter importing them for every step.

@@ -7,7 +7,6 @@ with the same message before it becomes a run.
 import multiprocessing.forkserver
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -27,6 +26,7 @@ from export_pipeline.errors import (
     from_dict,
     guard,
 )
+from export_pipeline.export import ExportLifecycle
 from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.config import ExportConfig
 from export_pipeline.orchestration.job import export_collection, export_job_with_resources
@@ -71,6 +71,7 @@ def prepare(
         "collection": collection,
         **config.request_body(),
         "shards": shards,
+        "executor": store.settings.executor,
     }
     return ExportLaunch(run_config, tags.export_tags(found_ns, found, config.format, trigger))
 
@@ -161,7 +162,7 @@ def run_launch(
     """One run of the job in this process for a prepared launch; the core's error if it fails."""
     # The instance records every event: a full or read-only DAGSTER_HOME fails the launch
     # itself, outside any op.
-    if launch.run_config.get("shards", 1) > 1:
+    if in_processes(launch.run_config):
         return _run_in_processes(launch, settings, instance)
     with (
         guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
@@ -178,8 +179,14 @@ def run_launch(
             raise_on_error=False,
         )
     if not result.success:
+        _abandon(instance, result.run_id, settings)
         raise run_error(result)
     return _finished(result)
+
+
+def in_processes(run_config: dict[str, Any]) -> bool:
+    """Whether the run's steps run in processes of their own (several shards, local)."""
+    return run_config.get("shards", 1) > 1 and run_config.get("executor", "local") == "local"
 
 
 def _finished(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> ExportRun:
@@ -207,9 +214,7 @@ def _run_in_processes(
         ) as result,
     ):
         if not result.success:
-            # A shard that failed removed the scratch space; one still writing then may
-            # have made its folder again: nothing of a failed export stays.
-            _remove_scratch(instance, result.run_id, settings)
+            _abandon(instance, result.run_id, settings)
             raise run_error(result)
         return _finished(result)  # outputs are read while the result is open
 
@@ -232,12 +237,13 @@ def _forkserver_of_this_environment() -> Iterator[None]:
     yield
 
 
-def _remove_scratch(instance: dg.DagsterInstance, run_id: str, settings: Settings) -> None:
-    """The scratch folder of a run's export, removed (the run's tags name the export)."""
+def _abandon(instance: dg.DagsterInstance, run_id: str, settings: Settings) -> None:
+    """Whatever a failed run's export left, reclaimed: a step that fails cleans up after
+    itself, but one whose process was killed cannot (the run's tags name the export)."""
     run = instance.get_run_by_id(run_id)
     export_id = run.tags.get(tags.EXPORT_ID) if run is not None else None
     if export_id:
-        shutil.rmtree(settings.scratch_dir / export_id, ignore_errors=True)
+        ExportLifecycle(settings).abandon(export_id)
 
 
 def run_error(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> ExportPipelineError:

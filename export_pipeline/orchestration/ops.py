@@ -78,20 +78,24 @@ def failure(exc: ExportPipelineError) -> dg.Failure:
 def _step(
     context: dg.OpExecutionContext, lifecycle: ExportLifecycle, plan: ExportPlan, name: str
 ) -> Iterator[float]:
-    """Time a step; on failure remove the scratch space unless the op is about to be retried.
+    """Time a step; on failure reclaim what the export wrote unless the op is about to be
+    retried.
 
     Only transient storage errors are retried. A full or read-only folder becomes the core's
     EnvironmentProblem (naming the path) and, like any other error, fails the run at once:
     Dagster's RetryPolicy would otherwise retry whatever an op raises.
     """
     started = time.perf_counter()
-    cleanup = lifecycle.cleanup
+
+    def cleanup(plan: ExportPlan) -> None:  # also what an earlier, killed attempt left
+        lifecycle.abandon(plan.export_id)
+
     try:
         # Errors that name no path (DuckDB, pyarrow) happen in the export's scratch space.
         with guard(plan.scratch_dir, "scratch space", PUBLISHED_NOTHING):
             yield started
     except TransientStorageError as exc:
-        if context.retry_number < PUBLISH_RETRIES:
+        if _attempt(context) < PUBLISH_RETRIES:
             context.log.warning(f"{name}: transient storage error, retrying: {exc}")
             raise  # the RetryPolicy runs the op again; its files must still be there
         cleanup(plan)
@@ -227,6 +231,8 @@ def publish_files(
     lifecycle = _lifecycle(store, storage, duckdb)
     plan = progress.plan
     with _step(context, lifecycle, plan, "publish") as started:
+        if _attempt(context) > 0:
+            _check_parts_left(parts)
         outputs = lifecycle.assemble(plan, progress.selection, parts)
         result = lifecycle.publish(plan, outputs)
     lifecycle.cleanup(plan)
@@ -236,6 +242,27 @@ def publish_files(
     progress.response, progress.manifest = result.response, result.manifest
     context.add_output_metadata({f.name: f.bytes for f in outputs.files})
     return progress
+
+
+def _attempt(context: dg.OpExecutionContext) -> int:
+    """How many times the op was tried before (0 for an op invoked directly)."""
+    try:
+        return context.retry_number
+    except AttributeError:  # build_op_context: no run, no retries
+        return 0
+
+
+def _check_parts_left(parts: list[ShardParts]) -> None:
+    """A retry after an attempt that ended part way (its process killed) may find the parts it
+    had already moved into place gone: say so, rather than name a missing file."""
+    for shard in parts:
+        for part in shard.files():
+            if not part.path.exists():
+                raise ExportPipelineError(
+                    f"publish_files: an earlier attempt ended part way (was its process"
+                    f" killed?) and shard {shard.shard.index}'s {part.path.name} is gone;"
+                    " nothing was published"
+                )
 
 
 @dg.op(description="Record the export: run metadata and a materialization of its asset.")

@@ -1,6 +1,16 @@
-"""Dagster resources: the store, the storage target and DuckDB's limits, from the environment."""
+"""Dagster resources: the store, the storage target and DuckDB's limits, which together carry
+every setting an export's steps read.
+
+Each resource field mirrors one `Settings` field (its default and description, as the
+launchpad shows them); `settings_of` rebuilds the core's Settings from them alone, never
+from the environment behind them, so a launch with settings made in code (the API, the
+tests) runs its steps with exactly those.
+"""
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
+from pathlib import Path
+from typing import Any, Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -9,64 +19,102 @@ from export_pipeline.settings import Settings
 _FIELDS = Settings.model_fields
 
 
-class StoreResource(dg.ConfigurableResource):
-    """The embedded collection store (EXPORT_PIPELINE_HOME)."""
+def _like(setting: str) -> Any:
+    """A resource field with the setting's default and description."""
+    field = _FIELDS[setting]
+    default = str(field.default) if isinstance(field.default, Path) else field.default
+    return Field(default, description=field.description)
 
-    home: str = Field(description=_FIELDS["home"].description)
-    segment_retention_seconds: int = Field(
-        _FIELDS["segment_retention_seconds"].default,
-        description=_FIELDS["segment_retention_seconds"].description,
-    )
+
+class StoreResource(dg.ConfigurableResource):
+    """The embedded collection store (EXPORT_PIPELINE_HOME) and how it keeps and reclaims
+    files."""
+
+    home: str = _like("home")
+    max_columns: int = _like("max_columns")
+    ingest_memory_limit: str = _like("ingest_memory_limit")
+    segment_retention_seconds: int = _like("segment_retention_seconds")
+    recovery_grace_seconds: int = _like("recovery_grace_seconds")
+    recovery_foreign_max_age_seconds: int = _like("recovery_foreign_max_age_seconds")
 
 
 class StorageResource(dg.ConfigurableResource):
-    """Where exports are published and how long their links live (EXPORT_PIPELINE_STORAGE)."""
+    """Where exports are published, how (S3's options) and how long their links live
+    (EXPORT_PIPELINE_STORAGE, EXPORT_PIPELINE_S3_*)."""
 
-    uri: str | None = Field(None, description=_FIELDS["storage"].description)
-    url_ttl_seconds: int = Field(
-        _FIELDS["url_ttl_seconds"].default, description=_FIELDS["url_ttl_seconds"].description
-    )
+    uri: str | None = _like("storage")
+    url_ttl_seconds: int = _like("url_ttl_seconds")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = _like("s3_addressing_style")
+    s3_part_size_mb: int = _like("s3_part_size_mb")
+    s3_max_concurrency: int = _like("s3_max_concurrency")
+    s3_retry_mode: Literal["standard", "adaptive", "legacy"] = _like("s3_retry_mode")
+    s3_max_attempts: int = _like("s3_max_attempts")
+    s3_sse: str | None = _like("s3_sse")  # AES256 or aws:kms, checked by Settings
+    s3_sse_kms_key_id: str | None = _like("s3_sse_kms_key_id")
 
 
 class DuckDBResource(dg.ConfigurableResource):
     """How hard DuckDB may work per export, and where it spills (EXPORT_PIPELINE_DUCKDB_*)."""
 
-    memory_limit: str = Field(
-        _FIELDS["duckdb_memory_limit"].default,
-        description=_FIELDS["duckdb_memory_limit"].description,
-    )
-    threads: int = Field(
-        _FIELDS["duckdb_threads"].default, description=_FIELDS["duckdb_threads"].description
-    )
-    temp_dir: str | None = Field(None, description=_FIELDS["scratch"].description)
+    memory_limit: str = _like("duckdb_memory_limit")
+    threads: int = _like("duckdb_threads")
+    temp_dir: str | None = _like("scratch")
+
+
+# resource -> {resource field: Settings field}
+_CARRIED: dict[str, dict[str, str]] = {
+    "store": {name: name for name in StoreResource.model_fields},
+    "storage": {
+        "uri": "storage",
+        **{name: name for name in StorageResource.model_fields if name != "uri"},
+    },
+    "duckdb": {
+        "memory_limit": "duckdb_memory_limit",
+        "threads": "duckdb_threads",
+        "temp_dir": "scratch",
+    },
+}
+# Settings of the launchers (how a run is launched, the API's limits, the daemon's inputs),
+# which no step reads: the steps' Settings hold their defaults.
+LAUNCH_ONLY = frozenset(
+    {
+        "shards",
+        "executor",
+        "schedules",
+        "drop_dir",
+        "api_timeout_seconds",
+        "api_rate_limit_per_minute",
+        "api_header_timeout_seconds",
+        "api_body_timeout_seconds",
+    }
+)
 
 
 def settings_of(store: StoreResource, storage: StorageResource, duckdb: DuckDBResource) -> Settings:
-    """The core's Settings, as the resources configure them."""
-    return Settings(
-        home=store.home,
-        segment_retention_seconds=store.segment_retention_seconds,
-        storage=storage.uri,
-        url_ttl_seconds=storage.url_ttl_seconds,
-        duckdb_memory_limit=duckdb.memory_limit,
-        duckdb_threads=duckdb.threads,
-        scratch=duckdb.temp_dir,
-    )
+    """The core's Settings, as the resources configure them (and nothing else)."""
+    values: dict[str, Any] = {name: _FIELDS[name].default for name in LAUNCH_ONLY}
+    for resource, carried in zip((store, storage, duckdb), _CARRIED.values(), strict=True):
+        values.update({setting: getattr(resource, field) for field, setting in carried.items()})
+    return Settings(**values)
 
 
 def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The job's resources configured from Settings (itself read from the environment)."""
+    # the folders as this process resolves them: a step's process may not share its cwd
+    resolved = {
+        "home": str(settings.home_dir),
+        "storage": settings.storage_uri,
+        "scratch": str(settings.scratch_dir),
+    }
+
+    def values(resource: str) -> dict[str, Any]:
+        return {
+            field: resolved.get(setting, getattr(settings, setting))
+            for field, setting in _CARRIED[resource].items()
+        }
+
     return {
-        "store": StoreResource(
-            home=str(settings.home_dir),
-            segment_retention_seconds=settings.segment_retention_seconds,
-        ),
-        "storage": StorageResource(
-            uri=settings.storage_uri, url_ttl_seconds=settings.url_ttl_seconds
-        ),
-        "duckdb": DuckDBResource(
-            memory_limit=settings.duckdb_memory_limit,
-            threads=settings.duckdb_threads,
-            temp_dir=str(settings.scratch_dir),
-        ),
+        "store": StoreResource(**values("store")),
+        "storage": StorageResource(**values("storage")),
+        "duckdb": DuckDBResource(**values("duckdb")),
     }

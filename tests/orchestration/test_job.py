@@ -343,7 +343,7 @@ def test_plan_op_turns_a_bad_collection_into_a_failure_that_is_not_retried(
 def test_launchpad_shows_every_request_field_with_its_description() -> None:
     fields = export_collection.run_config_schema.config_type.fields
     request_fields = set(ExportRequest.model_fields)
-    assert set(fields) == request_fields | {"namespace", "collection", "shards"}
+    assert set(fields) == request_fields | {"namespace", "collection", "shards", "executor"}
     assert all(field.description for field in fields.values())
     assert fields["format"].default_value == "parquet"
     assert "LogicalOperator" in fields["filters"].description

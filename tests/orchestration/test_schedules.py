@@ -217,6 +217,7 @@ def test_tick_resolves_the_collection_and_requests_a_tagged_run(store: Store) ->
         "include_vectors": False,
         **body,
         "shards": 1,
+        "executor": "local",
     }
     assert request.tags[tags.TRIGGER] == "schedule"
     assert request.tags[tags.COLLECTION_ID] == col.id

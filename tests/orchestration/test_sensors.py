@@ -137,6 +137,7 @@ def test_a_valid_file_launches_one_run_keyed_by_its_sha256_and_is_accepted(
         "format": "csv",
         "include_vectors": False,
         "shards": 1,
+        "executor": "local",
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id
@@ -372,6 +373,7 @@ def test_change_sensor_baseline_then_once_per_ingest_and_upsert(
         "format": "json",
         "include_vectors": False,
         "shards": 1,
+        "executor": "local",
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert json.loads(changed.cursor) == {"things_changed": version}
@@ -492,6 +494,7 @@ def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
         "format": "csv",
         "include_vectors": False,
         "shards": 1,
+        "executor": "local",
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id

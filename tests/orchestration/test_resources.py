@@ -1,0 +1,48 @@
+"""The job's resources carry every setting its steps read, and only what they were given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from export_pipeline.orchestration.resources import LAUNCH_ONLY, resources_from, settings_of
+from export_pipeline.settings import Settings
+
+# A value other than the default for every setting a step reads.
+CHANGED = {
+    "home": "/tmp/elsewhere-home",
+    "storage": "s3://a-bucket/some/prefix",
+    "scratch": "/tmp/elsewhere-scratch",
+    "s3_addressing_style": "path",
+    "s3_part_size_mb": 5,
+    "s3_max_concurrency": 1,
+    "s3_retry_mode": "adaptive",
+    "s3_max_attempts": 2,
+    "s3_sse": "aws:kms",
+    "s3_sse_kms_key_id": "key-1",
+    "url_ttl_seconds": 120,
+    "duckdb_memory_limit": "300MB",
+    "ingest_memory_limit": "400MB",
+    "duckdb_threads": 1,
+    "max_columns": 7,
+    "segment_retention_seconds": 5,
+    "recovery_grace_seconds": 6,
+    "recovery_foreign_max_age_seconds": 9,
+}
+
+
+def test_every_setting_is_carried_by_a_resource_or_read_by_launchers_only() -> None:
+    assert set(Settings.model_fields) == set(CHANGED) | LAUNCH_ONLY
+
+
+def test_the_steps_get_exactly_the_launchers_settings_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given = Settings(**CHANGED)
+    for name in CHANGED:  # the environment says otherwise about everything
+        monkeypatch.setenv(f"EXPORT_PIPELINE_{name.upper()}", "99")
+    rebuilt = settings_of(**resources_from(given))  # type: ignore[arg-type]
+    for name in CHANGED:
+        assert getattr(rebuilt, name) == getattr(given, name), name
+    assert rebuilt.home_dir == Path("/tmp/elsewhere-home")
