@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from services import PostgresServer, RedisServer, postgres_server, redis_server
 
 from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
@@ -113,6 +114,20 @@ class LocalS3:
     def stop(self) -> None:
         """Stop answering; connections are refused until start()."""
         self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on a loopback port (tests/services.py)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port (tests/services.py)."""
+    with redis_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
