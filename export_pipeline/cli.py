@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000)
 
+    worker = commands.add_parser(
+        "worker",
+        help="run the export job's steps on this machine for the celery executor, until"
+        " interrupted (EXPORT_PIPELINE_CELERY_BROKER)",
+    )
+    worker.add_argument(
+        "--concurrency", type=int, help="steps run at once (default: the number of cores)"
+    )
+
     gc = commands.add_parser(
         "gc", help="reclaim what killed exports and ingests left; mark their runs failed"
     )
@@ -293,6 +302,11 @@ def _main(args: argparse.Namespace) -> int:
         settings = Settings()
         if args.command == "serve":
             return serve(args.host, args.port, settings)
+        if args.command == "worker":
+            from export_pipeline.orchestration.worker import run_worker  # Celery: here only
+
+            run_worker(settings, args.concurrency)
+            return 0
         # A full or read-only disk anywhere below is said in one line naming the path.
         with guard(settings.home_dir, "home", _OUTCOMES.get(args.command, CHANGED_NOTHING)):
             output = run(args, settings)

@@ -60,11 +60,17 @@ class Settings(BaseSettings):
         description="Shards an export is written in, in parallel: a number, or auto (one for"
         " a small collection, one per core for a large one).",
     )
-    executor: Literal["local", "in_process"] = Field(
+    executor: Literal["local", "in_process", "celery"] = Field(
         "local",
         description="Where the export job's steps run: local = one shard in the launching"
         " process, several in parallel local processes (at most one per core); in_process ="
-        " every step in the launching process, the shards one after the other.",
+        " every step in the launching process, the shards one after the other; celery = the"
+        " shards of a sharded export on Celery workers (`export-pipeline worker`).",
+    )
+    celery_broker: str | None = Field(
+        None,
+        description="The Celery broker (and result backend) of the celery executor, for example"
+        " redis://127.0.0.1:6379/0; launchers and workers must name the same one.",
     )
     max_columns: int = Field(
         1000,

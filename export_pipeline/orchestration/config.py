@@ -10,12 +10,17 @@ from pydantic import Field
 from export_pipeline.contract import ExportRequest
 from export_pipeline.engine.plan import parse_request
 from export_pipeline.errors import ValidationError
+from export_pipeline.orchestration.executor import CELERY_OPTIONS
 
 _REQUEST = ExportRequest.model_fields
 
 
 def _described(name: str) -> str:
     return _REQUEST[name].description or name
+
+
+# Fields that say where and how the run executes, not what it exports.
+LAUNCH_FIELDS = {"namespace", "collection", "shards", "executor", "celery_broker"}
 
 
 class ExportConfig(dg.Config):
@@ -45,16 +50,21 @@ class ExportConfig(dg.Config):
         " process; the CLI, the API, schedules and sensors set it from EXPORT_PIPELINE_SHARDS.",
     )
 
-    executor: Literal["local", "in_process"] = Field(
+    executor: Literal["local", "in_process", "celery"] = Field(
         "local",
         description="Where the steps run: local = several shards in parallel processes, one"
-        " shard in the launching process; in_process = every step in the launching process."
-        " The launchers set it from EXPORT_PIPELINE_EXECUTOR.",
+        " shard in the launching process; in_process = every step in the launching process;"
+        " celery = several shards on Celery workers. The launchers set it from"
+        " EXPORT_PIPELINE_EXECUTOR.",
+    )
+    celery_broker: str | None = Field(
+        None,
+        description="The Celery broker of the celery executor (EXPORT_PIPELINE_CELERY_BROKER).",
     )
 
     def request_body(self) -> dict[str, Any]:
         """The HTTP request body this config stands for (fields left unset are omitted)."""
-        body = self.model_dump(exclude={"namespace", "collection", "shards", "executor"})
+        body = self.model_dump(exclude=LAUNCH_FIELDS)
         return {key: value for key, value in body.items() if value is not None}
 
     def request(self) -> ExportRequest:
@@ -73,21 +83,36 @@ def validate_request(config: ExportConfig) -> dg.RunConfig:
     """Check the request against the contract when the run is created, before any op runs."""
     try:
         config.request()
+        execution = executor_config(config.shards or 1, config.executor, config.celery_broker)
     except ValidationError as exc:
         raise dg.DagsterInvalidConfigError(exc.message, [], config.model_dump()) from None
     # The console shows INFO and up; the UI still records every event of the run.
     return dg.RunConfig(
         ops={"plan_export": config},
         loggers={"console": {"config": {"log_level": "INFO"}}},
-        execution={"config": executor_config(config.shards or 1, config.executor)},
+        execution={"config": execution},
     )
 
 
-def executor_config(shards: int, executor: str = "local") -> dict[str, Any]:
+def executor_config(
+    shards: int, executor: str = "local", celery_broker: str | None = None
+) -> dict[str, Any]:
     """One shard, or the in_process executor: every step in the launching process; more
-    shards: in parallel processes, at most one per core."""
+    shards: in parallel local processes (at most one per core), or on Celery workers."""
     if shards <= 1 or executor == "in_process":
         return {"in_process": {}}
+    if executor == "celery":
+        if not celery_broker:
+            raise ValidationError(
+                "EXPORT_PIPELINE_EXECUTOR=celery needs EXPORT_PIPELINE_CELERY_BROKER"
+            )
+        return {
+            "celery": {
+                "broker": celery_broker,
+                "backend": celery_broker,
+                "config_source": CELERY_OPTIONS,
+            }
+        }
     # Each step's process is forked from a server that imported Dagster and the export code
     # once, instead of a new interpreter importing them for every step.
     return {

@@ -6,6 +6,7 @@ import dagster as dg
 
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import validate_request
+from export_pipeline.orchestration.executor import export_executor
 from export_pipeline.orchestration.ops import (
     export_shard,
     plan_export_op,
@@ -26,8 +27,8 @@ JOB_NAME = "export_collection"
     tags={tags.JOB: JOB_NAME},
     # The run config picks the executor per run (`config.executor_config`): a one-shard
     # export runs every step in the launching process, with no process start per step;
-    # several shards run in parallel processes.
-    executor_def=dg.multi_or_in_process_executor,
+    # several shards run in parallel processes, or on Celery workers.
+    executor_def=export_executor,
 )
 def export_collection() -> None:
     """The one export job every entry point launches."""

@@ -28,7 +28,7 @@ from export_pipeline.errors import (
 )
 from export_pipeline.export import ExportLifecycle
 from export_pipeline.orchestration import sqlite_quiet, tags
-from export_pipeline.orchestration.config import ExportConfig
+from export_pipeline.orchestration.config import ExportConfig, executor_config
 from export_pipeline.orchestration.job import export_collection, export_job_with_resources
 from export_pipeline.orchestration.ops import Progress
 from export_pipeline.orchestration.resources import resources_from
@@ -39,6 +39,11 @@ from export_pipeline.store.catalog import catalog_path
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 # The template's storage folders, relative to the instance folder (see its comment).
 _INSTANCE_DIR = re.compile(r"^(\s*base_dir: )INSTANCE_DIR(/\S*)$", re.MULTILINE)
+_SQLITE_STORAGE = re.compile(
+    r"^# -- sqlite storage --$.*^# -- end of sqlite storage --$", re.MULTILINE | re.DOTALL
+)
+# The URL stays in the environment (never written into the file): it holds a password.
+_POSTGRES_STORAGE = "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL"
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,9 @@ def prepare(
         **config.request_body(),
         "shards": shards,
         "executor": store.settings.executor,
+        "celery_broker": store.settings.celery_broker,
     }
+    executor_config(shards, store.settings.executor, store.settings.celery_broker)  # refused now
     return ExportLaunch(run_config, tags.export_tags(found_ns, found, config.format, trigger))
 
 
@@ -94,14 +101,18 @@ def local_instance(settings: Settings) -> dg.DagsterInstance:
 
 def instance_yaml(home: Path) -> str:
     """The template for an instance in `home`: its INSTANCE_DIR written as the absolute path
-    (YAML-quoted, whatever characters it holds)."""
+    (YAML-quoted, whatever characters it holds); Dagster's PostgreSQL storage instead of the
+    sqlite files when DAGSTER_PG_URL is set."""
 
     def folder(match: re.Match[str]) -> str:
         path = str(home.resolve()) + match[2]
         quoted = yaml.safe_dump(path, default_style='"', width=float("inf"), allow_unicode=True)
         return match[1] + quoted.strip()
 
-    return _INSTANCE_DIR.sub(folder, INSTANCE_TEMPLATE.read_text())
+    template = INSTANCE_TEMPLATE.read_text()
+    if os.environ.get("DAGSTER_PG_URL"):
+        template = _SQLITE_STORAGE.sub(_POSTGRES_STORAGE, template)
+    return _INSTANCE_DIR.sub(folder, template)
 
 
 def prepared_run_id(instance: dg.DagsterInstance, run_id: str | None = None) -> str:
@@ -185,8 +196,9 @@ def run_launch(
 
 
 def in_processes(run_config: dict[str, Any]) -> bool:
-    """Whether the run's steps run in processes of their own (several shards, local)."""
-    return run_config.get("shards", 1) > 1 and run_config.get("executor", "local") == "local"
+    """Whether the run's steps run in processes of their own (several shards, on local
+    processes or Celery workers)."""
+    return run_config.get("shards", 1) > 1 and run_config.get("executor", "local") != "in_process"
 
 
 def _finished(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> ExportRun:

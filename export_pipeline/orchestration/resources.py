@@ -80,6 +80,7 @@ LAUNCH_ONLY = frozenset(
     {
         "shards",
         "executor",
+        "celery_broker",
         "schedules",
         "drop_dir",
         "api_timeout_seconds",

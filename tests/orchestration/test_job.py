@@ -18,7 +18,7 @@ from export_pipeline.engine.manifest import sha256_of
 from export_pipeline.engine.plan import parse_request
 from export_pipeline.errors import EnvironmentProblem, NotFoundError, ValidationError
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.config import ExportConfig
+from export_pipeline.orchestration.config import LAUNCH_FIELDS, ExportConfig
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.launch import ExportRun, execute, run_error
 from export_pipeline.orchestration.ops import (
@@ -343,7 +343,7 @@ def test_plan_op_turns_a_bad_collection_into_a_failure_that_is_not_retried(
 def test_launchpad_shows_every_request_field_with_its_description() -> None:
     fields = export_collection.run_config_schema.config_type.fields
     request_fields = set(ExportRequest.model_fields)
-    assert set(fields) == request_fields | {"namespace", "collection", "shards", "executor"}
+    assert set(fields) == request_fields | LAUNCH_FIELDS
     assert all(field.description for field in fields.values())
     assert fields["format"].default_value == "parquet"
     assert "LogicalOperator" in fields["filters"].description

@@ -218,6 +218,7 @@ def test_tick_resolves_the_collection_and_requests_a_tagged_run(store: Store) ->
         **body,
         "shards": 1,
         "executor": "local",
+        "celery_broker": None,
     }
     assert request.tags[tags.TRIGGER] == "schedule"
     assert request.tags[tags.COLLECTION_ID] == col.id

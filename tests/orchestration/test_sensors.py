@@ -138,6 +138,7 @@ def test_a_valid_file_launches_one_run_keyed_by_its_sha256_and_is_accepted(
         "include_vectors": False,
         "shards": 1,
         "executor": "local",
+        "celery_broker": None,
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id
@@ -374,6 +375,7 @@ def test_change_sensor_baseline_then_once_per_ingest_and_upsert(
         "include_vectors": False,
         "shards": 1,
         "executor": "local",
+        "celery_broker": None,
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert json.loads(changed.cursor) == {"things_changed": version}
@@ -495,6 +497,7 @@ def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
         "include_vectors": False,
         "shards": 1,
         "executor": "local",
+        "celery_broker": None,
     }
     assert request.tags[tags.TRIGGER] == "sensor"
     assert request.tags[tags.COLLECTION_ID] == things[1].id
