@@ -40,6 +40,7 @@ from export_pipeline.engine.preview import markdown_table
 from export_pipeline.engine.schema import shape_of
 from export_pipeline.engine.selection import (
     Selection,
+    chosen_shapes,
     needs_survey,
     open_scratch,
     scratch_files,
@@ -91,9 +92,13 @@ class ExportLifecycle:
         collection: str,
         request: ExportRequest | dict[str, Any] | None,
         shards: int | None = None,
+        stage_parts: bool = False,
     ) -> ExportPlan:
-        """Validate the request, fix the snapshot, cut it into shards; no document is read."""
-        return plan_export(self.store, namespace, collection, request or {}, shards=shards)
+        """Validate the request, fix the snapshot, cut it into shards; no document is read.
+        `stage_parts`: the steps share no disk, so the parts go through the export storage."""
+        return plan_export(
+            self.store, namespace, collection, request or {}, shards=shards, stage_parts=stage_parts
+        )
 
     def select(self, plan: ExportPlan) -> Selection:
         """Decide, once, what the shards cannot decide alone: a sample's cutoff, the chosen
@@ -101,18 +106,69 @@ class ExportLifecycle:
         if not needs_survey(plan):  # nothing to decide, so no DuckDB connection either
             return Selection()
         with open_scratch(plan, self.settings) as con:
-            return survey(con, plan, self.store)
+            selection = survey(con, plan, self.store)
+        if plan.parts_prefix is not None:  # for shards on machines of their own; nothing of
+            self.storage.put(self._shapes_key(plan), chosen_shapes(plan))  # it stays here
+            shutil.rmtree(plan.scratch_dir, ignore_errors=True)
+        return selection
+
+    @staticmethod
+    def _shapes_key(plan: ExportPlan) -> str:
+        return f"{plan.parts_prefix}/{chosen_shapes(plan).name}"
 
     def write_shard(self, plan: ExportPlan, selection: Selection, shard: Shard) -> ShardParts:
-        """One shard's parts of the documents (and vectors) file, in scratch space."""
-        return write_parts(plan, self.store, self.settings, selection, shard)
+        """One shard's parts of the documents (and vectors) file, in scratch space, or, where
+        the plan says so, on the export storage (nothing then stays on this machine)."""
+        if plan.parts_prefix is None:
+            return write_parts(self.here(plan), self.store, self.settings, selection, shard)
+        # A folder of the shard's own, removed once its parts are on the storage: another
+        # shard of the export may run beside it on this machine.
+        here = self.here(plan)
+        here = here.model_copy(update={"scratch_dir": here.scratch_dir / f"shard-{shard.index}"})
+        try:
+            if selection.surveyed:
+                here.scratch_dir.mkdir(parents=True, exist_ok=True)
+                self.storage.fetch(self._shapes_key(plan), chosen_shapes(here))
+            parts = write_parts(here, self.store, self.settings, selection, shard)
+            for part in parts.files():
+                part.key = f"{plan.parts_prefix}/{shard.index:05d}/{part.path.name}"
+                self.storage.put(part.key, part.path)
+        finally:
+            shutil.rmtree(here.scratch_dir, ignore_errors=True)
+            with suppress(OSError):  # the export's folder, unless another shard still works
+                here.scratch_dir.parent.rmdir()
+        return parts
+
+    def here(self, plan: ExportPlan) -> ExportPlan:
+        """The plan with this process's scratch folder: a step on another machine than the
+        plan's works in its own."""
+        scratch = self.settings.scratch_dir / plan.export_id
+        return (
+            plan
+            if plan.scratch_dir == scratch
+            else plan.model_copy(update={"scratch_dir": scratch})
+        )
+
+    def _fetched(self, plan: ExportPlan, parts: list[ShardParts]) -> list[ShardParts]:
+        """The parts with local copies of those waiting on the export storage."""
+        for shard in parts:
+            for part in shard.files():
+                if part.key is not None:
+                    local = (
+                        plan.scratch_dir / "shards" / f"{shard.shard.index:05d}" / part.path.name
+                    )
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    self.storage.fetch(part.key, local)
+                    part.path = local
+        return parts
 
     def assemble(self, plan: ExportPlan, selection: Selection, parts: list[ShardParts]) -> Outputs:
         """The export's files from the shards' parts (in shard order), with their sizes,
         checksums and columns; nothing is re-serialised but where the shards wrote with
         the snapshot's shape and their documents' structures call for another (then every
         shard is written again with it)."""
-        parts = sorted(parts, key=lambda found: found.shard.index)
+        plan = self.here(plan)
+        parts = self._fetched(plan, sorted(parts, key=lambda found: found.shard.index))
         if selection.streamed:
             parts = self._reshaped(plan, selection, parts)
         fmt = plan.request.format
@@ -192,6 +248,7 @@ class ExportLifecycle:
 
     def publish(self, plan: ExportPlan, outputs: Outputs) -> ExportResult:
         """Put the files and, last, the manifest at their final keys; presign links."""
+        plan = self.here(plan)
         prefix = export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)
         keys = {f.name: f"{prefix}/{f.name}" for f in outputs.files}
         exported_at = datetime.now(UTC).replace(microsecond=0)
@@ -266,15 +323,17 @@ class ExportLifecycle:
             plan.export_id,
             paths=[plan.scratch_dir],
             storage=self.settings.storage_uri,
-            storage_prefixes=[prefix],
+            storage_prefixes=[prefix, *([plan.parts_prefix] if plan.parts_prefix else [])],
             owner=owner,
         )
 
     def cleanup(self, plan: ExportPlan) -> None:
         """Remove the export's scratch space, whether it succeeded or failed, and forget its
         record (published, or what it wrote is removed)."""
-        shutil.rmtree(plan.scratch_dir, ignore_errors=True)
+        shutil.rmtree(self.here(plan).scratch_dir, ignore_errors=True)
         with suppress(Exception):  # a record left behind is only work for the sweep
+            if plan.parts_prefix is not None:
+                self.storage.discard(plan.parts_prefix)
             self.store.operations.end(plan.export_id)
 
     def abandon(self, export_id: str) -> None:

@@ -7,15 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import boto3
+import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
-from services import RedisServer
+from services import PostgresServer, RedisServer
 
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Store, VectorIndex
@@ -47,18 +50,24 @@ def three_segments(store: Store, monkeypatch: pytest.MonkeyPatch) -> Collection:
 
 
 @contextmanager
-def workers(count: int, settings: Settings, broker: str, log_dir: Path) -> Iterator[list[int]]:
-    """`count` `export-pipeline worker --concurrency 1` processes, ready; stopped afterwards."""
+def workers(count: int, settings: Settings, log_dir: Path) -> Iterator[list[Path]]:
+    """`count` `export-pipeline worker --concurrency 1` processes, ready, each with a scratch
+    folder of its own (yielded); stopped afterwards."""
     from celery import Celery
 
-    env = {
-        **os.environ,
-        "EXPORT_PIPELINE_HOME": str(settings.home_dir),
-        "EXPORT_PIPELINE_CELERY_BROKER": broker,
-        "PYTHONPATH": str(WORKTREE),
-    }
+    broker = settings.celery_broker
+    assert broker is not None
     processes = []
+    scratches = [log_dir / f"worker-{index}-scratch" for index in range(count)]
     for index in range(count):
+        env = {
+            **os.environ,
+            "EXPORT_PIPELINE_HOME": str(settings.home_dir),
+            "EXPORT_PIPELINE_SCRATCH": str(scratches[index]),
+            "EXPORT_PIPELINE_STORAGE": settings.storage_uri,
+            "EXPORT_PIPELINE_CELERY_BROKER": broker,
+            "PYTHONPATH": str(WORKTREE),
+        }
         log = open(log_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 - closed below
         processes.append(
             (
@@ -79,7 +88,7 @@ def workers(count: int, settings: Settings, broker: str, log_dir: Path) -> Itera
             for process, _ in processes:
                 assert process.poll() is None, (log_dir / "worker-0.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the workers did not come up"
-        yield [process.pid for process, _ in processes]
+        yield scratches
     finally:
         for process, _ in processes:
             if process.poll() is None:
@@ -102,30 +111,76 @@ def _files(response: Any) -> list[Path]:
 
 @pytest.mark.slow
 def test_the_shards_of_an_export_run_on_celery_workers(
-    store: Store, three_segments: Collection, redis: RedisServer, tmp_path: Path
+    store: Store,
+    three_segments: Collection,
+    redis: RedisServer,
+    postgres: PostgresServer,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    broker = redis.url()
+    """Two workers, each with its own scratch; the run's events in PostgreSQL, its step
+    outputs and the shards' parts on S3: the same files as the embedded default."""
+    monkeypatch.setenv(
+        "DAGSTER_PG_URL",
+        postgres.create_database().replace("postgresql://", "postgresql+psycopg2://"),
+    )
     celery = store.settings.model_copy(
-        update={"shards": "3", "executor": "celery", "celery_broker": broker}
+        update={
+            "shards": "3",
+            "executor": "celery",
+            "celery_broker": redis.url(),
+            "storage": f"s3://{bucket}/exports",
+        }
     )
     ns, col = three_segments.namespace_id, three_segments.id
-    with workers(2, store.settings, broker, tmp_path):
-        for fmt in ("json", "csv", "parquet"):
-            body = {"format": fmt, "include_vectors": True}
+    s3 = boto3.session.Session().client("s3")
+    with workers(2, celery, tmp_path) as scratches:
+        for body in BODIES:
             run = export_job(ns, col, body, settings=celery, processes=True)
             alone = export_job(ns, col, body, settings=store.settings)
-            shards = run.manifest["shards"]
-            assert [s["document_count"] for s in shards] == [30, 30, 30]
-            for mine, theirs in zip(_files(run.response), _files(alone.response), strict=True):
-                if fmt == "parquet":
-                    import pyarrow.parquet as pq
-
+            assert run.manifest["document_count"] == alone.manifest["document_count"]
+            assert len(run.manifest["shards"]) == 3
+            for mine, theirs in zip(
+                _published(s3, run.response), _files(alone.response), strict=True
+            ):
+                if body["format"] == "parquet":
                     assert pq.read_table(mine).equals(pq.read_table(theirs))
                 else:
-                    assert mine.read_bytes() == theirs.read_bytes()
-    worker_pids = {s["worker"].rsplit(":", 1)[-1] for s in shards}
-    assert len(worker_pids) >= 2  # the shards went to more than one worker process
-    assert str(os.getpid()) not in worker_pids
+                    assert mine.read_bytes() == theirs.read_bytes(), body
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            assert keys == [k for k in keys if "/exports/" in k.removeprefix("exports/")], keys
+            assert not [k for k in keys if "/.parts/" in k or ".dagster-io" in k]
+            workers_of = {s["worker"] for s in run.manifest["shards"]}
+            assert str(os.getpid()) not in {w.rsplit(":", 1)[-1] for w in workers_of}
+        for scratch in scratches:  # nothing stays on a worker
+            assert not [p for p in scratch.rglob("*") if p.is_file()]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+BODIES = [
+    {"format": "json", "include_vectors": True},
+    {"format": "csv", "include_vectors": True},
+    {"format": "parquet", "include_vectors": True},
+    {
+        "format": "csv",
+        "filters": {"AND": [{"field": "n", "operator": "gte", "value": 10}]},
+        "sample_size": 20,
+        "sample_seed": 3,
+    },
+]
+
+
+def _published(s3: Any, response: Any) -> list[Path]:
+    """The published files, downloaded."""
+    found = []
+    for uri in (response.s3_path, response.vectors_s3_path):
+        if uri:
+            bucket, _, key = uri.removeprefix("s3://").partition("/")
+            path = Path(tempfile.mkdtemp()) / key.rsplit("/", 1)[-1]
+            s3.download_file(bucket, key, str(path))
+            found.append(path)
+    return found
 
 
 def test_celery_without_a_broker_is_refused_before_any_run(

@@ -52,6 +52,7 @@ class Part(BaseModel):
     path: Path
     rows: int
     columns: list[dict[str, str]]
+    key: str | None = None  # where it waits on the export storage (ExportPlan.parts_prefix)
 
 
 class ShardParts(BaseModel):
@@ -70,6 +71,7 @@ class ShardParts(BaseModel):
     vectors_parts: list[Part] | None = None
     seconds: float = 0.0
     worker: str = ""  # host name and process id that wrote the parts
+    bytes: int = 0  # the size of its files together
 
     def files(self) -> list[Part]:
         """Every file the shard wrote in scratch space."""
@@ -104,6 +106,7 @@ def write_parts(
         parts = writing.run()
     parts.seconds = round(time.perf_counter() - started, 3)
     parts.worker = f"{socket.gethostname()}:{os.getpid()}"
+    parts.bytes = sum(part.path.stat().st_size for part in parts.files())
     return parts
 
 

@@ -34,6 +34,9 @@ class ExportPlan(BaseModel):
     scratch_dir: Path
     planned_at: datetime
     shards: list[Shard] = [Shard(index=0)]  # in id order; written in parallel
+    # Where the shards' parts wait on the export storage for the step that assembles them,
+    # when the steps share no disk (Celery workers); None: in the scratch folder.
+    parts_prefix: str | None = None
 
     @property
     def documents_name(self) -> str:
@@ -54,15 +57,20 @@ class ExportPlan(BaseModel):
         return f"{self.collection.name}_vectors-{number:05d}.{self.request.format}"
 
 
+PARTS_ROOT = ".parts"  # under the storage's root: outside every export's final prefix
+
+
 def plan_export(
     store: Store,
     namespace: str,
     collection: str,
     request: ExportRequest | dict[str, Any],
     shards: int | None = None,
+    stage_parts: bool = False,
 ) -> ExportPlan:
     """Validate the request, resolve namespace and collection, fix the snapshot to read and
-    cut it into `shards` (default: EXPORT_PIPELINE_SHARDS for the snapshot's size)."""
+    cut it into `shards` (default: EXPORT_PIPELINE_SHARDS for the snapshot's size);
+    `stage_parts`: the shards' parts go through the export storage."""
     if not isinstance(request, ExportRequest):
         request = parse_request(request)
     found_ns, found = store.resolve(namespace, collection)
@@ -93,6 +101,7 @@ def plan_export(
         scratch_dir=store.settings.scratch_dir / export_id,
         planned_at=datetime.now(UTC),
         shards=plan_shards(store.documents.segment_files(found), shards),
+        parts_prefix=f"{PARTS_ROOT}/{export_id}" if stage_parts else None,
     )
 
 

@@ -139,7 +139,7 @@ def _count_shapes(plan: ExportPlan, texts: pa.ChunkedArray, counts: np.ndarray) 
         {"shape": texts.take(present), "n": counts[present].astype(np.int64)},
         schema=pa.schema([("shape", pa.string()), ("n", pa.int64())]),
     )
-    pq.write_table(table, _chosen_shapes(plan))
+    pq.write_table(table, chosen_shapes(plan))
 
 
 def matching_rows(
@@ -290,11 +290,11 @@ def _numbered(texts: pa.Array, known: dict[str, int]) -> np.ndarray:
 
 def surveyed_shapes(plan: ExportPlan) -> list[tuple[str, int]]:
     """The distinct structures of the chosen documents, with counts."""
-    table = pq.read_table(_chosen_shapes(plan))
+    table = pq.read_table(chosen_shapes(plan))
     return list(zip(table.column("shape").to_pylist(), table.column("n").to_pylist(), strict=True))
 
 
-def _chosen_shapes(plan: ExportPlan) -> Path:
+def chosen_shapes(plan: ExportPlan) -> Path:
     """Where the survey leaves its counts for the write step (small: one row per structure)."""
     return plan.scratch_dir / "chosen_shapes.parquet"
 

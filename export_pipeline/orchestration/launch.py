@@ -23,6 +23,7 @@ from export_pipeline.errors import (
     PUBLISHED_NOTHING,
     EnvironmentProblem,
     ExportPipelineError,
+    ValidationError,
     from_dict,
     guard,
 )
@@ -31,8 +32,13 @@ from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.config import ExportConfig, executor_config
 from export_pipeline.orchestration.job import export_collection, export_job_with_resources
 from export_pipeline.orchestration.ops import Progress
-from export_pipeline.orchestration.resources import resources_from
+from export_pipeline.orchestration.resources import (
+    resources_from,
+    step_outputs_of_run,
+    step_outputs_on_storage,
+)
 from export_pipeline.settings import Settings, settings_environment
+from export_pipeline.storage import open_storage
 from export_pipeline.store import Store
 from export_pipeline.store.catalog import catalog_path
 
@@ -79,7 +85,10 @@ def prepare(
         "executor": store.settings.executor,
         "celery_broker": store.settings.celery_broker,
     }
-    executor_config(shards, store.settings.executor, store.settings.celery_broker)  # refused now
+    # refused now rather than in a step: a celery run without a broker, or without S3 storage
+    executor_config(shards, store.settings.executor, store.settings.celery_broker)
+    if shards > 1 and store.settings.executor == "celery":
+        step_outputs_on_storage(store.settings)
     return ExportLaunch(run_config, tags.export_tags(found_ns, found, config.format, trigger))
 
 
@@ -92,11 +101,22 @@ def dagster_home(settings: Settings) -> Path:
 def local_instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance the UI shows, created from the template on first use."""
     home = dagster_home(settings)
+    _check_pg_url(os.environ.get("DAGSTER_PG_URL"))
     with guard(home, "Dagster instance"):
         home.mkdir(parents=True, exist_ok=True)
         if not (home / "dagster.yaml").exists():
             (home / "dagster.yaml").write_text(instance_yaml(home))
         return dg.DagsterInstance.from_config(str(home))
+
+
+def _check_pg_url(url: str | None) -> None:
+    """Dagster's PostgreSQL storage sends NOTIFY with client-side parameters, which only the
+    psycopg2 driver makes; SQLAlchemy takes psycopg 3 for a URL that names no driver."""
+    if url and url.split("://", 1)[0] in ("postgres", "postgresql"):
+        raise ValidationError(
+            "DAGSTER_PG_URL must name the psycopg2 driver: postgresql+psycopg2://user:password@"
+            "host:port/db (Dagster's PostgreSQL storage needs it)"
+        )
 
 
 def instance_yaml(home: Path) -> str:
@@ -225,10 +245,15 @@ def _run_in_processes(
             tags={**launch.tags, **tags.owner_tags()},
         ) as result,
     ):
-        if not result.success:
-            _abandon(instance, result.run_id, settings)
-            raise run_error(result)
-        return _finished(result)  # outputs are read while the result is open
+        try:
+            if not result.success:
+                _abandon(instance, result.run_id, settings)
+                raise run_error(result)
+            return _finished(result)  # outputs are read while the result is open
+        finally:
+            if settings.executor == "celery":  # the steps' outputs, on the storage, go too
+                with suppress(Exception):
+                    open_storage(settings).discard(step_outputs_of_run(result.run_id))
 
 
 _forkserver_environment: dict[str, str] | None = None

@@ -137,8 +137,14 @@ def plan_export_op(
     try:
         with guard(lifecycle.settings.home_dir, "home", PUBLISHED_NOTHING):
             lifecycle.sweep()
+            shards = config.shards or 1
             plan = lifecycle.plan(
-                config.namespace, config.collection, config.request(), config.shards or 1
+                config.namespace,
+                config.collection,
+                config.request(),
+                shards,
+                # steps on Celery workers share no disk: the parts go through the storage
+                stage_parts=config.executor == "celery" and shards > 1,
             )
             # The run's launcher, where it says: the steps' own processes end before the
             # export does when the shards run in processes of their own.
@@ -203,7 +209,7 @@ def export_shard(
         )
     with _step(context, lifecycle, task.plan, f"shard {task.shard.index}"):
         parts = lifecycle.write_shard(task.plan, task.selection, task.shard)
-    written = sum(part.path.stat().st_size for part in parts.files())
+    written = parts.bytes
     context.log.info(
         f"shard {task.shard.index}: {parts.documents.rows:,} rows, {written:,} bytes,"
         f" {parts.seconds:.2f} s ({parts.worker})"
@@ -257,7 +263,7 @@ def _check_parts_left(parts: list[ShardParts]) -> None:
     had already moved into place gone: say so, rather than name a missing file."""
     for shard in parts:
         for part in shard.files():
-            if not part.path.exists():
+            if part.key is None and not part.path.exists():
                 raise ExportPipelineError(
                     f"publish_files: an earlier attempt ended part way (was its process"
                     f" killed?) and shard {shard.shard.index}'s {part.path.name} is gone;"

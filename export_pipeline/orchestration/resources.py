@@ -114,8 +114,37 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             for field, setting in _CARRIED[resource].items()
         }
 
-    return {
+    resources: dict[str, Any] = {
         "store": StoreResource(**values("store")),
         "storage": StorageResource(**values("storage")),
         "duckdb": DuckDBResource(**values("duckdb")),
     }
+    if settings.executor == "celery":
+        resources["io_manager"] = step_outputs_on_storage(settings)
+    return resources
+
+
+STEP_OUTPUTS = ".dagster-io"  # under the storage's root; `storage/<run_id>/...` below it
+
+
+def step_outputs_of_run(run_id: str) -> str:
+    """Where a run's step outputs are, under the storage's root (dagster-aws's layout)."""
+    return f"{STEP_OUTPUTS}/storage/{run_id}"
+
+
+def step_outputs_on_storage(settings: Settings) -> Any:
+    """Where step outputs (plans, part lists: small) go between Celery workers, which share no
+    disk: pickled objects on the export storage, which every worker reaches."""
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+    from export_pipeline.errors import ValidationError
+
+    target = settings.storage_uri
+    if not target.startswith("s3://"):
+        raise ValidationError(
+            "EXPORT_PIPELINE_EXECUTOR=celery needs EXPORT_PIPELINE_STORAGE on S3 (s3://...):"
+            " the workers share no disk"
+        )
+    bucket, _, root = target.removeprefix("s3://").partition("/")
+    prefix = f"{root.strip('/')}/{STEP_OUTPUTS}".lstrip("/")
+    return S3PickleIOManager(s3_resource=S3Resource(), s3_bucket=bucket, s3_prefix=prefix)

@@ -96,6 +96,15 @@ class Storage(Protocol):
         incomplete multipart uploads); returns (objects removed, uploads aborted)."""
         ...
 
+    def put(self, key: str, path: Path) -> None:
+        """Store the file at `path` under `key` as it is (a shard's part between steps that
+        share no disk), replacing what was there."""
+        ...
+
+    def fetch(self, key: str, path: Path) -> None:
+        """Copy the object at `key` into the file at `path`."""
+        ...
+
 
 def published(storage: Storage, prefix: str, files: list[LocalFile]) -> list[PublishedObject]:
     """Where each of `files` now lives under `prefix`."""

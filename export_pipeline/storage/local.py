@@ -101,6 +101,18 @@ class LocalStorage:
                 shutil.rmtree(folder, ignore_errors=True)
         return removed, 0
 
+    def put(self, key: str, path: Path) -> None:
+        """Copy the file under the root (a shard's part, for steps of another machine that
+        mounts the same folder)."""
+        with guard(self.root, "exports folder", PUBLISHED_NOTHING):
+            target = self.root / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+    def fetch(self, key: str, path: Path) -> None:
+        """Copy the file at `key` under the root to `path`."""
+        shutil.copyfile(self.root / key, path)
+
     def uri_of(self, key: str) -> str:
         """The published file's file:// URI."""
         return (self.root / key).as_uri()

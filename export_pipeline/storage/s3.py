@@ -124,6 +124,38 @@ class S3Storage:
             raise
         return published(self, prefix, files)
 
+    def put(self, key: str, path: Path) -> None:
+        """Upload the file (boto3's transfer manager: parts in parallel above its threshold)."""
+        try:
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                self.key(key),
+                Config=self._transfer(),
+                ExtraArgs=self._sse(),
+            )
+        except Exception as exc:
+            raise self._explain(exc, "upload") from None
+
+    def fetch(self, key: str, path: Path) -> None:
+        """Download the object (ranged GETs in parallel above the transfer threshold)."""
+        try:
+            self.client.download_file(
+                self.bucket, self.key(key), str(path), Config=self._transfer()
+            )
+        except Exception as exc:
+            raise self._explain(exc, "download") from None
+
+    def _transfer(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        size = self.options.part_size_bytes
+        return TransferConfig(
+            multipart_threshold=size,
+            multipart_chunksize=size,
+            max_concurrency=self.options.max_concurrency,
+        )
+
     def uri_of(self, key: str) -> str:
         """`s3://bucket/<root>/<key>`."""
         return f"s3://{self.bucket}/{self.key(key)}"
@@ -163,10 +195,15 @@ class S3Storage:
         }
         if file.sha256:
             args["Metadata"] = {"sha256": file.sha256}
-        if self.options.sse:
-            args["ServerSideEncryption"] = self.options.sse
-            if self.options.sse_kms_key_id:
-                args["SSEKMSKeyId"] = self.options.sse_kms_key_id
+        return {**args, **self._sse()}
+
+    def _sse(self) -> dict[str, Any]:
+        """The server-side encryption every object asks for, if any."""
+        if not self.options.sse:
+            return {}
+        args = {"ServerSideEncryption": self.options.sse}
+        if self.options.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.options.sse_kms_key_id
         return args
 
     def _undo(self, prefix: str, written: list[str]) -> None:
