@@ -10,16 +10,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
+import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
+from helpers import cli_output
+from kill_child import armed_environment
 from services import PostgresServer, RedisServer
 
+from export_pipeline.orchestration.launch import local_instance
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Store, VectorIndex
 from export_pipeline.store import segments as segments_module
@@ -50,9 +55,11 @@ def three_segments(store: Store, monkeypatch: pytest.MonkeyPatch) -> Collection:
 
 
 @contextmanager
-def workers(count: int, settings: Settings, log_dir: Path) -> Iterator[list[Path]]:
+def workers(
+    count: int, settings: Settings, log_dir: Path, extra: dict[str, str] | None = None
+) -> Iterator[list[Path]]:
     """`count` `export-pipeline worker --concurrency 1` processes, ready, each with a scratch
-    folder of its own (yielded); stopped afterwards."""
+    folder of its own (yielded), `extra` in their environment; stopped afterwards."""
     from celery import Celery
 
     broker = settings.celery_broker
@@ -67,6 +74,7 @@ def workers(count: int, settings: Settings, log_dir: Path) -> Iterator[list[Path
             "EXPORT_PIPELINE_STORAGE": settings.storage_uri,
             "EXPORT_PIPELINE_CELERY_BROKER": broker,
             "PYTHONPATH": str(WORKTREE),
+            **(extra or {}),
         }
         log = open(log_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 - closed below
         processes.append(
@@ -181,6 +189,74 @@ def _published(s3: Any, response: Any) -> list[Path]:
             s3.download_file(bucket, key, str(path))
             found.append(path)
     return found
+
+
+@pytest.fixture
+def distributed(
+    store: Store,
+    redis: RedisServer,
+    postgres: PostgresServer,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """The store's settings with the celery executor, a Redis broker, S3 storage, and the
+    Dagster instance in PostgreSQL."""
+    url = postgres.create_database().replace("postgresql://", "postgresql+psycopg2://")
+    monkeypatch.setenv("DAGSTER_PG_URL", url)
+    return store.settings.model_copy(
+        update={
+            "shards": "3",
+            "executor": "celery",
+            "celery_broker": redis.url(),
+            "storage": f"s3://{bucket}/exports",
+        }
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_process_killed_mid_shard_gives_the_shard_to_another_and_leaves_nothing(
+    store: Store, three_segments: Collection, distributed: Settings, bucket: str, tmp_path: Path
+) -> None:
+    """The first shard to get to its file's end pauses there; its process is SIGKILLed. The
+    broker hands the task out again (late acknowledgement), the shard is written anew, and
+    the export is the same as the embedded default's."""
+    marker = tmp_path / "paused"
+    armed = armed_environment(tmp_path, "export-writing", marker)
+    ns, col = three_segments.namespace_id, three_segments.id
+    body = {"format": "csv", "include_vectors": True}
+    s3 = boto3.session.Session().client("s3")
+    with workers(2, distributed, tmp_path, armed) as scratches:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(export_job, ns, col, body, settings=distributed, processes=True)
+            deadline = time.monotonic() + 120
+            while not marker.exists():
+                assert not running.done(), running.result()
+                assert time.monotonic() < deadline, "no shard reached its pause"
+                time.sleep(0.05)
+            os.kill(int(marker.read_text()), signal.SIGKILL)
+            run = running.result(timeout=300)
+        alone = export_job(ns, col, body, settings=store.settings)
+        for mine, theirs in zip(_published(s3, run.response), _files(alone.response), strict=True):
+            assert mine.read_bytes() == theirs.read_bytes()
+        # The killed process could not clean up: its worker's next gc reclaims its folder.
+        left = [p for scratch in scratches for p in scratch.rglob("*") if p.is_file()]
+        assert {p.parent.parent.parent.name for p in left} <= {"shard-0", "shard-1", "shard-2"}
+        for scratch in scratches:
+            env = {
+                **os.environ,
+                "EXPORT_PIPELINE_HOME": str(store.settings.home_dir),
+                "EXPORT_PIPELINE_SCRATCH": str(scratch),
+                "PYTHONPATH": str(WORKTREE),
+            }
+            cli_output(["gc", "--grace-seconds", "0"], env)
+            assert not [p for p in scratch.rglob("*") if p.is_file()]
+    events = local_instance(distributed).all_logs(run.run_id)
+    started = [e.step_key for e in events if e.dagster_event_type == dg.DagsterEventType.STEP_START]
+    # six steps (plan, three shards, publish, report), the killed shard's started twice
+    assert len(started) == 7 and len(set(started)) == 6
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in keys if "/.parts/" in k or ".dagster-io" in k]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def test_celery_without_a_broker_is_refused_before_any_run(
