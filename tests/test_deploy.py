@@ -1,0 +1,54 @@
+"""deploy/: the docker-compose deployment's files agree with the code they configure."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from services import PostgresServer
+
+from export_pipeline.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def test_every_export_pipeline_service_shares_one_environment_of_known_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compose = _compose()
+    ours = {name: s for name, s in compose["services"].items() if "build" in s}
+    assert set(ours) == {"webserver", "daemon", "api", "worker"}
+    environments = [s["environment"] for s in ours.values()]
+    assert all(env == environments[0] for env in environments)
+    env = environments[0]
+    for name in env:
+        if name.startswith("EXPORT_PIPELINE_"):
+            assert name.removeprefix("EXPORT_PIPELINE_").lower() in Settings.model_fields, name
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings()  # the environment is valid as the containers would read it
+    assert settings.executor == "celery" and settings.storage_uri.startswith("s3://")
+    assert env["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
+    assert ours["worker"]["command"][:2] == ["export-pipeline", "worker"]
+
+
+def test_the_deployments_instance_keeps_runs_in_postgres(
+    tmp_path: Path, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_postgres import PostgresRunStorage
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    url = postgres.create_database().replace("postgresql://", "postgresql+psycopg2://")
+    monkeypatch.setenv("DAGSTER_PG_URL", url)
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert isinstance(instance.run_storage, PostgresRunStorage)
+    assert instance.get_runs() == []
