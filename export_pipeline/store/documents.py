@@ -35,7 +35,7 @@ from export_pipeline.store.batches import (
 )
 from export_pipeline.store.catalog import Catalog, Collection, utc_now
 from export_pipeline.store.operations import Operations
-from export_pipeline.store.segment_files import SegmentFiles, is_remote, sidecar_of
+from export_pipeline.store.segment_files import SegmentFiles, is_remote
 from export_pipeline.store.segments import SHAPE_ID, numbered, shapes_file
 
 
@@ -267,23 +267,12 @@ class DocumentStore:
             replaced = steps.replace_stored(con, collection, files, folder, staged, change)
         steps.add_segment(con, collection, folder, staged, replaced, change)
         if self.files.remote:
-            self._upload(collection, folder, change)
+            steps.upload(self.files, collection, folder, change)
         count = collection.document_count - change.replaced + staged.count
-        self._swap(collection, change.keep, count, change.retired)
+        expired = self._swap(collection, change.keep, count, change.retired)
         change.uploaded = []  # listed now: nothing after this may remove them
+        self._expire(expired)
         return IngestResult(staged.count, change.replaced, count, collection.version + 1)
-
-    def _upload(self, collection: Collection, folder: Path, change: steps.Change) -> None:
-        """Put the ingest's new segments (made in `folder`) in S3; the change lists their URIs."""
-        made = [name for name in change.keep if name not in collection.segments]
-        uris = {name: self.files.uri(collection.namespace_id, collection.id, name) for name in made}
-        change.uploaded += uris.values()
-        if change.record is not None:  # recorded before they exist, as local segments are
-            change.record.add(segments=uris.values())
-        files = [(folder / name, uri) for name, uri in uris.items()]
-        files += [(shapes_file(folder / name), sidecar_of(uri)) for name, uri in uris.items()]
-        self.files.upload(files)
-        change.keep = [uris.get(name, name) for name in change.keep]
 
     @contextmanager
     def _locked(self, collection: Collection) -> Iterator[None]:
@@ -321,7 +310,9 @@ class DocumentStore:
 
     def _swap(
         self, collection: Collection, segments: list[str], count: int, retired: list[str]
-    ) -> None:
+    ) -> list[str]:
+        """List the new segments; remove local retired ones past retention, and return the
+        S3 ones (`_expire`)."""
         folder = self.collection_dir(collection) / "segments"
         now = time.time()
         with self.catalog.transaction() as db:
@@ -355,7 +346,7 @@ class DocumentStore:
             # Exports reading an older snapshot had the retention period to finish.
             Path(path).unlink(missing_ok=True)
             shapes_file(Path(path)).unlink(missing_ok=True)
-        self._expire([path for path in expired if is_remote(path)])
+        return [path for path in expired if is_remote(path)]
 
     def _expire(self, uris: list[str]) -> None:
         """Remove retired S3 segments, then forget them; where S3 fails, the next ingest of

@@ -22,6 +22,7 @@ from export_pipeline.store.catalog import Collection, utc_now
 from export_pipeline.store.jsonl import LineError, batches
 from export_pipeline.store.lines import line_of
 from export_pipeline.store.operations import Operation
+from export_pipeline.store.segment_files import SegmentFiles, sidecar_of
 from export_pipeline.store.segments import (
     SegmentWriter,
     internal_suffix,
@@ -172,6 +173,19 @@ def add_segment(
                 writer.write(_keep_created_at(batch, replaced))
         shutil.copyfile(shapes_file(staged.path), shapes_file(target))
     change.keep.append(name)
+
+
+def upload(files: SegmentFiles, collection: Collection, folder: Path, change: Change) -> None:
+    """Put the ingest's new segments (made in `folder`) in S3; the change lists their URIs."""
+    made = [name for name in change.keep if name not in collection.segments]
+    uris = {name: files.uri(collection.namespace_id, collection.id, name) for name in made}
+    change.uploaded += uris.values()
+    if change.record is not None:  # recorded before they exist, as local segments are
+        change.record.add(segments=uris.values())
+    pairs = [(folder / name, uri) for name, uri in uris.items()]
+    pairs += [(shapes_file(folder / name), sidecar_of(uri)) for name, uri in uris.items()]
+    files.upload(pairs)
+    change.keep = [uris.get(name, name) for name in change.keep]
 
 
 def _rows_in_order(staged: Staged, runs: Path) -> Iterator[pa.Table]:

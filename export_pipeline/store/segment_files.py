@@ -70,8 +70,18 @@ class SegmentFiles:
         return f"{base}/{namespace_id}/{collection_id}/segments/{name}"
 
     def upload(self, files: list[tuple[Path, str]]) -> None:
-        """Put local files at their URIs, in parallel (boto3's transfer manager per file)."""
-        self._each(lambda item: self.client.upload_file(str(item[0]), *_split(item[1])), files)
+        """Put local files at their URIs, in parallel (boto3's transfer manager per file),
+        encrypted as exports are (EXPORT_PIPELINE_S3_SSE)."""
+        extra: dict[str, str] = {}
+        if self.settings.s3_sse:
+            extra["ServerSideEncryption"] = self.settings.s3_sse
+            if self.settings.s3_sse_kms_key_id:
+                extra["SSEKMSKeyId"] = self.settings.s3_sse_kms_key_id
+
+        def put(item: tuple[Path, str]) -> None:
+            self.client.upload_file(str(item[0]), *_split(item[1]), ExtraArgs=extra or None)
+
+        self._each(put, files)
 
     def local_copies(self, segments: list[str], folder: Path | None) -> list[Path]:
         """Local files of `segments` (paths, or URIs): local ones as they are; S3 ones and
@@ -86,9 +96,9 @@ class SegmentFiles:
         with open(folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             wanted = [(uri, folder / uri.rsplit("/", 1)[-1]) for uri in remote]
-            missing = [(sidecar_of(u), Path(sidecar_of(str(p)))) for u, p in wanted]
-            missing += wanted  # sidecars first: a segment present has its sidecar
-            self._each(self._download, [(u, p) for u, p in missing if not p.exists()])
+            # each file appears whole (renamed into place): one missing is all that is fetched
+            files = wanted + [(sidecar_of(u), Path(sidecar_of(str(p)))) for u, p in wanted]
+            self._each(self._download, [(u, p) for u, p in files if not p.exists()])
         copies = dict(wanted)
         return [copies[s] if is_remote(s) else Path(s) for s in segments]
 
