@@ -132,6 +132,14 @@ def test_an_ingest_puts_segments_in_the_bucket_and_nothing_under_home(
     assert store.operations.records() == []
 
 
+def test_segment_objects_are_encrypted_as_exports_are(s3_settings: Settings, bucket: str) -> None:
+    store = Store(s3_settings.model_copy(update={"s3_sse": "AES256"}))
+    make_collection(store, [_doc(n) for n in range(3)], INDEXES)
+    client = boto3.session.Session().client("s3")
+    for key in _keys(bucket):
+        assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+
 BODIES = [
     {},
     {"include_vectors": True},
