@@ -140,10 +140,9 @@ class _ShardWrite:
         self.max_rows = batch_rows(shape, fmt)
         # A json export of some documents lists the keys of their structures, by number.
         self.structures = None
-        if shape is None and store.documents.numbered(plan.collection, copies=plan.segment_copies):
-            self.structures = store.documents.structures(
-                plan.collection, copies=plan.segment_copies
-            )
+        copies = plan.segment_copies
+        if shape is None and store.documents.numbered(plan.collection, copies=copies):
+            self.structures = store.documents.structures(plan.collection, copies=copies)
 
     def run(self) -> ShardParts:
         plan, fmt = self.plan, self.plan.request.format
@@ -281,9 +280,8 @@ def export_shape(
     if selection.surveyed:
         shapes = surveyed_shapes(plan)
     else:
-        shapes = store.documents.shapes(
-            plan.collection, copies=plan.segment_copies
-        ) or _shapes_by_pass(con, plan, store)
+        snapshot = store.documents.shapes(plan.collection, copies=plan.segment_copies)
+        shapes = snapshot or _shapes_by_pass(con, plan, store)
     if fmt == "json" and select is None:  # json lines need only the top-level keys
         return Shape(structure=dict.fromkeys(top_level_keys(con, [text for text, _ in shapes])))
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)

@@ -103,10 +103,7 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     numbered = shapes and store.documents.numbered(plan.collection, copies=copies)
     limit = duck.batch_bytes(con)
     streamable = numbered and streams_matches(plan)
-    if (
-        streamable
-        and store.documents.scan_source(plan.collection, limit, copies=copies) is not None
-    ):
+    if streamable and store.documents.scan_source(plan.collection, limit, copies=copies):
         return Selection(streamed=True)
     derive = shapes and not numbered  # json_structure of each match, as older stores need
     columns = ["document_id"]
