@@ -217,7 +217,7 @@ class ExportLifecycle:
         max_columns = self.settings.max_columns
         theirs = counted_shape(plan, self.store, counts.tolist(), max_columns)
         # what the shards wrote with: the snapshot's shape (a numbered store: its sidecars)
-        snapshot = self.store.documents.shapes(plan.collection) or []
+        snapshot = self.store.documents.shapes(plan.collection, copies=plan.segment_copies) or []
         fmt, select = plan.request.format, plan.select_paths
         written = shape_of(snapshot, select, fmt=fmt, max_columns=max_columns)
         if same_shape(theirs, written):

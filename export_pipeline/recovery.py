@@ -33,11 +33,10 @@ from export_pipeline.storage import LocalStorage, Storage, open_storage
 from export_pipeline.store import Store
 from export_pipeline.store.catalog import catalog_path
 from export_pipeline.store.operations import Operation
-from export_pipeline.store.segments import shapes_file
+from export_pipeline.store.segment_files import SHAPES_SUFFIX
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-SHAPES_SUFFIX = ".shapes.parquet"
 
 
 @dataclass
@@ -168,9 +167,9 @@ def _reclaim(record: Operation, store: Store, storages: _Storages, report: Sweep
             report.multipart_uploads += uploads
         if record.segments:
             listed, retired = _listed_segments(store)
-            for segment in map(Path, record.segments):
-                if str(segment) not in listed and str(segment) not in retired:
-                    report.segments += _remove_segment(segment)
+            for segment in record.segments:  # local paths, or S3 URIs
+                if segment not in listed and segment not in retired:
+                    report.segments += store.documents.files.remove([segment])
     except Exception as exc:
         report.errors.append(f"{record.kind} {record.id}: {type(exc).__name__}: {exc}")
         return
@@ -245,13 +244,6 @@ def _segment_of(path: Path) -> Path:
     if path.name.endswith(SHAPES_SUFFIX):
         return path.with_name(path.name.removesuffix(SHAPES_SUFFIX) + ".parquet")
     return path
-
-
-def _remove_segment(segment: Path) -> int:
-    existed = segment.exists()
-    segment.unlink(missing_ok=True)
-    shapes_file(segment).unlink(missing_ok=True)
-    return int(existed)
 
 
 def _remove(path: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,11 @@ class Settings(BaseSettings):
     scratch: Path | None = Field(
         None,
         description="Per-export scratch space and DuckDB temp files (default: <home>/scratch).",
+    )
+    segments: str | None = Field(
+        None,
+        description="Where collections' segment files go: s3://bucket/prefix (default: the"
+        " collection's folder under home).",
     )
     s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="S3 addressing: path style for most S3-compatible servers."
@@ -129,6 +135,14 @@ class Settings(BaseSettings):
     def _path_as_text(cls, value: object) -> object:
         """Kept as text, so `s3://` survives; a Path is taken as its text."""
         return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("segments")
+    @classmethod
+    def _segments_in_s3(cls, value: str | None) -> str | None:
+        """Unset, or s3://bucket[/prefix]."""
+        if value is not None and not re.fullmatch(r"s3://[^/]+(/.*)?", value):
+            raise ValueError(f"segments target {value!r} is not s3://bucket[/prefix]")
+        return value
 
     @property
     def home_dir(self) -> Path:

@@ -187,7 +187,7 @@ def _two_passes(store: Store, ns: str, col: str, body: dict[str, Any]) -> Any:
     """The export as the survey-then-write path writes it: the oracle of the one-pass path,
     used where DuckDB may not read the segments itself."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store.documents, "scan_files", lambda *_: None)
+        patch.setattr(store.documents, "scan_files", lambda *_, **__: None)
         return _written(store, ns, col, body, streamed=False)
 
 

@@ -66,8 +66,10 @@ def _sources(monkeypatch: pytest.MonkeyPatch) -> list[list[Path] | None]:
     answers: list[list[Path] | None] = []
     real = DocumentStore.scan_files
 
-    def spy(self: DocumentStore, collection: Collection, max_bytes: int) -> list[Path] | None:
-        answers.append(real(self, collection, max_bytes))
+    def spy(
+        self: DocumentStore, collection: Collection, max_bytes: int, **kwargs: Any
+    ) -> list[Path] | None:
+        answers.append(real(self, collection, max_bytes, **kwargs))
         return answers[-1]
 
     monkeypatch.setattr(DocumentStore, "scan_files", spy)
@@ -75,7 +77,7 @@ def _sources(monkeypatch: pytest.MonkeyPatch) -> list[list[Path] | None]:
 
 
 def _batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(DocumentStore, "scan_files", lambda *args: None)
+    monkeypatch.setattr(DocumentStore, "scan_files", lambda *args, **kwargs: None)
 
 
 def _same_file(a: ExportRun, b: ExportRun, fmt: str) -> None:

@@ -9,6 +9,7 @@ types it ever has in the snapshot. A field that is, in every document, missing o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,15 +29,17 @@ _OTHER = "?"  # an array, an object, or a clash of kinds (`JSON`)
 
 
 def field_kinds(
-    store: Store, collection: Collection, paths: list[str]
+    store: Store, collection: Collection, paths: list[str], copies: Path | None = None
 ) -> dict[str, frozenset[str]]:
     """For each of `paths` that is a scalar or missing in every document of the snapshot,
     the JSON types it holds (`SCALAR_TYPES`; empty when no document has it). Paths that
     hold an array or an object anywhere are left out, and all of them when a segment has
-    no list of its structures (written by an older version) or there are too many."""
+    no list of its structures (written by an older version) or there are too many.
+    `copies`: where S3 segments are copied to (`DocumentStore.segment_files`)."""
     if not paths:
         return {}
-    sidecars = [shapes_file(segment) for segment in store.documents.segment_files(collection)]
+    segments = store.documents.segment_files(collection, copies)
+    sidecars = [shapes_file(segment) for segment in segments]
     rows = 0
     for sidecar in sidecars:
         if not sidecar.exists() or "shape" not in pq.read_schema(sidecar).names:

@@ -143,8 +143,9 @@ class _ShardWrite:
         self.max_rows = batch_rows(shape, fmt)
         # A json export of some documents lists the keys of their structures, by number.
         self.structures = None
-        if shape is None and store.documents.numbered(plan.collection):
-            self.structures = store.documents.structures(plan.collection)
+        copies = plan.segment_copies
+        if shape is None and store.documents.numbered(plan.collection, copies=copies):
+            self.structures = store.documents.structures(plan.collection, copies=copies)
 
     def run(self) -> ShardParts:
         plan, fmt = self.plan, self.plan.request.format
@@ -159,7 +160,9 @@ class _ShardWrite:
         # where the segments let it (`scan_files`); otherwise Arrow reads them in batches.
         files = None
         if vectors is None:
-            files = self.store.documents.scan_files(plan.collection, self.max_bytes)
+            files = self.store.documents.scan_files(
+                plan.collection, self.max_bytes, copies=plan.segment_copies
+            )
         streaming = files is not None
         counting = self.selection.streamed
         documents = self._documents_writer(
@@ -172,7 +175,9 @@ class _ShardWrite:
                 assert files is not None
                 shape_id = None
                 if counting:
-                    shape_id = self.store.documents.shape_id_sql(plan.collection, files)
+                    shape_id = self.store.documents.shape_id_sql(
+                        plan.collection, files, copies=plan.segment_copies
+                    )
                 documents.write_all(
                     duck.parquet_source(files), self.max_bytes, self.max_rows, shape_id
                 )
@@ -251,7 +256,9 @@ class _ShardWrite:
             if matches is not None:
                 return matches
         ids = (self.shard.lower, self.shard.upper)
-        rows = store.documents.rows(plan.collection, columns, self.max_bytes, self.max_rows, ids)
+        rows = store.documents.rows(
+            plan.collection, columns, self.max_bytes, self.max_rows, ids, copies=plan.segment_copies
+        )
         # Row groups, and the few rows a selection keeps of each, are gathered into
         # batches as large as the bounds allow: each query has a cost of its own.
         rows = gathered(rows, self.max_bytes, self.max_rows)
@@ -276,7 +283,8 @@ def export_shape(
     if selection.surveyed:
         shapes = surveyed_shapes(plan)
     else:
-        shapes = store.documents.shapes(plan.collection) or _shapes_by_pass(con, plan, store)
+        snapshot = store.documents.shapes(plan.collection, copies=plan.segment_copies)
+        shapes = snapshot or _shapes_by_pass(con, plan, store)
     if fmt == "json" and select is None:  # json lines need only the top-level keys
         return Shape(structure=dict.fromkeys(top_level_keys(con, [text for text, _ in shapes])))
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)
@@ -286,7 +294,8 @@ def counted_shape(plan: ExportPlan, store: Store, counts: list[int], max_columns
     """The shape of the documents written, from their rows per SHAPE_ID."""
     found = np.asarray(counts, dtype=np.int64)
     present = np.flatnonzero(found)
-    texts = store.documents.structures(plan.collection).take(present).to_pylist()
+    structures = store.documents.structures(plan.collection, copies=plan.segment_copies)
+    texts = structures.take(present).to_pylist()
     shapes = list(zip(texts, found[present].tolist(), strict=True))
     fmt, select = plan.request.format, plan.select_paths
     return shape_of(shapes, select, fmt=fmt, max_columns=max_columns)
@@ -306,7 +315,10 @@ def _shapes_by_pass(
     """Every document's structure, counted (for segments written without a sidecar)."""
     counts: Counter[str] = Counter()
     sql = f"SELECT json_structure(doc)::VARCHAR, count(*) FROM {duck.BATCH} GROUP BY 1"
-    for batch in store.documents.rows(plan.collection, ["doc"], duck.batch_bytes(con)):
+    rows = store.documents.rows(
+        plan.collection, ["doc"], duck.batch_bytes(con), copies=plan.segment_copies
+    )
+    for batch in rows:
         found = duck.on_batch(con, sql, batch)
         for shape, count in zip(*(column.to_pylist() for column in found.columns), strict=True):
             counts[shape] += count

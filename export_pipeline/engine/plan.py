@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ class ExportPlan(BaseModel):
     # Where the shards' parts wait on the export storage for the step that assembles them,
     # when the steps share no disk (Celery workers); None: in the scratch folder.
     parts_prefix: str | None = None
+
+    @property
+    def segment_copies(self) -> Path:
+        """Where the export's steps keep local copies of segments stored in S3."""
+        return self.scratch_dir / "segments"
 
     @property
     def documents_name(self) -> str:
@@ -74,9 +80,31 @@ def plan_export(
     if not isinstance(request, ExportRequest):
         request = parse_request(request)
     found_ns, found = store.resolve(namespace, collection)
+    export_id = new_id("exp_", 16)
+    scratch = store.settings.scratch_dir / export_id
+    try:
+        plan = _planned(store, request, found_ns, found, export_id, scratch, shards)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)  # copies of S3 segments, if any
+        raise
+    if stage_parts:
+        return plan.model_copy(update={"parts_prefix": f"{PARTS_ROOT}/{export_id}"})
+    return plan
+
+
+def _planned(
+    store: Store,
+    request: ExportRequest,
+    found_ns: Namespace,
+    found: Collection,
+    export_id: str,
+    scratch: Path,
+    shards: int | None,
+) -> ExportPlan:
+    copies = scratch / "segments"  # ExportPlan.segment_copies
     # the snapshot's structures say which fields are only ever scalars: their conditions
     # compile to direct comparisons (the plan reads exactly this snapshot)
-    kinds = field_kinds(store, found, filter_fields(request.filters))
+    kinds = field_kinds(store, found, filter_fields(request.filters), copies)
     compiled = compile_filter(request.filters, kinds=kinds)
     seed = request.sample_seed
     if request.sample_size is not None and seed is None:
@@ -88,7 +116,6 @@ def plan_export(
         shards = shard_count(
             store.settings.shards, found.document_count, threads=store.settings.duckdb_threads
         )
-    export_id = new_id("exp_", 16)
     return ExportPlan(
         export_id=export_id,
         namespace=found_ns,
@@ -98,10 +125,9 @@ def plan_export(
         filter_sql=compiled.sql,
         filter_params=compiled.params,
         sample_seed=seed,
-        scratch_dir=store.settings.scratch_dir / export_id,
+        scratch_dir=scratch,
         planned_at=datetime.now(UTC),
-        shards=plan_shards(store.documents.segment_files(found), shards),
-        parts_prefix=f"{PARTS_ROOT}/{export_id}" if stage_parts else None,
+        shards=plan_shards(store.documents.segment_files(found, copies), shards),
     )
 
 

@@ -99,10 +99,11 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     if not needs_survey(plan):
         return Selection()
     shapes = plan.request.format != "json" or plan.select_paths is not None
-    numbered = shapes and store.documents.numbered(plan.collection)
+    copies = plan.segment_copies
+    numbered = shapes and store.documents.numbered(plan.collection, copies=copies)
     limit = duck.batch_bytes(con)
     streamable = numbered and streams_matches(plan)
-    if streamable and store.documents.scan_source(plan.collection, limit) is not None:
+    if streamable and store.documents.scan_source(plan.collection, limit, copies=copies):
         return Selection(streamed=True)
     derive = shapes and not numbered  # json_structure of each match, as older stores need
     columns = ["document_id"]
@@ -110,7 +111,8 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
         columns.append("doc")
     if numbered:
         columns.append(SHAPE_ID)
-    rows = gathered(store.documents.rows(plan.collection, columns, limit), limit, QUERY_ROWS)
+    rows = store.documents.rows(plan.collection, columns, limit, copies=copies)
+    rows = gathered(rows, limit, QUERY_ROWS)
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = _Tally(plan.request.sample_size)
     for batch in rows:
@@ -125,7 +127,7 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     matched, counts, cutoff = tally.result()
     texts = pa.chunked_array([pa.array(list(known), pa.string())])
     if numbered:
-        texts = store.documents.structures(plan.collection)
+        texts = store.documents.structures(plan.collection, copies=copies)
     _count_shapes(plan, texts, counts if shapes else np.zeros(0, np.int64))
     return Selection(surveyed=True, matched=matched, cutoff=cutoff)
 
@@ -154,14 +156,14 @@ def matching_rows(
     """The snapshot's rows the predicate holds for, in id order, read and filtered by one
     streaming DuckDB query on every thread; None where the segments do not let DuckDB read
     them itself within the bounds of a batch (`Documents.scan_source`)."""
-    files = store.documents.scan_files(plan.collection, max_bytes)
+    files = store.documents.scan_files(plan.collection, max_bytes, copies=plan.segment_copies)
     if files is None:
         return None
     source = duck.parquet_source(files)
     selected, params = list(columns), []
     if SHAPE_ID in columns:  # numbered per segment on disk: made snapshot-wide
         selected[columns.index(SHAPE_ID)], params = store.documents.shape_id_sql(
-            plan.collection, files
+            plan.collection, files, copies=plan.segment_copies
         )
     sql = f"SELECT {', '.join(selected)} FROM {source} WHERE {where[0]}"
     batches = duck.streamed(con, sql, params + where[1], max_rows)

@@ -27,10 +27,11 @@ def _like(setting: str) -> Any:
 
 
 class StoreResource(dg.ConfigurableResource):
-    """The embedded collection store (EXPORT_PIPELINE_HOME) and how it keeps and reclaims
-    files."""
+    """The embedded collection store (EXPORT_PIPELINE_HOME, its segments maybe in S3:
+    EXPORT_PIPELINE_SEGMENTS) and how it keeps and reclaims files."""
 
     home: str = _like("home")
+    segments: str | None = _like("segments")
     max_columns: int = _like("max_columns")
     ingest_memory_limit: str = _like("ingest_memory_limit")
     segment_retention_seconds: int = _like("segment_retention_seconds")

@@ -35,6 +35,7 @@ from export_pipeline.store.batches import (
 )
 from export_pipeline.store.catalog import Catalog, Collection, utc_now
 from export_pipeline.store.operations import Operations
+from export_pipeline.store.segment_files import SegmentFiles, is_remote
 from export_pipeline.store.segments import SHAPE_ID, numbered, shapes_file
 
 
@@ -76,15 +77,21 @@ class DocumentStore:
     def __init__(self, catalog: Catalog, settings: Settings) -> None:
         self.catalog = catalog
         self.settings = settings
+        self.files = SegmentFiles(settings)
 
     def collection_dir(self, collection: Collection) -> Path:
         """Where a collection's segments, staging files and lock live."""
         return self.catalog.home / "collections" / collection.namespace_id / collection.id
 
-    def segment_files(self, collection: Collection) -> list[Path]:
-        """The segment files of the snapshot `collection` was read at."""
+    def segment_paths(self, collection: Collection) -> list[str]:
+        """The segments of the snapshot `collection` was read at: local paths, S3 URIs."""
         folder = self.collection_dir(collection) / "segments"
-        return [folder / name for name in collection.segments]
+        return [s if is_remote(s) else str(folder / s) for s in collection.segments]
+
+    def segment_files(self, collection: Collection, copies: Path | None = None) -> list[Path]:
+        """The segment files of the snapshot `collection` was read at, as local files: S3
+        segments (EXPORT_PIPELINE_SEGMENTS) are downloaded into `copies` first."""
+        return self.files.local_copies(self.segment_paths(collection), copies)
 
     def rows(
         self,
@@ -93,15 +100,18 @@ class DocumentStore:
         max_bytes: int = BATCH_BYTES,
         max_rows: int = BATCH_ROWS,
         ids: IdRange = (None, None),
+        *,
+        copies: Path | None = None,
     ) -> Iterator[pa.Table]:
         """The snapshot's rows in document_id order (O3), in batches of at most `max_rows`
         rows and about `max_bytes` bytes, only those with an id in `ids` (a shard's range):
         segments are sorted, so they are merged, not sorted.
 
         A SHAPE_ID column (only where `numbered`) holds snapshot-wide numbers: the position of
-        the document's structure in `shapes()`.
+        the document's structure in `shapes()`. `copies`: see `segment_files` (as for every
+        reader below).
         """
-        files = self.segment_files(collection)
+        files = self.segment_files(collection, copies)
         runs = [read_run(path, columns, max_bytes, max_rows, ids=ids) for path in files]
         if SHAPE_ID in columns:
             offsets = np.cumsum([0] + [_sidecar_rows(path) for path in files])
@@ -110,14 +120,18 @@ class DocumentStore:
             return prefetch(runs[0])
         return prefetch(rebatch(merge_sorted(runs), max_bytes, max_rows))
 
-    def scan_source(self, collection: Collection, max_bytes: int) -> str | None:
+    def scan_source(
+        self, collection: Collection, max_bytes: int, *, copies: Path | None = None
+    ) -> str | None:
         """A DuckDB FROM-clause source of the snapshot's rows in document_id order (O3), for
         a query that reads them all with `preserve_insertion_order` on; None where DuckDB
         must not read the segments itself (`scan_files`)."""
-        files = self.scan_files(collection, max_bytes)
+        files = self.scan_files(collection, max_bytes, copies=copies)
         return None if files is None else duck.parquet_source(files)
 
-    def scan_files(self, collection: Collection, max_bytes: int) -> list[Path] | None:
+    def scan_files(
+        self, collection: Collection, max_bytes: int, *, copies: Path | None = None
+    ) -> list[Path] | None:
         """The snapshot's segment files in the order `scan_source` reads them; None where
         DuckDB must not read them itself.
 
@@ -127,7 +141,7 @@ class DocumentStore:
         the order of their first ids is already in id order (nothing is merged or sorted).
         """
         ranges: list[tuple[bytes, bytes, Path]] = []
-        for path in self.segment_files(collection):
+        for path in self.segment_files(collection, copies):
             metadata = pq.read_metadata(path)
             if metadata.num_rows == 0:
                 continue
@@ -150,11 +164,13 @@ class DocumentStore:
             return None
         return [path for _, _, path in ranges]
 
-    def shape_id_sql(self, collection: Collection, files: list[Path]) -> tuple[str, list[Any]]:
+    def shape_id_sql(
+        self, collection: Collection, files: list[Path], *, copies: Path | None = None
+    ) -> tuple[str, list[Any]]:
         """A row's snapshot-wide SHAPE_ID (as `rows()` gives it) in a query over
         `duck.parquet_source(files)` (`scan_files`), and its parameters: each segment numbers
         its own structures, shifted by the sidecar rows of the segments before it."""
-        segments = self.segment_files(collection)
+        segments = self.segment_files(collection, copies)
         offsets = np.cumsum([0] + [_sidecar_rows(path) for path in segments])
         shift = dict(zip(segments, offsets.tolist(), strict=False))
         shifts = [int(shift[path]) for path in files]
@@ -166,11 +182,13 @@ class DocumentStore:
             shifts
         ]
 
-    def shapes(self, collection: Collection) -> list[tuple[str, int]] | None:
+    def shapes(
+        self, collection: Collection, *, copies: Path | None = None
+    ) -> list[tuple[str, int]] | None:
         """Every distinct JSON structure of the snapshot's documents with its count, from the
         segments' sidecars; None where a segment has none (written by an older version)."""
         found: list[tuple[str, int]] = []
-        for segment in self.segment_files(collection):
+        for segment in self.segment_files(collection, copies):
             sidecar = shapes_file(segment)
             if not sidecar.exists():
                 return None
@@ -182,17 +200,17 @@ class DocumentStore:
             )
         return found
 
-    def structures(self, collection: Collection) -> pa.ChunkedArray:
+    def structures(self, collection: Collection, *, copies: Path | None = None) -> pa.ChunkedArray:
         """The snapshot's structures as SHAPE_ID numbers them (where `numbered`): the
         sidecars' texts one after the other, left in Arrow (there may be one per document)."""
-        files = [shapes_file(segment) for segment in self.segment_files(collection)]
+        files = [shapes_file(segment) for segment in self.segment_files(collection, copies)]
         chunks = [pq.read_table(path, columns=["shape"]).column(0) for path in files]
         return pa.chunked_array([c for chunk in chunks for c in chunk.chunks], pa.string())
 
-    def numbered(self, collection: Collection) -> bool:
+    def numbered(self, collection: Collection, *, copies: Path | None = None) -> bool:
         """Whether every segment numbers its documents' structures (SHAPE_ID); segments
         written by older versions do not."""
-        for segment in self.segment_files(collection):
+        for segment in self.segment_files(collection, copies):
             sidecar = shapes_file(segment)
             if not sidecar.exists() or not numbered(pq.read_schema(sidecar)):
                 return False
@@ -208,6 +226,7 @@ class DocumentStore:
             # next sweep reclaims its staging folder and new segments by.
             record = Operations(self.catalog).begin("ingest", work.name, paths=[work])
             change = steps.Change(keep=list(fresh.segments), record=record)
+            forget = True
             try:
                 work.mkdir(parents=True)
                 with self._duckdb(work) as con:
@@ -215,10 +234,15 @@ class DocumentStore:
             except BaseException:
                 for path in change.created:  # a failed ingest changes nothing
                     path.unlink(missing_ok=True)
+                try:
+                    self.files.remove(change.uploaded)
+                except Exception:
+                    forget = False  # the record keeps them: the sweep's, once this process ends
                 raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-                record.end()
+                if forget:
+                    record.end()
 
     def _ingest(
         self,
@@ -232,16 +256,22 @@ class DocumentStore:
         staged = steps.stage(collection, source, work, con)
         if staged.count == 0:
             return IngestResult(0, 0, collection.document_count, collection.version)
-        stored = self.segment_files(collection)
+        stored = self.segment_files(collection, work / "stored")
         steps.check_ids(con, staged, source, stored, upsert)
-        folder = self.collection_dir(collection) / "segments"
+        # New segments for S3 are made in the ingest's own folder, then uploaded.
+        folder = work / "new" if self.files.remote else self.collection_dir(collection) / "segments"
         folder.mkdir(parents=True, exist_ok=True)
         replaced = _NO_REPLACED.empty_table()
         if upsert and stored:
-            replaced = steps.replace_stored(con, collection, folder, staged, change)
+            files = dict(zip(collection.segments, stored, strict=True))
+            replaced = steps.replace_stored(con, collection, files, folder, staged, change)
         steps.add_segment(con, collection, folder, staged, replaced, change)
+        if self.files.remote:
+            steps.upload(self.files, collection, folder, change)
         count = collection.document_count - change.replaced + staged.count
-        self._swap(collection, change.keep, count, change.retired)
+        expired = self._swap(collection, change.keep, count, change.retired)
+        change.uploaded = []  # listed now: nothing after this may remove them
+        self._expire(expired)
         return IngestResult(staged.count, change.replaced, count, collection.version + 1)
 
     @contextmanager
@@ -273,12 +303,16 @@ class DocumentStore:
             retired = {row[0] for row in db.execute("SELECT path FROM retired_segments")}
         for row in rows:
             folder = self.catalog.home / "collections" / row["namespace_id"] / row["id"]
-            listed.update(str(folder / "segments" / name) for name in orjson.loads(row[2]))
+            listed.update(
+                s if is_remote(s) else str(folder / "segments" / s) for s in orjson.loads(row[2])
+            )
         return listed, retired
 
     def _swap(
         self, collection: Collection, segments: list[str], count: int, retired: list[str]
-    ) -> None:
+    ) -> list[str]:
+        """List the new segments; remove local retired ones past retention, and return the
+        S3 ones (`_expire`)."""
         folder = self.collection_dir(collection) / "segments"
         now = time.time()
         with self.catalog.transaction() as db:
@@ -297,14 +331,31 @@ class DocumentStore:
                 raise ConflictError(f"collection {collection.name!r} changed during the ingest")
             db.executemany(
                 "INSERT OR REPLACE INTO retired_segments VALUES (?, ?)",
-                [(str(folder / name), now) for name in retired],
+                [(s if is_remote(s) else str(folder / s), now) for s in retired],
             )
-            expired = db.execute(
-                "SELECT path FROM retired_segments WHERE retired_at < ?",
-                (now - self.settings.segment_retention_seconds,),
-            ).fetchall()
-            db.executemany("DELETE FROM retired_segments WHERE path = ?", expired)
-        for (path,) in expired:
+            expired = [
+                row[0]
+                for row in db.execute(
+                    "SELECT path FROM retired_segments WHERE retired_at < ?",
+                    (now - self.settings.segment_retention_seconds,),
+                ).fetchall()
+            ]
+            local = [(path,) for path in expired if not is_remote(path)]
+            db.executemany("DELETE FROM retired_segments WHERE path = ?", local)
+        for (path,) in local:
             # Exports reading an older snapshot had the retention period to finish.
             Path(path).unlink(missing_ok=True)
             shapes_file(Path(path)).unlink(missing_ok=True)
+        return [path for path in expired if is_remote(path)]
+
+    def _expire(self, uris: list[str]) -> None:
+        """Remove retired S3 segments, then forget them; where S3 fails, the next ingest of
+        any collection tries again (the ingest that retired them has succeeded)."""
+        if not uris:
+            return
+        try:
+            self.files.remove(uris)
+        except Exception:
+            return
+        with self.catalog.transaction() as db:
+            db.executemany("DELETE FROM retired_segments WHERE path = ?", [(u,) for u in uris])

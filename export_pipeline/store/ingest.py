@@ -22,6 +22,7 @@ from export_pipeline.store.catalog import Collection, utc_now
 from export_pipeline.store.jsonl import LineError, batches
 from export_pipeline.store.lines import line_of
 from export_pipeline.store.operations import Operation
+from export_pipeline.store.segment_files import SegmentFiles, sidecar_of
 from export_pipeline.store.segments import (
     SegmentWriter,
     internal_suffix,
@@ -48,6 +49,7 @@ class Change:
     retired: list[str] = field(default_factory=list)
     replaced: int = 0
     created: list[Path] = field(default_factory=list)
+    uploaded: list[str] = field(default_factory=list)  # S3 URIs until the swap lists them
     record: Operation | None = None  # the ingest's record, told of each file before it exists
 
     def will_create(self, *paths: Path) -> None:
@@ -109,15 +111,18 @@ def check_ids(
 def replace_stored(
     con: duckdb.DuckDBPyConnection,
     collection: Collection,
+    stored: dict[str, Path],
     folder: Path,
     staged: Staged,
     change: Change,
 ) -> pa.Table:
-    """Rewrite the segments holding upserted ids without them; returns (document_id,
-    created_at) of the replaced documents, whose created_at the new versions keep."""
+    """Rewrite the segments holding upserted ids (`stored`: each listed segment's local file)
+    without them, into `folder`; returns (document_id, created_at) of the replaced
+    documents, whose created_at the new versions keep."""
     ids = _ids_sql([staged.path])
+    listing = ", ".join(duck.literal(str(path)) for path in stored.values())
     replaced = con.sql(
-        f"SELECT document_id, created_at FROM read_parquet([{_files(collection, folder)}])"
+        f"SELECT document_id, created_at FROM read_parquet([{listing}])"
         f" SEMI JOIN {ids} USING (document_id)"
     ).to_arrow_table()
     if not replaced.num_rows:
@@ -125,7 +130,7 @@ def replace_stored(
     gone = replaced.column(ID).combine_chunks()
     kept: list[str] = []
     for name in change.keep:
-        segment = folder / name
+        segment = stored[name]
         hits = con.execute(
             f"SELECT count(*) FROM {_ids_sql([segment])} SEMI JOIN {ids} USING (document_id)"
         ).fetchall()[0][0]
@@ -170,6 +175,19 @@ def add_segment(
     change.keep.append(name)
 
 
+def upload(files: SegmentFiles, collection: Collection, folder: Path, change: Change) -> None:
+    """Put the ingest's new segments (made in `folder`) in S3; the change lists their URIs."""
+    made = [name for name in change.keep if name not in collection.segments]
+    uris = {name: files.uri(collection.namespace_id, collection.id, name) for name in made}
+    change.uploaded += uris.values()
+    if change.record is not None:  # recorded before they exist, as local segments are
+        change.record.add(segments=uris.values())
+    pairs = [(folder / name, uri) for name, uri in uris.items()]
+    pairs += [(shapes_file(folder / name), sidecar_of(uri)) for name, uri in uris.items()]
+    files.upload(pairs)
+    change.keep = [uris.get(name, name) for name in change.keep]
+
+
 def _rows_in_order(staged: Staged, runs: Path) -> Iterator[pa.Table]:
     if staged.ascending:
         return read_run(staged.path, None)
@@ -204,10 +222,6 @@ def _keep_created_at(batch: pa.Table, replaced: pa.Table) -> pa.Table:
 def new_segment_name() -> str:
     """A fresh segment file name."""
     return f"seg_{uuid.uuid4().hex}.parquet"
-
-
-def _files(collection: Collection, folder: Path) -> str:
-    return ", ".join(duck.literal(str(folder / name)) for name in collection.segments)
 
 
 def _ids_sql(files: list[Path]) -> str:

@@ -12,11 +12,11 @@ A crash (SIGKILL, a lost machine) then leaves a record beside its debris, and
 
 What a record may hold: `paths` (local folders or files: scratch, staging), `storage_prefixes`
 (prefixes under the storage target `storage`, a URI as EXPORT_PIPELINE_STORAGE takes it) and
-`segments` (absolute paths of segment files, removed only while no collection version lists
-them). Its owner is (host name, pid, process start): the start (the boot id and the start
-tick of /proc/<pid>/stat) keeps a reused pid from passing for the owner. Records of another
-host cannot be checked: the sweep leaves them alone until they are older than
-EXPORT_PIPELINE_RECOVERY_FOREIGN_MAX_AGE_SECONDS.
+`segments` (absolute paths of segment files, or s3:// URIs of segments in S3, removed only
+while no collection version lists them). Its owner is (host name, pid, process start): the
+start (the boot id and the start tick of /proc/<pid>/stat) keeps a reused pid from passing
+for the owner. Records of another host cannot be checked: the sweep leaves them alone until
+they are older than EXPORT_PIPELINE_RECOVERY_FOREIGN_MAX_AGE_SECONDS.
 """
 
 from __future__ import annotations

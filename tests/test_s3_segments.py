@@ -1,0 +1,265 @@
+"""Segments in S3 (EXPORT_PIPELINE_SEGMENTS): ingests upload them, exports read local copies.
+
+Against moto's S3 server over HTTP. The same documents ingested into a store keeping its
+segments under home and into one keeping them in a bucket export to the same files; the
+bucket holds exactly what the catalog lists (and what retention still keeps), also after
+a refused or failed ingest; an export leaves no copy behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from conftest import export_job, make_collection, write_jsonl
+
+from export_pipeline.errors import ExportPipelineError
+from export_pipeline.orchestration.launch import ExportRun
+from export_pipeline.recovery import sweep
+from export_pipeline.settings import Settings
+from export_pipeline.store import Collection, Store, VectorIndex
+from export_pipeline.store import ingest as ingest_module
+from export_pipeline.store import segments as segments_module
+from export_pipeline.store.documents import DocumentStore
+from export_pipeline.store.operations import Owner
+from export_pipeline.store.segment_files import sidecar_of
+
+INDEXES = [VectorIndex(name="v", dimensions=3)]
+NOW = "2026-01-02T03:04:05.678901Z"  # both stores' documents carry the same timestamps
+
+
+def _doc(number: int, kind: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"document_id": f"d{number:04d}", "n": number}
+    doc["_vectors"] = {"v": [number / 7, -1.5, 2.0**-20]}
+    if number % 3 == 0:
+        doc["kind"] = kind or "obj"
+        doc["x"] = {"a": number, "b": f"b{number}"}
+    else:
+        doc["kind"] = kind or "str"
+        doc["x"] = f"text {number}" if number % 2 else [number, "two"]
+    if number % 5 == 0:
+        doc["text"] = 'quotes " and , commas\r\nlines ünï 😀'
+    return doc
+
+
+def _keys(bucket: str) -> set[str]:
+    client = boto3.session.Session().client("s3")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+def _listed_keys(store: Store, col: Collection, bucket: str) -> set[str]:
+    """The objects a collection's current version lists: segments and sidecars."""
+    found = store.catalog.collection(store.catalog.namespace(col.namespace_id), col.id)
+    uris = [u for s in found.segments for u in (s, sidecar_of(s))]
+    assert all(uri.startswith(f"s3://{bucket}/") for uri in uris)
+    return {uri.removeprefix(f"s3://{bucket}/") for uri in uris}
+
+
+def _parquet_under(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.parquet")) if folder.exists() else []
+
+
+@pytest.fixture
+def s3_settings(tmp_path: Path, bucket: str) -> Settings:
+    """A store whose segments go to the test's bucket."""
+    return Settings(home=tmp_path / "s3home", segments=f"s3://{bucket}/segs/")
+
+
+def _fill(store: Store) -> Collection:
+    """Four segments of small row groups, one interleaving the others' ids, then an upsert
+    that rewrites two of them."""
+    numbers = list(range(0, 120))
+    batches = [numbers[0:40], numbers[40:80], numbers[80:120:2], numbers[81:120:2]]
+    ns, col = make_collection(store, [_doc(n) for n in batches[0]], INDEXES, name="sharded")
+    folder = store.settings.home_dir.parent / "in"
+    for batch in batches[1:]:
+        store.ingest(ns.id, col.id, write_jsonl(folder, [_doc(n) for n in batch]))
+    changed = [_doc(n, kind="changed") for n in (5, 50, 51)]
+    store.ingest(ns.id, col.id, write_jsonl(folder, changed), upsert=True)
+    return store.catalog.collection(ns, col.id)
+
+
+@pytest.fixture
+def twins(
+    tmp_path: Path, s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Store, Collection, Store, Collection]:
+    """The same documents in a store with local segments and in one with S3 segments."""
+    monkeypatch.setattr(segments_module, "ROW_GROUP_ROWS", 8)
+    monkeypatch.setattr(ingest_module, "utc_now", lambda: NOW)
+    local = Store(Settings(home=tmp_path / "localhome"))
+    remote = Store(s3_settings)
+    return local, _fill(local), remote, _fill(remote)
+
+
+def _files(result: ExportRun) -> list[Path]:
+    paths = [Path(result.response.s3_path.removeprefix("file://"))]
+    if result.response.vectors_s3_path:
+        paths.append(Path(result.response.vectors_s3_path.removeprefix("file://")))
+    return paths
+
+
+def _same(path: Path, other: Path, mine: str, theirs: str) -> None:
+    """The same bytes (json, csv) or data (parquet), but for the collections' ids, which every
+    document carries (the two stores' collections are not the same one)."""
+    if path.suffix == ".parquet":
+        table, expected = pq.read_table(path), pq.read_table(other)
+        assert table.schema.equals(expected.schema, check_metadata=True)
+        rows = str(table.to_pylist()).replace(mine, theirs)
+        assert rows == str(expected.to_pylist())
+    else:
+        assert path.read_bytes().replace(mine.encode(), theirs.encode()) == other.read_bytes()
+
+
+def _export(store: Store, col: Collection, body: dict[str, Any], shards: int) -> ExportRun:
+    settings = store.settings.model_copy(update={"shards": str(shards)})
+    return export_job(col.namespace_id, col.id, body, settings=settings)
+
+
+def test_an_ingest_puts_segments_in_the_bucket_and_nothing_under_home(
+    s3_settings: Settings, bucket: str
+) -> None:
+    store = Store(s3_settings)
+    _, col = make_collection(store, [_doc(n) for n in range(30)], INDEXES)
+    assert len(col.segments) == 1
+    (uri,) = col.segments
+    assert uri.startswith(f"s3://{bucket}/segs/{col.namespace_id}/{col.id}/segments/seg_")
+    assert _keys(bucket) == _listed_keys(store, col, bucket)
+    assert _parquet_under(s3_settings.home_dir / "collections") == []
+    assert store.operations.records() == []
+
+
+def test_segment_objects_are_encrypted_as_exports_are(s3_settings: Settings, bucket: str) -> None:
+    store = Store(s3_settings.model_copy(update={"s3_sse": "AES256"}))
+    make_collection(store, [_doc(n) for n in range(3)], INDEXES)
+    client = boto3.session.Session().client("s3")
+    for key in _keys(bucket):
+        assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+
+BODIES = [
+    {},
+    {"include_vectors": True},
+    {"filters": {"kind": "obj"}},
+    {"filters": {"kind": "str"}, "include_vectors": True},
+    {"select_fields": ["x.a", "text"]},
+    {"sample_size": 17, "sample_seed": 5},
+]
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("body", BODIES)
+def test_exports_of_s3_segments_are_those_of_local_segments(
+    twins: tuple[Store, Collection, Store, Collection],
+    fmt: str,
+    body: dict[str, Any],
+    shards: int,
+) -> None:
+    local, local_col, remote, remote_col = twins
+    request = {"format": fmt, **body}
+    theirs = _export(local, local_col, request, shards)
+    mine = _export(remote, remote_col, request, shards)
+    assert len(mine.manifest["shards"]) == shards
+    assert mine.response.document_count == theirs.response.document_count
+    assert mine.manifest["warnings"] == theirs.manifest["warnings"]
+    for path, other in zip(_files(mine), _files(theirs), strict=True):
+        _same(path, other, remote_col.id, local_col.id)
+    # the copies went with the export's scratch space
+    assert _parquet_under(remote.settings.scratch_dir) == []
+    assert _parquet_under(remote.settings.home_dir / "collections") == []
+
+
+def test_shards_in_processes_of_their_own_share_one_set_of_copies(
+    twins: tuple[Store, Collection, Store, Collection],
+) -> None:
+    local, local_col, remote, remote_col = twins
+    body = {"format": "csv", "include_vectors": True}
+    settings = remote.settings.model_copy(update={"shards": "3", "executor": "local"})
+    mine = export_job(
+        remote_col.namespace_id, remote_col.id, body, settings=settings, processes=True
+    )
+    theirs = _export(local, local_col, body, 3)
+    for path, other in zip(_files(mine), _files(theirs), strict=True):
+        _same(path, other, remote_col.id, local_col.id)
+    assert _parquet_under(remote.settings.scratch_dir) == []
+
+
+def test_replaced_segments_leave_the_bucket_after_retention(
+    s3_settings: Settings, bucket: str
+) -> None:
+    settings = s3_settings.model_copy(update={"segment_retention_seconds": 0})
+    store = Store(settings)
+    ns, col = make_collection(store, [_doc(n) for n in range(20)], INDEXES)
+    first = _keys(bucket)
+    folder = settings.home_dir.parent / "in"
+    store.ingest(ns.id, col.id, write_jsonl(folder, [_doc(3, kind="new")]), upsert=True)
+    # retired now: an export of the older snapshot may still read it
+    assert first <= _keys(bucket)
+    store.ingest(ns.id, col.id, write_jsonl(folder, [_doc(100)]))
+    assert _keys(bucket) == _listed_keys(store, col, bucket)
+    assert not first & _keys(bucket)
+    with store.catalog.reading() as db:
+        assert db.execute("SELECT count(*) FROM retired_segments").fetchone()[0] == 0
+
+
+def test_a_refused_ingest_leaves_no_objects(s3_settings: Settings, bucket: str) -> None:
+    store = Store(s3_settings)
+    ns, col = make_collection(store, [_doc(n) for n in range(20)], INDEXES)
+    before = _keys(bucket)
+    lines = [_doc(n, kind="new") for n in range(5)] + ['{"document_id": 7, "broken"']
+    with pytest.raises(ExportPipelineError):
+        store.ingest(ns.id, col.id, write_jsonl(s3_settings.home / "in", lines), upsert=True)
+    assert _keys(bucket) == before
+    assert store.operations.records() == []
+
+
+def test_an_ingest_failing_after_its_uploads_removes_them(
+    s3_settings: Settings, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(s3_settings)
+    ns, col = make_collection(store, [_doc(n) for n in range(20)], INDEXES)
+    before = _keys(bucket)
+
+    def swap_fails(*args: Any) -> None:
+        assert len(_keys(bucket)) > len(before)  # uploaded, about to be listed
+        raise RuntimeError("the catalog went away")
+
+    monkeypatch.setattr(DocumentStore, "_swap", swap_fails)
+    source = write_jsonl(s3_settings.home / "in", [_doc(3, kind="new"), _doc(50)])
+    with pytest.raises(RuntimeError):
+        store.ingest(ns.id, col.id, source, upsert=True)
+    assert _keys(bucket) == before
+    assert store.operations.records() == []
+
+
+def test_the_sweep_removes_s3_segments_a_dead_ingest_recorded(
+    s3_settings: Settings, bucket: str
+) -> None:
+    store = Store(s3_settings)
+    ns, col = make_collection(store, [_doc(n) for n in range(20)], INDEXES)
+    listed = _keys(bucket)
+    uri = store.documents.files.uri(ns.id, col.id, "seg_dead.parquet")
+    source = s3_settings.home_dir.parent / "dead.parquet"
+    source.write_text("x")
+    store.documents.files.upload([(source, uri), (source, sidecar_of(uri))])
+    dead = Owner("no-such-host", 1, "")
+    store.operations.begin("ingest", "stg_dead", segments=[uri, *col.segments], owner=dead)
+    report = sweep(s3_settings.model_copy(update={"recovery_foreign_max_age_seconds": 0}), store)
+    assert report.segments == 1
+    assert _keys(bucket) == listed  # the listed segments it also named stay
+
+
+def test_local_segments_are_read_where_they_are(store: Store) -> None:
+    _, col = make_collection(store, [_doc(n) for n in range(5)], INDEXES)
+    (path,) = store.documents.segment_paths(col)
+    assert store.documents.segment_files(col, copies=Path("/nowhere")) == [Path(path)]
+
+
+@pytest.mark.parametrize("target", ["/a/folder", "s3://", "file:///x", "s3:/bucket"])
+def test_segments_go_to_s3_only(target: str) -> None:
+    with pytest.raises(ValueError, match="s3://bucket"):
+        Settings(segments=target)
