@@ -31,6 +31,7 @@ class StoreResource(dg.ConfigurableResource):
     files."""
 
     home: str = _like("home")
+    catalog: str | None = _like("catalog")
     max_columns: int = _like("max_columns")
     ingest_memory_limit: str = _like("ingest_memory_limit")
     segment_retention_seconds: int = _like("segment_retention_seconds")
