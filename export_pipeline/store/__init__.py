@@ -28,6 +28,9 @@ class Store:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.catalog is not None:  # SQLite's Catalog makes home for its file, as here
+            with guard(settings.home_dir, "home"):
+                settings.home_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(settings.home_dir, settings.catalog)
         self.documents = DocumentStore(self.catalog, settings)
         self.exports = ExportRegistry(self.catalog)
