@@ -22,6 +22,7 @@ from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 from export_pipeline.store import postgres as postgres_module
 from export_pipeline.store.catalog import Catalog
+from export_pipeline.store.database import masked
 from export_pipeline.store.postgres import MIGRATIONS, PostgresDatabase, migrate
 
 WORKTREE = Path(__file__).resolve().parents[1]
@@ -212,3 +213,19 @@ def test_the_cli_names_an_unreachable_catalog_without_the_password(
     out, err = capsys.readouterr()
     assert "s3cr3t-pw" not in out + err
     assert json.loads(out)["error"]["type"] == "EnvironmentError"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:p%40w:rd@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        (
+            "postgresql://h/db?user=u&password=pw&sslmode=require",
+            "postgresql://h/db?user=u&password=***&sslmode=require",
+        ),
+    ],
+)
+def test_masked_hides_only_the_password(url: str, shown: str) -> None:
+    assert masked(url) == shown

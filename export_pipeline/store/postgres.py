@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import psycopg.errors
+from psycopg.rows import RowMaker
 
 from export_pipeline.errors import CHANGED_NOTHING, EnvironmentProblem, ValidationError
 from export_pipeline.store.database import IntegrityError, masked
@@ -103,7 +104,8 @@ class Row(tuple[Any, ...]):
         return list(self._index)
 
 
-def _rows(cursor: Any) -> Any:
+def _rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
+    """psycopg's row factory for Row: the column names are looked up once per result."""
     index = {column.name: at for at, column in enumerate(cursor.description or ())}
 
     def make(values: Sequence[Any]) -> Row:
@@ -154,7 +156,10 @@ class PostgresDatabase:
     def __init__(self, url: str, *, migrated: bool = True) -> None:
         self.url = url
         self.name = masked(url)
-        _check(url)
+        # a server that does not answer fails in 10 s, unless the URL says otherwise
+        self.options: dict[str, Any] = {}
+        if "connect_timeout" not in _check(url):
+            self.options["connect_timeout"] = 10
         if migrated and url not in _MIGRATED:
             migrate(self)
             with _MIGRATED_LOCK:
@@ -166,7 +171,7 @@ class PostgresDatabase:
         masked, and drop psycopg's own exception, whose text may hold the URL."""
         try:
             connection = psycopg.connect(
-                self.url, autocommit=True, row_factory=_rows, connect_timeout=10
+                self.url, autocommit=True, row_factory=_rows, **self.options
             )
         except psycopg.OperationalError as exc:
             raise self._problem(exc) from None
@@ -258,17 +263,19 @@ def _rollback(db: PostgresConnection) -> None:
         db.execute("ROLLBACK")
 
 
-def _check(url: str) -> None:
-    """Refuse a URL libpq cannot use, before connecting."""
+def _check(url: str) -> dict[str, Any]:
+    """The URL's connection options; a ValidationError for a URL libpq cannot use."""
     try:
-        port = psycopg.conninfo.conninfo_to_dict(url).get("port")
+        options = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise _unusable(url, exc) from None
+    port = options.get("port")
     if port is not None and not re.fullmatch(r"[0-9]+(,[0-9]+)*", str(port)):
         raise ValidationError(
             f"EXPORT_PIPELINE_CATALOG {masked(url)} is not a usable PostgreSQL URL:"
             f" its port {port!r} is not a number"
         )
+    return options
 
 
 def _unusable(url: str, exc: psycopg.Error) -> ValidationError:
