@@ -4,6 +4,7 @@ ingests, exports, and errors that never show the password."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -166,15 +167,36 @@ def _wait_for_a_lock_wait(url: str) -> None:
             db.execute("SELECT pg_sleep(0.02)")
 
 
-def test_an_export_in_step_processes_reads_the_postgresql_catalog(settings: Settings) -> None:
+def test_an_export_in_step_processes_reads_the_postgresql_catalog(
+    settings: Settings, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The test server trusts loopback, so a password is accepted and ignored: here it is only
+    # something that must not show up in any log or file the export leaves.
+    assert settings.catalog and "postgresql://postgres@" in settings.catalog
+    secret = "s3cr3t-pw"
+    settings = settings.model_copy(
+        update={
+            "catalog": settings.catalog.replace("postgres@", f"postgres:{secret}@"),
+            "shards": "2",  # two shards: the steps run in processes of their own
+        }
+    )
     store = Store(settings)
     docs = [{"document_id": f"d{n:03d}", "n": n} for n in range(20)]
     ns, col = make_collection(store, docs)
     result = export_job(ns.name, col.name, {"format": "json"}, settings=settings, processes=True)
     assert [doc["n"] for doc in read_json_lines(result.response.s3_path)] == list(range(20))
+    workers = {shard["worker"] for shard in result.manifest["shards"]}
+    assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
     with store.catalog.reading() as db:  # the export was published in PostgreSQL
         assert [row["collection_id"] for row in db.execute("SELECT * FROM exports")] == [col.id]
     assert not (settings.home_dir / "catalog.sqlite").exists()
+    out, err = capfd.readouterr()
+    assert secret not in out + err + caplog.text
+    assert not [path for path in settings.home_dir.rglob("*") if _holds(path, secret)]
+
+
+def _holds(path: Path, text: str) -> bool:
+    return path.is_file() and text.encode() in path.read_bytes()
 
 
 # --- Errors -------------------------------------------------------------------------------
