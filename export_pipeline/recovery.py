@@ -68,7 +68,7 @@ def sweep(
     """Reclaim the leftovers of dead operations, and debris older than the grace period."""
     report = SweepReport()
     home = settings.home_dir
-    if not catalog_path(home).exists():
+    if not (home.is_dir() if settings.catalog else catalog_path(home).exists()):
         return report  # nothing was ever recorded or created here
     with _exclusive(home / ".sweep.lock") as mine:
         if not mine:

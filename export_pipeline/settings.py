@@ -22,6 +22,11 @@ class Settings(BaseSettings):
         Path(".export_pipeline"),
         description="Root of the embedded store (catalog, documents, scratch, local exports).",
     )
+    catalog: str | None = Field(
+        None,
+        description="Where the catalog lives: unset, a SQLite file in home; or a"
+        " postgresql://user:password@host:port/db URL (the schema is migrated on first use).",
+    )
     storage: str | None = Field(
         None,
         description="Where exports are published: file:///path (default: file://<home>/exports).",

@@ -35,6 +35,16 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings whose home is a fresh temporary folder, the catalog a SQLite file there or a
+    fresh PostgreSQL database (modules override `settings` with this to run on both)."""
+    if request.param == "sqlite":
+        return Settings(home=tmp_path / "home")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return Settings(home=tmp_path / "home", catalog=server.create_database())
+
+
 @pytest.fixture
 def store(settings: Settings) -> Store:
     """A store under the temporary home."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export_pipeline.store import catalog as catalog_module
+from export_pipeline.store import database as database_module
 from export_pipeline.store.catalog import Catalog
 
 
@@ -21,7 +21,7 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         opened.append(Path(path))
         return connect(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(catalog_module.sqlite3, "connect", counting)
+    monkeypatch.setattr(database_module.sqlite3, "connect", counting)
     return opened
 
 

@@ -19,8 +19,10 @@ def _write(path: Path, start: int, count: int) -> Path:
     return path
 
 
-def test_exports_during_ingest_see_whole_versions_only(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home")
+def test_exports_during_ingest_see_whole_versions_only(
+    tmp_path: Path, catalog_settings: Settings
+) -> None:
+    settings = catalog_settings  # the catalog in SQLite, and in PostgreSQL
     store = Store(settings)
     namespace = store.catalog.create_namespace("team")
     store.catalog.create_collection(namespace, "docs", [])

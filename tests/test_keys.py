@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,31 @@ KEY = re.compile(r"^sk_[A-Za-z0-9_-]{32}$")
 
 
 @pytest.fixture
+def settings(catalog_settings: Settings) -> Settings:
+    """Every test here runs with the catalog in SQLite and in PostgreSQL."""
+    return catalog_settings
+
+
+@pytest.fixture
 def spaces(store: Store) -> tuple[Namespace, Namespace]:
     return store.catalog.create_namespace("team-a"), store.catalog.create_namespace("team-b")
 
 
 def catalog_bytes(store: Store) -> bytes:
-    """The catalog as it sits on disk: the main file plus its write-ahead log."""
-    path = store.catalog.path
-    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+    """The catalog as stored: SQLite's main file plus its write-ahead log, or every row of
+    every table of the PostgreSQL database."""
+    if store.settings.catalog is None:
+        path = store.catalog.path
+        return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+    with store.catalog.reading() as db:
+        tables = db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return b"".join(
+            repr(db.execute(f"SELECT * FROM {table}").fetchall()).encode() for (table,) in tables
+        )
 
 
 def stored_hashes(store: Store) -> dict[str, tuple[str, str]]:
-    with sqlite3.connect(store.catalog.path) as db:
+    with store.catalog.reading() as db:
         rows = db.execute("SELECT id, lookup, hash FROM api_keys").fetchall()
     return {key_id: (lookup, hashed) for key_id, lookup, hashed in rows}
 
@@ -164,8 +176,15 @@ def test_create_needs_existing_namespaces(store: Store, spaces) -> None:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+def cli(
+    tmp_path: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
     monkeypatch.setenv("EXPORT_PIPELINE_HOME", str(tmp_path / "home"))
+    if settings.catalog:
+        monkeypatch.setenv("EXPORT_PIPELINE_CATALOG", settings.catalog)
 
     def run(*argv: str) -> tuple[int, dict[str, Any]]:
         code = main(list(argv))
@@ -174,7 +193,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     return run
 
 
-def test_cli_round_trip(cli, tmp_path: Path) -> None:
+def test_cli_round_trip(cli, tmp_path: Path, settings: Settings) -> None:
     _, team_a = cli("namespace", "create", "team-a")
     _, team_b = cli("namespace", "create", "team-b")
     code, made = cli("key", "create", "-n", "team-a", "-n", team_b["namespace_id"], "--name", "ci")
@@ -183,7 +202,7 @@ def test_cli_round_trip(cli, tmp_path: Path) -> None:
         {"id": team_a["namespace_id"], "name": "team-a"},
         {"id": team_b["namespace_id"], "name": "team-b"},
     ]
-    cli_store = Store(Settings(home=tmp_path / "home"))  # the catalog the CLI wrote
+    cli_store = Store(Settings(home=tmp_path / "home", catalog=settings.catalog))  # the CLI's
     found = cli_store.keys.authenticate(made["key"])
     assert found is not None and found.key_id == made["key_id"]
 

@@ -33,11 +33,18 @@ WORKTREE = Path(__file__).resolve().parents[1]
 DOCS = [{"document_id": f"d{i:05d}", "n": i} for i in range(50)]
 
 
+@pytest.fixture
+def settings(catalog_settings: Settings) -> Settings:
+    """Every test here runs with the catalog in SQLite and in PostgreSQL."""
+    return catalog_settings
+
+
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a child process working on the test's home."""
+    """The environment of a child process working on the test's home (and catalog)."""
     return {
         **os.environ,
         "EXPORT_PIPELINE_HOME": str(settings.home),
+        **({"EXPORT_PIPELINE_CATALOG": settings.catalog} if settings.catalog else {}),
         "EXPORT_PIPELINE_AGENT": "off",
         "PYTHONPATH": str(WORKTREE),
         **extra,

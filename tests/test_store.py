@@ -22,6 +22,12 @@ INDEXES = [
 ]
 
 
+@pytest.fixture
+def settings(catalog_settings: Settings) -> Settings:
+    """Every test here runs with the catalog in SQLite and in PostgreSQL."""
+    return catalog_settings
+
+
 def export_json(store: Store, ns: Namespace, col: Collection, **request: Any) -> list[dict]:
     result = export_job(ns.id, col.id, {"format": "json", **request}, settings=store.settings)
     return read_json_lines(result.response.s3_path)
@@ -401,14 +407,17 @@ def test_D1_D2_D3_store_persists_across_instances(store: Store, settings: Settin
     docs = [{"document_id": "a", "x": [1, {"y": "z"}]}, {"document_id": "b", "x": 2.5}]
     ns, col = make_collection(store, docs, INDEXES)
     original = export_json(store, ns, col)
-    fresh = Store(Settings(home=settings.home))  # what a new process sees
+    fresh = Store(Settings(home=settings.home, catalog=settings.catalog))  # what a new process sees
     ns2, col2 = fresh.resolve(ns.name, col.name)
     assert ns2 == ns
     assert (col2.id, col2.document_count, col2.version) == (col.id, 2, col.version)
     assert col2.vector_indexes == INDEXES
     assert export_json(fresh, ns2, col2) == original
     result = export_job(
-        ns.name, col.name, {"format": "json"}, settings=Settings(home=settings.home)
+        ns.name,
+        col.name,
+        {"format": "json"},
+        settings=Settings(home=settings.home, catalog=settings.catalog),
     )
     assert read_json_lines(result.response.s3_path) == original
 

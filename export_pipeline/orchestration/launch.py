@@ -199,7 +199,8 @@ def run_launch(
         guard(Path(instance.root_directory), "Dagster instance", PUBLISHED_NOTHING),
         sqlite_quiet.quiet(instance.root_directory),
     ):
-        sqlite_quiet.hold(catalog_path(settings.home_dir))
+        if settings.catalog is None:  # a PostgreSQL catalog has no file to hold
+            sqlite_quiet.hold(catalog_path(settings.home_dir))
         result = export_collection.execute_in_process(
             run_config=launch.run_config,
             # recovery: the run names its process, so a killed one is marked failed

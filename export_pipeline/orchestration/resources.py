@@ -31,6 +31,7 @@ class StoreResource(dg.ConfigurableResource):
     EXPORT_PIPELINE_SEGMENTS) and how it keeps and reclaims files."""
 
     home: str = _like("home")
+    catalog: str | None = _like("catalog")
     segments: str | None = _like("segments")
     max_columns: int = _like("max_columns")
     ingest_memory_limit: str = _like("ingest_memory_limit")

@@ -1,4 +1,4 @@
-"""The embedded collection store: a SQLite catalog plus parquet document segments."""
+"""The embedded collection store: a catalog (SQLite or PostgreSQL) plus parquet segments."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ class Store:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = Catalog(settings.home_dir)
+        if settings.catalog is not None:  # SQLite's Catalog makes home for its file, as here
+            with guard(settings.home_dir, "home"):
+                settings.home_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(settings.home_dir, settings.catalog)
         self.documents = DocumentStore(self.catalog, settings)
         self.exports = ExportRegistry(self.catalog)
         self.keys = ApiKeys(self.catalog)

@@ -1,23 +1,26 @@
-"""Namespaces and collections (CONTRACT D1, D2), kept in one SQLite file under home."""
+"""Namespaces and collections (CONTRACT D1, D2): a SQLite file under home, or PostgreSQL."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import sqlite3
 import string
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from export_pipeline.errors import ConflictError, NotFoundError, ValidationError, guard
+from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
+from export_pipeline.store.database import (
+    INTEGRITY_ERRORS,
+    Connection,
+    Database,
+    catalog_path,
+    open_database,
+)
 
 NAME = re.compile(r"[A-Za-z0-9_-]{3,100}")
 INDEX_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
@@ -75,19 +78,6 @@ CREATE TABLE IF NOT EXISTS api_key_namespaces (
 """
 
 
-# Catalog files (path, device, inode) whose schema this process has created or found: a Catalog
-# is made for every request and every step of an export, and need not check its schema again.
-# A catalog deleted and made anew by a Catalog gets its schema then; an empty file in its
-# place (even one reusing the inode) is checked again.
-_SCHEMA_READY: set[tuple[str, int, int]] = set()
-_SCHEMA_LOCK = threading.Lock()
-
-
-def catalog_path(home: Path) -> Path:
-    """The catalog's SQLite file under a home."""
-    return home / "catalog.sqlite"
-
-
 def new_id(prefix: str, length: int) -> str:
     """`prefix` + `length` random lowercase alphanumerics."""
     alphabet = string.ascii_lowercase + string.digits
@@ -135,72 +125,28 @@ class Collection(BaseModel):
 
 
 class Catalog:
-    """CRUD over namespaces and collections; SQLite serialises concurrent writers."""
+    """CRUD over namespaces and collections, in SQLite under home or in PostgreSQL."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, url: str | None = None) -> None:
         self.home = home
-        self.path = catalog_path(home)
-        if self._file_id() in _SCHEMA_READY:
-            return
-        with guard(home, "home"):
-            home.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            # One transaction: a catalog whose tables all exist costs no write.
-            db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")
-        ready = self._file_id()
-        if ready[1] != -1:
-            with _SCHEMA_LOCK:
-                _SCHEMA_READY.add(ready)
+        self.path = catalog_path(home)  # the SQLite file (unused with a PostgreSQL catalog)
+        self.database: Database = open_database(home, url, _SCHEMA)
 
-    def _file_id(self) -> tuple[str, int, int]:
-        """The catalog file's identity; (path, -1, -1) while there is no non-empty file."""
-        try:
-            found = os.stat(self.path)
-        except OSError:
-            return (str(self.path), -1, -1)
-        if found.st_size == 0:
-            return (str(self.path), -1, -1)
-        return (str(self.path), found.st_dev, found.st_ino)
+    def connect(self) -> AbstractContextManager[Connection]:
+        """A connection whose statements each commit on their own (no write lock)."""
+        return self.database.connect()
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # SQLite says "unable to open database file" or "database or disk is full" without a
-        # path: the guard names the catalog and, where it can tell, why.
-        with guard(self.path, "catalog"):
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA foreign_keys=ON")
-                db.row_factory = sqlite3.Row
-                yield db
-            finally:
-                db.close()
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction, serialised with every other writer, committed on success."""
+        return self.database.transaction()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate (write-locked) transaction, committed on success."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-
-    @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> AbstractContextManager[Connection]:
         """A read transaction: its statements see one snapshot, and no writer waits on it."""
-        with self._connect() as db:
-            db.execute("BEGIN")
-            try:
-                yield db
-            finally:
-                db.execute("ROLLBACK")
+        return self.database.reading()
 
     def check(self) -> None:
         """Raise if the catalog cannot be read."""
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("SELECT count(*) FROM namespaces").fetchone()
 
     def create_namespace(self, name: str) -> Namespace:
@@ -213,13 +159,13 @@ class Catalog:
                     "INSERT INTO namespaces VALUES (?, ?, ?)",
                     (namespace.id, name, utc_now()),
                 )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise ConflictError(f"namespace {name!r} already exists") from None
         return namespace
 
     def namespace(self, identifier: str) -> Namespace:
         """The namespace with this id or name."""
-        with self._connect() as db:
+        with self.connect() as db:
             row = db.execute(
                 "SELECT id, name FROM namespaces WHERE id = ? OR name = ? ORDER BY id = ? DESC",
                 (identifier, identifier, identifier),
@@ -246,7 +192,7 @@ class Catalog:
                     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (collection_id, namespace.id, name, indexes_json, now, now),
                 )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise ConflictError(
                 f"collection {name!r} already exists in namespace {namespace.name!r}"
             ) from None
@@ -254,7 +200,7 @@ class Catalog:
 
     def collection(self, namespace: Namespace, identifier: str) -> Collection:
         """The collection with this id or name, looked up inside `namespace` only."""
-        with self._connect() as db:
+        with self.connect() as db:
             row = db.execute(
                 "SELECT * FROM collections WHERE namespace_id = ? AND (id = ? OR name = ?)"
                 " ORDER BY id = ? DESC",
@@ -268,14 +214,14 @@ class Catalog:
 
     def collections(self, namespace: Namespace) -> list[Collection]:
         """The namespace's collections, by name."""
-        with self._connect() as db:
+        with self.connect() as db:
             rows = db.execute(
                 "SELECT * FROM collections WHERE namespace_id = ? ORDER BY name", (namespace.id,)
             ).fetchall()
         return [_collection(row) for row in rows]
 
 
-def _collection(row: sqlite3.Row) -> Collection:
+def _collection(row: Any) -> Collection:
     return Collection(
         id=row["id"],
         name=row["name"],

@@ -280,7 +280,9 @@ class DocumentStore:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one writer per collection; readers never wait
-            yield
+            # and in PostgreSQL, one across hosts too (a flock is this host's only)
+            with self.catalog.database.collection_lock(collection.id):
+                yield
 
     @contextmanager
     def _duckdb(self, work: Path) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -330,7 +332,8 @@ class DocumentStore:
             if changed != 1:
                 raise ConflictError(f"collection {collection.name!r} changed during the ingest")
             db.executemany(
-                "INSERT OR REPLACE INTO retired_segments VALUES (?, ?)",
+                "INSERT INTO retired_segments VALUES (?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET retired_at = excluded.retired_at",
                 [(s if is_remote(s) else str(folder / s), now) for s in retired],
             )
             expired = [

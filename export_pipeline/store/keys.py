@@ -14,13 +14,14 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, computed_field
 
 from export_pipeline.errors import NotFoundError, ValidationError
 from export_pipeline.store.catalog import Catalog, Namespace, new_id, utc_now
+from export_pipeline.store.database import INTEGRITY_ERRORS, Connection
 
 KEY = re.compile(r"sk_[A-Za-z0-9_-]{32}")
 TAG_LENGTH = 8
@@ -116,7 +117,7 @@ class ApiKeys:
                     " VALUES (?, ?, ?)",
                     [(key_id, namespace.id, i) for i, namespace in enumerate(bound)],
                 )
-        except sqlite3.IntegrityError:  # a namespace that is not (or no longer) in the catalog
+        except INTEGRITY_ERRORS:  # a namespace that is not (or no longer) in the catalog
             raise NotFoundError("namespace not found") from None
         record = ApiKey(
             key_id=key_id,
@@ -134,7 +135,7 @@ class ApiKeys:
         if not isinstance(key, str) or not KEY.fullmatch(key):
             return None
         # A plain read: no write lock, so authentication never waits for ingests.
-        with self.catalog._connect() as db:
+        with self.catalog.connect() as db:
             rows = db.execute(
                 "SELECT id, hash FROM api_keys WHERE lookup = ? AND revoked_at IS NULL",
                 (_tag(key),),
@@ -157,7 +158,7 @@ class ApiKeys:
 
     def get(self, key_id: str) -> ApiKey:
         """The key with this id (revoked or not)."""
-        with self.catalog._connect() as db:
+        with self.catalog.connect() as db:
             record = self._get(db, key_id)
         if record is None:
             raise NotFoundError(f"API key {key_id!r} not found")
@@ -165,7 +166,7 @@ class ApiKeys:
 
     def list(self) -> list[ApiKey]:
         """Every key, oldest first, revoked ones included (with revoked_at set)."""
-        with self.catalog._connect() as db:
+        with self.catalog.connect() as db:
             rows = db.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
             return [self._record(db, row) for row in rows]
 
@@ -181,12 +182,12 @@ class ApiKeys:
             raise NotFoundError(f"API key {key_id!r} not found")
         return record
 
-    def _get(self, db: sqlite3.Connection, key_id: str) -> ApiKey | None:
+    def _get(self, db: Connection, key_id: str) -> ApiKey | None:
         row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         return None if row is None else self._record(db, row)
 
     @staticmethod
-    def _record(db: sqlite3.Connection, row: sqlite3.Row) -> ApiKey:
+    def _record(db: Connection, row: Any) -> ApiKey:
         bound = db.execute(
             "SELECT n.id, n.name FROM api_key_namespaces k JOIN namespaces n"
             " ON n.id = k.namespace_id WHERE k.key_id = ? ORDER BY k.position",

@@ -12,6 +12,7 @@ from export_pipeline.settings import Settings
 # A value other than the default for every setting a step reads.
 CHANGED = {
     "home": "/tmp/elsewhere-home",
+    "catalog": "postgresql://u@127.0.0.1:5/db",
     "segments": "s3://b/segs",
     "storage": "s3://a-bucket/some/prefix",
     "scratch": "/tmp/elsewhere-scratch",
