@@ -103,12 +103,13 @@ class ExportLifecycle:
     def select(self, plan: ExportPlan) -> Selection:
         """Decide, once, what the shards cannot decide alone: a sample's cutoff, the chosen
         documents' structures (a pass over the matches, where the export needs one)."""
-        if not needs_survey(plan):  # nothing to decide, so no DuckDB connection either
-            return Selection()
-        with open_scratch(plan, self.settings) as con:
-            selection = survey(con, plan, self.store)
-        if plan.parts_prefix is not None:  # for shards on machines of their own; nothing of
-            self.storage.put(self._shapes_key(plan), chosen_shapes(plan))  # it stays here
+        selection = Selection()
+        if needs_survey(plan):  # else nothing to decide, so no DuckDB connection either
+            with open_scratch(plan, self.settings) as con:
+                selection = survey(con, plan, self.store)
+        if plan.parts_prefix is not None:  # the steps that follow run on machines of their
+            if selection.surveyed:  # own: what they need goes to the storage, and nothing
+                self.storage.put(self._shapes_key(plan), chosen_shapes(plan))  # stays here
             shutil.rmtree(plan.scratch_dir, ignore_errors=True)
         return selection
 

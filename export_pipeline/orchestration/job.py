@@ -37,11 +37,26 @@ def export_collection() -> None:
     report_export(publish_files(progress, parts.collect()))
 
 
-def export_job_with_resources() -> dg.JobDefinition:
+def export_job_with_resources(step_outputs: str | None = None) -> dg.JobDefinition:
     """The job with its resources from the environment's Settings, as a process running one
-    of its steps rebuilds it (`dg.reconstructable`)."""
-    from export_pipeline.orchestration.resources import resources_from
+    of its steps rebuilds it (`reconstructable_job`). `step_outputs`: the S3 storage the
+    steps' outputs go through (the celery executor), else Dagster's default."""
+    from export_pipeline.orchestration.resources import resources_from, step_outputs_on_storage
     from export_pipeline.settings import Settings
 
-    definitions = dg.Definitions(jobs=[export_collection], resources=resources_from(Settings()))
+    resources = resources_from(Settings())
+    resources.pop("io_manager", None)
+    if step_outputs is not None:
+        resources["io_manager"] = step_outputs_on_storage(step_outputs)
+    definitions = dg.Definitions(jobs=[export_collection], resources=resources)
     return definitions.get_job_def(JOB_NAME)
+
+
+def reconstructable_job(step_outputs: str | None) -> dg.ReconstructableJob:
+    """The job as other processes rebuild it. The launcher builds and keeps one per distinct
+    argument, so a launch with another storage for step outputs gets its own."""
+    return dg.build_reconstructable_job(
+        __name__,
+        export_job_with_resources.__name__,
+        reconstructable_kwargs={"step_outputs": step_outputs},
+    )

@@ -30,7 +30,7 @@ from export_pipeline.errors import (
 from export_pipeline.export import ExportLifecycle
 from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.config import ExportConfig, executor_config
-from export_pipeline.orchestration.job import export_collection, export_job_with_resources
+from export_pipeline.orchestration.job import export_collection, reconstructable_job
 from export_pipeline.orchestration.ops import Progress
 from export_pipeline.orchestration.resources import (
     resources_from,
@@ -88,7 +88,7 @@ def prepare(
     # refused now rather than in a step: a celery run without a broker, or without S3 storage
     executor_config(shards, store.settings.executor, store.settings.celery_broker)
     if shards > 1 and store.settings.executor == "celery":
-        step_outputs_on_storage(store.settings)
+        step_outputs_on_storage(store.settings.storage_uri)
     return ExportLaunch(run_config, tags.export_tags(found_ns, found, config.format, trigger))
 
 
@@ -240,7 +240,7 @@ def _run_in_processes(
         settings_environment(settings),
         _forkserver_of_this_environment(),
         dg.execute_job(
-            dg.reconstructable(export_job_with_resources),
+            reconstructable_job(settings.storage_uri if settings.executor == "celery" else None),
             instance=instance,
             run_config=launch.run_config,
             tags={**launch.tags, **tags.owner_tags()},

@@ -122,7 +122,7 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "duckdb": DuckDBResource(**values("duckdb")),
     }
     if settings.executor == "celery":
-        resources["io_manager"] = step_outputs_on_storage(settings)
+        resources["io_manager"] = step_outputs_on_storage(settings.storage_uri)
     return resources
 
 
@@ -134,14 +134,13 @@ def step_outputs_of_run(run_id: str) -> str:
     return f"{STEP_OUTPUTS}/storage/{run_id}"
 
 
-def step_outputs_on_storage(settings: Settings) -> Any:
+def step_outputs_on_storage(target: str) -> Any:
     """Where step outputs (plans, part lists: small) go between Celery workers, which share no
-    disk: pickled objects on the export storage, which every worker reaches."""
+    disk: pickled objects on the export storage `target`, which every worker reaches."""
     from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
     from export_pipeline.errors import ValidationError
 
-    target = settings.storage_uri
     if not target.startswith("s3://"):
         raise ValidationError(
             "EXPORT_PIPELINE_EXECUTOR=celery needs EXPORT_PIPELINE_STORAGE on S3 (s3://...):"

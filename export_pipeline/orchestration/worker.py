@@ -61,8 +61,5 @@ def run_worker(settings: Settings, concurrency: int | None) -> None:
         raise ValidationError("export-pipeline worker needs EXPORT_PIPELINE_CELERY_BROKER")
     if concurrency is not None and concurrency < 1:
         raise ValidationError(f"--concurrency is at least 1, got {concurrency}")
-    # The steps rebuild the job from this environment: with the celery executor's resources
-    # (step outputs on the export storage), as the launcher built it.
-    os.environ["EXPORT_PIPELINE_EXECUTOR"] = "celery"
     app = celery_app(settings.celery_broker)
     app.worker_main(worker_argv(concurrency or os.cpu_count() or 1))
