@@ -355,9 +355,21 @@ EXPORT = ["export", "things", "-n", "test-ns", "--format", "json"]
 IN_ONE_PROCESS = {"EXPORT_PIPELINE_SHARDS": "2", "EXPORT_PIPELINE_EXECUTOR": "in_process"}
 
 
+# The crash tests below are about processes and storage, which the catalog's backend does not
+# change: they run on SQLite, and one of them on PostgreSQL too (the catalog's own recovery
+# is tested on both above).
+ON_SQLITE = pytest.mark.parametrize("catalog_settings", ["sqlite"], indirect=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "point", ["export-planning", "export-writing", "export-assembly", "export-publish"]
+    ("catalog_settings", "point"),
+    [
+        *[("sqlite", p) for p in ("export-planning", "export-writing", "export-assembly")],
+        ("sqlite", "export-publish"),
+        ("postgres", "export-writing"),
+    ],
+    indirect=["catalog_settings"],
 )
 def test_a_killed_cli_export_is_reclaimed_and_its_run_marked_failed(
     store: Store, tmp_path: Path, point: str
@@ -382,6 +394,7 @@ def test_a_killed_cli_export_is_reclaimed_and_its_run_marked_failed(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["export-multipart", "export-manifest"])
+@ON_SQLITE
 def test_a_cli_export_killed_while_publishing_to_s3_leaves_nothing_after_gc(
     store: Store, tmp_path: Path, bucket: str, point: str
 ) -> None:
@@ -413,6 +426,7 @@ def test_a_cli_export_killed_while_publishing_to_s3_leaves_nothing_after_gc(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["export-writing", "export-assembly"])
+@ON_SQLITE
 def test_a_step_process_killed_fails_the_export_and_its_launcher_leaves_nothing(
     store: Store, tmp_path: Path, point: str
 ) -> None:
@@ -442,6 +456,7 @@ def test_a_step_process_killed_fails_the_export_and_its_launcher_leaves_nothing(
 
 
 @pytest.mark.slow
+@ON_SQLITE
 def test_an_api_export_cancelled_at_its_time_limit_leaves_nothing_on_s3(
     store: Store, tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
