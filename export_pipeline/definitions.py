@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from export_pipeline.orchestration.job import export_collection
-from export_pipeline.orchestration.resources import resources_from
+from export_pipeline.orchestration.resources import resources_from, step_outputs_of
 from export_pipeline.orchestration.schedules import build_schedules, load_schedules
 from export_pipeline.orchestration.sensors import build_sensors
 from export_pipeline.settings import Settings
@@ -18,7 +18,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[export_collection],
         schedules=build_schedules(entries, settings),
         sensors=build_sensors(entries, settings),
-        resources=resources_from(settings),
+        resources=resources_from(settings, step_outputs_of(settings)),
     )
 
 

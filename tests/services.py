@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import free_port
@@ -162,6 +163,17 @@ class RedisServer:
 
 
 @contextmanager
+def _running(server: PostgresServer | RedisServer, folder: Path) -> Iterator[Any]:
+    """`server` started, then stopped and its folder removed."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
 def postgres_server() -> Iterator[PostgresServer]:
     """A running PostgreSQL server, stopped and removed afterwards."""
     bin_dir = _postgres_bin()
@@ -170,13 +182,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     assert bin_dir is not None
     folder = Path(tempfile.mkdtemp(prefix="pg-"))
     folder.chmod(0o755)  # the postgres user reaches its cluster folder inside
-    server = PostgresServer(bin_dir, folder / "cluster")
-    try:
-        server.start()
+    with _running(PostgresServer(bin_dir, folder / "cluster"), folder) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
@@ -187,10 +194,5 @@ def redis_server() -> Iterator[RedisServer]:
         unavailable("redis-server is not installed (Debian package redis-server)")
     assert binary is not None
     folder = Path(tempfile.mkdtemp(prefix="redis-"))
-    server = RedisServer(binary, folder)
-    try:
-        server.start()
+    with _running(RedisServer(binary, folder), folder) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)

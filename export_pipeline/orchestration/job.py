@@ -41,13 +41,10 @@ def export_job_with_resources(step_outputs: str | None = None) -> dg.JobDefiniti
     """The job with its resources from the environment's Settings, as a process running one
     of its steps rebuilds it (`reconstructable_job`). `step_outputs`: the S3 storage the
     steps' outputs go through (the celery executor), else Dagster's default."""
-    from export_pipeline.orchestration.resources import resources_from, step_outputs_on_storage
+    from export_pipeline.orchestration.resources import resources_from
     from export_pipeline.settings import Settings
 
-    resources = resources_from(Settings())
-    resources.pop("io_manager", None)
-    if step_outputs is not None:
-        resources["io_manager"] = step_outputs_on_storage(step_outputs)
+    resources = resources_from(Settings(), step_outputs)
     definitions = dg.Definitions(jobs=[export_collection], resources=resources)
     return definitions.get_job_def(JOB_NAME)
 

@@ -34,6 +34,7 @@ from export_pipeline.orchestration.job import export_collection, reconstructable
 from export_pipeline.orchestration.ops import Progress
 from export_pipeline.orchestration.resources import (
     resources_from,
+    step_outputs_of,
     step_outputs_of_run,
     step_outputs_on_storage,
 )
@@ -207,11 +208,11 @@ def run_launch(
             tags={**launch.tags, **tags.owner_tags()},
             run_id=run_id,
             instance=instance,
+            # one process: the step outputs stay in its memory
             resources=resources_from(settings),
             raise_on_error=False,
         )
-    if not result.success:
-        _abandon(instance, result.run_id, settings)
+    if not result.success:  # its failed step reclaimed what the export wrote
         raise run_error(result)
     return _finished(result)
 
@@ -240,7 +241,7 @@ def _run_in_processes(
         settings_environment(settings),
         _forkserver_of_this_environment(),
         dg.execute_job(
-            reconstructable_job(settings.storage_uri if settings.executor == "celery" else None),
+            reconstructable_job(step_outputs_of(settings)),
             instance=instance,
             run_config=launch.run_config,
             tags={**launch.tags, **tags.owner_tags()},

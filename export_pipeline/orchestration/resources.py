@@ -101,8 +101,11 @@ def settings_of(store: StoreResource, storage: StorageResource, duckdb: DuckDBRe
     return Settings(**values)
 
 
-def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    """The job's resources configured from Settings (itself read from the environment)."""
+def resources_from(
+    settings: Settings, step_outputs: str | None = None
+) -> dict[str, dg.ConfigurableResource]:
+    """The job's resources configured from Settings (itself read from the environment);
+    `step_outputs`: the S3 storage step outputs go through (`step_outputs_of`), if any."""
     # the folders as this process resolves them: a step's process may not share its cwd
     resolved = {
         "home": str(settings.home_dir),
@@ -121,9 +124,15 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "storage": StorageResource(**values("storage")),
         "duckdb": DuckDBResource(**values("duckdb")),
     }
-    if settings.executor == "celery":
-        resources["io_manager"] = step_outputs_on_storage(settings.storage_uri)
+    if step_outputs is not None:
+        resources["io_manager"] = step_outputs_on_storage(step_outputs)
     return resources
+
+
+def step_outputs_of(settings: Settings) -> str | None:
+    """Where step outputs go between processes: the export storage with the celery executor,
+    whose workers share no disk; None: Dagster's default (the instance's folder)."""
+    return settings.storage_uri if settings.executor == "celery" else None
 
 
 STEP_OUTPUTS = ".dagster-io"  # under the storage's root; `storage/<run_id>/...` below it
