@@ -26,6 +26,7 @@ from export_pipeline.engine.manifest import (
     OutputFile,
     Outputs,
     build_manifest,
+    sha256_of,
 )
 from export_pipeline.engine.part_files import part_file, part_files
 from export_pipeline.engine.parts import (
@@ -131,8 +132,9 @@ class ExportLifecycle:
                 here.scratch_dir.mkdir(parents=True, exist_ok=True)
                 self.storage.fetch(self._shapes_key(plan), chosen_shapes(here))
             parts = write_parts(here, self.store, self.settings, selection, shard)
-            for part in parts.files():
+            for part in parts.files():  # measured here, so the assembly need not read it
                 part.key = f"{plan.parts_prefix}/{shard.index:05d}/{part.path.name}"
+                part.size, part.sha256 = part.path.stat().st_size, sha256_of(part.path)
                 self.storage.put(part.key, part.path)
         finally:
             shutil.rmtree(here.scratch_dir, ignore_errors=True)
@@ -150,26 +152,13 @@ class ExportLifecycle:
             else plan.model_copy(update={"scratch_dir": scratch})
         )
 
-    def _fetched(self, plan: ExportPlan, parts: list[ShardParts]) -> list[ShardParts]:
-        """The parts with local copies of those waiting on the export storage."""
-        for shard in parts:
-            for part in shard.files():
-                if part.key is not None:
-                    local = (
-                        plan.scratch_dir / "shards" / f"{shard.shard.index:05d}" / part.path.name
-                    )
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    self.storage.fetch(part.key, local)
-                    part.path = local
-        return parts
-
     def assemble(self, plan: ExportPlan, selection: Selection, parts: list[ShardParts]) -> Outputs:
         """The export's files from the shards' parts (in shard order), with their sizes,
         checksums and columns; nothing is re-serialised but where the shards wrote with
         the snapshot's shape and their documents' structures call for another (then every
         shard is written again with it)."""
         plan = self.here(plan)
-        parts = self._fetched(plan, sorted(parts, key=lambda found: found.shard.index))
+        parts = sorted(parts, key=lambda found: found.shard.index)
         if selection.streamed:
             parts = self._reshaped(plan, selection, parts)
         fmt = plan.request.format
@@ -234,7 +223,11 @@ class ExportLifecycle:
         columns = parts[0].columns if parts else []
         if len(parts) == 1:
             return part_file(role, name, parts[0], fmt, columns)
-        pieces = assembled(fmt, [part.path for part in parts])  # the first csv part: header
+        # Parts on the export storage stay there: only footers are read, and the checksum
+        # reads them through; the storage copies their bytes into the file.
+        read = self.storage.read_range
+        sources = [part.source() for part in parts]
+        pieces = assembled(fmt, sources, read_stored=read)  # the first csv part: header
         return OutputFile(
             role=role,
             name=name,
@@ -242,7 +235,7 @@ class ExportLifecycle:
             content_type=CONTENT_TYPES[fmt],
             rows=sum(part.rows for part in parts),
             bytes=size_of_pieces(pieces),
-            sha256=sha256_of_pieces(pieces),
+            sha256=sha256_of_pieces(pieces, read),
             columns=columns,
             pieces=list(pieces),
         )

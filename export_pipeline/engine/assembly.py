@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from export_pipeline.engine.parquet_footer import (
@@ -37,7 +37,8 @@ from export_pipeline.engine.parquet_footer import (
     encode_struct,
     paused_gc,
 )
-from export_pipeline.storage.base import FileRange, Piece
+from export_pipeline.storage.base import FileRange, Piece, StoredRange
+from export_pipeline.storage.pieces import ReadStored, cut_piece, read_piece
 
 MAGIC = b"PAR1"
 
@@ -69,8 +70,20 @@ OFFSET_INDEX_SHAPE = {OI_PAGE_LOCATIONS: {}}
 MAX_ORDINAL = 2**15 - 1  # RowGroup.ordinal is an i16
 
 
-def assembled(fmt: str, parts: list[Path], *, header: bytes = b"") -> tuple[Piece, ...]:
-    """The pieces of the one `fmt` file made of `parts` in order (csv: `header` first)."""
+# A part to assemble: a file in scratch space, or a whole object on the export storage (its
+# length the object's size), read through the storage's `read_range`.
+PartSource = Path | StoredRange
+
+
+def assembled(
+    fmt: str,
+    parts: Sequence[PartSource],
+    *,
+    header: bytes = b"",
+    read_stored: ReadStored | None = None,
+) -> tuple[Piece, ...]:
+    """The pieces of the one `fmt` file made of `parts` in order (csv: `header` first);
+    `read_stored` reads the footers of parquet parts on the storage."""
     if not parts:
         raise ValueError("no parts to assemble")
     if fmt == "json":
@@ -78,23 +91,47 @@ def assembled(fmt: str, parts: list[Path], *, header: bytes = b"") -> tuple[Piec
     if fmt == "csv":
         return ((header,) if header else ()) + _whole(parts)
     if fmt == "parquet":
-        return parquet_pieces(parts)
+        return parquet_pieces(parts, read_stored)
     raise ValueError(f"cannot assemble {fmt!r} files")
 
 
-def _whole(parts: list[Path]) -> tuple[Piece, ...]:
-    sizes = [(part, part.stat().st_size) for part in parts]
-    return tuple(FileRange(part, 0, size) for part, size in sizes if size)
+def _whole(parts: Sequence[PartSource]) -> tuple[Piece, ...]:
+    ranges = [_range_of(part) for part in parts]
+    return tuple(whole for whole in ranges if whole.length)
+
+
+def _range_of(part: PartSource) -> FileRange | StoredRange:
+    """The whole part as one range."""
+    return part if isinstance(part, StoredRange) else FileRange(part, 0, part.stat().st_size)
 
 
 @dataclass
 class ParquetPart:
     """A part's footer, decoded, and where its column data ends."""
 
-    path: Path
-    size: int
+    source: FileRange | StoredRange  # the whole part
     footer_start: int
     meta: Struct
+    read_stored: ReadStored | None = None
+
+    @property
+    def name(self) -> str:
+        """The part's file name, for messages."""
+        where = self.source
+        return where.path.name if isinstance(where, FileRange) else where.key.rsplit("/", 1)[-1]
+
+    @property
+    def size(self) -> int:
+        """The part's size in bytes."""
+        return self.source.length
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes of the part from `offset`."""
+        return read_piece(cut_piece(self.source, offset, length), self.read_stored)
+
+    def piece(self, offset: int, length: int) -> Piece:
+        """The range of the part from `offset`, as a piece of the assembled file."""
+        return cut_piece(self.source, offset, length)
 
     @property
     def row_groups(self) -> list[Struct]:
@@ -104,52 +141,54 @@ class ParquetPart:
         return [group for group in groups if group.get_value(RG_NUM_ROWS)]
 
 
-def read_part(path: Path) -> ParquetPart:
-    """The footer of the parquet file at `path`; ValueError if it is not one we can assemble."""
-    with open(path, "rb") as file:
-        size = file.seek(0, 2)
-        if size < 12:
-            raise ValueError(f"{path.name} is not a parquet file: {size} bytes")
-        file.seek(0)
-        head = file.read(4)
-        file.seek(size - 8)
-        tail = file.read(8)
-        if head != MAGIC or tail[4:] != MAGIC:
-            raise ValueError(f"{path.name} is not a plaintext-footer parquet file")
-        length = struct.unpack("<I", tail[:4])[0]
-        footer_start = size - 8 - length
-        if footer_start < 4:
-            raise ValueError(f"{path.name}: footer length {length} exceeds the file")
-        file.seek(footer_start)
-        footer = file.read(length)
+def read_part(source: PartSource, read_stored: ReadStored | None = None) -> ParquetPart:
+    """The footer of the parquet part; ValueError if it is not one we can assemble."""
+    part = ParquetPart(_range_of(source), 0, Struct(), read_stored)
+    size, name = part.size, part.name
+    if size < 12:
+        raise ValueError(f"{name} is not a parquet file: {size} bytes")
+    # The footer's last bytes are read with the tail: one read (a GET) for most footers.
+    tail = part.read(max(size - 64 * 1024, 4), size - max(size - 64 * 1024, 4))
+    if part.read(0, 4) != MAGIC or tail[-4:] != MAGIC:
+        raise ValueError(f"{name} is not a plaintext-footer parquet file")
+    length = struct.unpack("<I", tail[-8:-4])[0]
+    footer_start = size - 8 - length
+    if footer_start < 4:
+        raise ValueError(f"{name}: footer length {length} exceeds the file")
+    held = len(tail) - 8
+    footer = tail[held - length : held] if length <= held else part.read(footer_start, length)
     meta, end = decode_struct(footer, shape=FOOTER_SHAPE)
     if end != length:
-        raise ValueError(f"{path.name}: footer is {end} bytes, its length says {length}")
+        raise ValueError(f"{name}: footer is {end} bytes, its length says {length}")
     if FMD_ENCRYPTION in meta:
-        raise ValueError(f"{path.name} is encrypted: cannot assemble it")
-    return ParquetPart(path, size, footer_start, meta)
+        raise ValueError(f"{name} is encrypted: cannot assemble it")
+    return replace(part, footer_start=footer_start, meta=meta)
 
 
-def parquet_pieces(paths: list[Path]) -> tuple[Piece, ...]:
-    """The pieces of one parquet file holding the row groups of `paths`, in order."""
+def parquet_pieces(
+    sources: Sequence[PartSource], read_stored: ReadStored | None = None
+) -> tuple[Piece, ...]:
+    """The pieces of one parquet file holding the row groups of `sources`, in order."""
     with paused_gc():
-        return _parquet_pieces(paths)
+        return _parquet_pieces(sources, read_stored)
 
 
-def _parquet_pieces(paths: list[Path]) -> tuple[Piece, ...]:
-    parts = [read_part(path) for path in paths]
+def _parquet_pieces(
+    sources: Sequence[PartSource], read_stored: ReadStored | None
+) -> tuple[Piece, ...]:
+    parts = [read_part(source, read_stored) for source in sources]
     for index, part in enumerate(parts[1:], start=1):
         _check_schema(parts[0], part, index)
     filled = [part for part in parts if part.row_groups]  # a part with no rows adds nothing
     if not filled:
-        return (FileRange(parts[0].path, 0, parts[0].size),)
+        return (parts[0].source,)
     pieces: list[Piece] = [MAGIC]
     row_groups: list[Struct] = []
     start = len(MAGIC)
     for part in filled:
         moved, part_pieces = _moved_part(part, start)
         pieces.extend(part_pieces)
-        start += sum(p.length if isinstance(p, FileRange) else len(p) for p in part_pieces)
+        start += sum(len(p) if isinstance(p, bytes) else p.length for p in part_pieces)
         row_groups.extend(moved)
     meta = Struct(parts[0].meta)
     ordinals = len(row_groups) <= MAX_ORDINAL + 1
@@ -166,17 +205,18 @@ def _parquet_pieces(paths: list[Path]) -> tuple[Piece, ...]:
     pieces.append(footer + struct.pack("<I", len(footer)) + MAGIC)
     joined = _joined(pieces)
     # The first part starts with the same magic: one range from its first byte lets a local
-    # storage take that part's file as the start of the assembled one instead of copying it.
+    # storage take that part's file as the start of the assembled one instead of copying it
+    # (and S3 copy it whole).
     first = joined[1] if len(joined) > 1 else None
-    if joined[0] == MAGIC and isinstance(first, FileRange) and first.offset == len(MAGIC):
-        joined[:2] = [FileRange(first.path, 0, first.length + len(MAGIC))]
+    if joined[0] == MAGIC and not isinstance(first, bytes | None) and first.offset == len(MAGIC):
+        joined[:2] = [replace(first, offset=0, length=first.length + len(MAGIC))]
     return tuple(joined)
 
 
 def _check_schema(first: ParquetPart, part: ParquetPart, index: int) -> None:
     ours = first.meta.get_value(FMD_SCHEMA, Seq(0, [])).items
     theirs = part.meta.get_value(FMD_SCHEMA, Seq(0, [])).items
-    where = f"part {index} ({part.path.name}) has another schema than part 0 ({first.path.name})"
+    where = f"part {index} ({part.name}) has another schema than part 0 ({first.name})"
     for position, (a, b) in enumerate(zip(ours, theirs, strict=False)):
         if a == b:
             continue
@@ -206,7 +246,7 @@ def _moved_part(part: ParquetPart, start: int) -> tuple[list[Struct], list[Piece
     chunks = [cc for group in part.row_groups for cc in group[RG_COLUMNS][1].items]
     for chunk in chunks:
         if CC_FILE_PATH in chunk or CC_CRYPTO in chunk or CC_ENCRYPTED_META_DATA in chunk:
-            raise ValueError(f"{part.path.name}: column data elsewhere or encrypted")
+            raise ValueError(f"{part.name}: column data elsewhere or encrypted")
     indexed = sorted(
         (chunk[CC_OFFSET_INDEX_OFFSET][1], chunk[CC_OFFSET_INDEX_LENGTH][1])
         for chunk in chunks
@@ -217,7 +257,7 @@ def _moved_part(part: ParquetPart, start: int) -> tuple[list[Struct], list[Piece
 
     def data_moved(offset: int) -> int:
         if not len(MAGIC) <= offset < data_end:
-            raise ValueError(f"{part.path.name}: a page at {offset} is outside the column data")
+            raise ValueError(f"{part.name}: a page at {offset} is outside the column data")
         return offset + shift
 
     rewrites = _offset_indexes(part, indexed, data_moved)
@@ -235,11 +275,11 @@ def _moved_part(part: ParquetPart, start: int) -> tuple[list[Struct], list[Piece
     cursor = len(MAGIC)
     for offset, length, new in rewrites:
         if offset > cursor:
-            pieces.append(FileRange(part.path, cursor, offset - cursor))
+            pieces.append(part.piece(cursor, offset - cursor))
         pieces.append(new)
         cursor = offset + length
     if part.footer_start > cursor:
-        pieces.append(FileRange(part.path, cursor, part.footer_start - cursor))
+        pieces.append(part.piece(cursor, part.footer_start - cursor))
     return groups, pieces
 
 
@@ -251,16 +291,14 @@ def _offset_indexes(
         return []
     first, end = indexed[0][0], max(offset + length for offset, length in indexed)
     if end > part.footer_start:
-        raise ValueError(f"{part.path.name}: an offset index overlaps the footer")
-    with open(part.path, "rb") as file:
-        file.seek(first)
-        region = file.read(end - first)
+        raise ValueError(f"{part.name}: an offset index overlaps the footer")
+    region = part.read(first, end - first)
     decoded = decode_structs(region, [offset - first for offset, _ in indexed], OFFSET_INDEX_SHAPE)
     rewrites = []
     cursor = first
     for (offset, length), (index, end) in zip(indexed, decoded, strict=True):
         if offset < cursor or end != offset - first + length:
-            raise ValueError(f"{part.path.name}: offset index at {offset} is not {length} bytes")
+            raise ValueError(f"{part.name}: offset index at {offset} is not {length} bytes")
         for location in index[OI_PAGE_LOCATIONS][1].items:
             location.set_value(PL_OFFSET, I64, moved(location[PL_OFFSET][1]))
         rewrites.append((offset, length, encode_struct(index)))

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from export_pipeline.engine.plan import ExportPlan
-from export_pipeline.storage.base import FileRange
+from export_pipeline.storage.base import Piece
 
 MANIFEST_NAME = "manifest.json"
 
@@ -26,9 +26,10 @@ class OutputFile(BaseModel):
     bytes: int
     sha256: str
     columns: list[dict[str, str]]
-    # an assembly of the shards' parts (ranges of them, and bytes such as a csv header):
-    # the file is never written whole in scratch space; `path` is where it may be assembled
-    pieces: list[FileRange | bytes] | None = None
+    # an assembly of the shards' parts (ranges of them, in scratch space or on the export
+    # storage, and bytes such as a csv header): the file is never written whole in scratch
+    # space; `path` is where it may be assembled
+    pieces: list[Piece] | None = None
 
 
 class Outputs(BaseModel):

@@ -8,6 +8,7 @@ from export_pipeline.engine.manifest import OutputFile, sha256_of
 from export_pipeline.engine.parts import Part, ShardParts
 from export_pipeline.engine.plan import ExportPlan
 from export_pipeline.engine.writers import CONTENT_TYPES
+from export_pipeline.storage.base import StoredRange
 
 
 def part_files(
@@ -45,14 +46,18 @@ def part_files(
 def part_file(
     role: str, name: str, part: Part, fmt: str, columns: list[dict[str, str]]
 ) -> OutputFile:
-    """One part file published as it is, with its size and checksum."""
+    """One part file published as it is, with its size and checksum (a part on the export
+    storage: the ones its shard took, and its object as the file's one piece)."""
+    source = part.source()
+    stored = isinstance(source, StoredRange)
     return OutputFile(
         role=role,
         name=name,
         path=part.path,
         content_type=CONTENT_TYPES[fmt],
         rows=part.rows,
-        bytes=part.path.stat().st_size,
-        sha256=sha256_of(part.path),
+        bytes=source.length if stored else part.path.stat().st_size,
+        sha256=part.sha256 if stored and part.sha256 is not None else sha256_of(part.path),
         columns=columns,
+        pieces=[source] if stored else None,
     )

@@ -38,6 +38,7 @@ from export_pipeline.engine.selection import (
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.writers import DocumentsWriter, VectorsWriter, top_level_keys
 from export_pipeline.settings import Settings
+from export_pipeline.storage.base import StoredRange
 from export_pipeline.store import Store
 from export_pipeline.store.batches import QUERY_ROWS, gathered
 from export_pipeline.store.segments import SHAPE_ID, segment_schema, vector_column
@@ -53,6 +54,17 @@ class Part(BaseModel):
     rows: int
     columns: list[dict[str, str]]
     key: str | None = None  # where it waits on the export storage (ExportPlan.parts_prefix)
+    # with `key`: its size and checksum, taken before it left this machine's scratch space
+    size: int | None = None
+    sha256: str | None = None
+
+    def source(self) -> Path | StoredRange:
+        """Where its bytes are: the file in scratch space, or the whole object it was put as."""
+        if self.key is None:
+            return self.path
+        if self.size is None or self.sha256 is None:
+            raise ValueError(f"part {self.key} was put on the storage without its size or sha256")
+        return StoredRange(self.key, 0, self.size)
 
 
 class ShardParts(BaseModel):

@@ -10,6 +10,7 @@ from export_pipeline.storage.base import (
     Piece,
     PublishedObject,
     Storage,
+    StoredRange,
     TransientStorageError,
     export_prefix,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "PublishedObject",
     "S3Storage",
     "Storage",
+    "StoredRange",
     "TransientStorageError",
     "export_prefix",
     "open_storage",

@@ -15,6 +15,7 @@ __all__ = [
     "Piece",
     "PublishedObject",
     "Storage",
+    "StoredRange",
     "TransientStorageError",
     "export_prefix",
     "published",
@@ -30,9 +31,20 @@ class FileRange:
     length: int
 
 
-# A run of an assembled file's bytes: a range of a part written in scratch space (a shard's
-# part), or bytes made by the assembler itself (a csv header, a parquet footer).
-Piece = FileRange | bytes
+@dataclass(frozen=True)
+class StoredRange:
+    """`length` bytes of the object at `key` (under the storage's root), from byte `offset`:
+    a shard's part already on the export storage, where the shards ran on other machines."""
+
+    key: str
+    offset: int
+    length: int
+
+
+# A run of an assembled file's bytes: a range of a part written in scratch space or waiting on
+# the export storage (a shard's part), or bytes made by the assembler itself (a csv header, a
+# parquet footer).
+Piece = FileRange | StoredRange | bytes
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,10 @@ class Storage(Protocol):
 
     def fetch(self, key: str, path: Path) -> None:
         """Copy the object at `key` into the file at `path`."""
+        ...
+
+    def read_range(self, piece: StoredRange) -> bytes:
+        """The bytes of a range of an object under the root (a ranged GET)."""
         ...
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -15,8 +16,15 @@ from export_pipeline.errors import (
     ValidationError,
     guard,
 )
-from export_pipeline.storage.base import FileRange, LocalFile, PublishedObject, published
-from export_pipeline.storage.pieces import check_pieces, pieces_of, write_pieces
+from export_pipeline.storage.base import (
+    FileRange,
+    LocalFile,
+    Piece,
+    PublishedObject,
+    StoredRange,
+    published,
+)
+from export_pipeline.storage.pieces import check_pieces, pieces_of, read_piece, write_pieces
 
 
 class LocalStorage:
@@ -64,6 +72,7 @@ class LocalStorage:
         final = self.root / prefix
         if final.exists():
             raise ExportPipelineError(f"export folder {prefix} already exists")
+        files = [self._resolved(file) for file in files]
         staging = self.root / ".staging" / f"{_flat(prefix)}.{uuid.uuid4().hex}"
         with guard(self.root, "exports folder", PUBLISHED_NOTHING):
             try:
@@ -88,6 +97,21 @@ class LocalStorage:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         return published(self, prefix, files)
+
+    def _resolved(self, file: LocalFile) -> LocalFile:
+        """The file with its stored ranges (parts put under the root) as ranges of files."""
+        if file.pieces is None or not any(isinstance(p, StoredRange) for p in file.pieces):
+            return file
+        return replace(file, pieces=tuple(self._file_range(p) for p in file.pieces))
+
+    def _file_range(self, piece: Piece) -> Piece:
+        if not isinstance(piece, StoredRange):
+            return piece
+        return FileRange(self.root / piece.key, piece.offset, piece.length)
+
+    def read_range(self, piece: StoredRange) -> bytes:
+        """The bytes of a range of a file under the root."""
+        return read_piece(self._file_range(piece))
 
     def discard(self, prefix: str) -> tuple[int, int]:
         """Remove whatever an unfinished export put under `prefix`: the folder and its

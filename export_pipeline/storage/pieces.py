@@ -1,15 +1,12 @@
-"""Files made of pieces (ranges of part files in scratch space, and bytes): their size,
-hash and bytes, in bounded memory, and a local copy that lets the kernel move the bytes.
+"""Files made of pieces (ranges of part files in scratch space or on the export storage, and
+bytes): their size, hash and bytes, in bounded memory, and a local copy that lets the kernel
+move the bytes.
 
 Reading goes through `split_pieces`, which regroups pieces into runs of a fixed size (S3
-parts, hash chunks) without any I/O; only `read_part` touches files. An S3 upload therefore
-plans its parts first and reads each one in the thread that sends it. Server-side assembly
-(shards' parts already on S3) fits the same plan: a piece type for a range of an S3 object
-(bucket, key, offset, length) would be split like a FileRange, and a part made of exactly
-one such range is sent as UploadPartCopy with `CopySource` and `CopySourceRange="bytes=
-{offset}-{offset + length - 1}"` instead of being read. Since every part but the last must
-hold 5 MiB, the split would then cut parts at such ranges' edges and only read (ranged GET)
-the few bytes that join small pieces (a csv header) to a range's first bytes.
+parts, hash chunks) without any I/O; only `read_part` touches files (and, for a `StoredRange`,
+the storage, through the reader it is given). An S3 upload therefore plans its parts first and
+reads each one in the thread that sends it; `storage.s3_parts` plans parts that are one large
+stored range as server-side copies instead.
 """
 
 from __future__ import annotations
@@ -17,14 +14,19 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from export_pipeline.errors import ExportPipelineError
-from export_pipeline.storage.base import FileRange, LocalFile, Piece
+from export_pipeline.storage.base import FileRange, LocalFile, Piece, StoredRange
 
 __all__ = [
+    "ReadStored",
     "check_pieces",
+    "cut_piece",
     "pieces_of",
     "read_part",
     "read_pieces",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 _HASH_CHUNK = 4 * 1024 * 1024
+# Stored ranges are hashed in larger chunks (one GET each), a few fetched ahead of the hash.
+_STORED_CHUNK = 16 * 1024 * 1024
+_STORED_AHEAD = 4
 _COPY_CHUNK = 1 << 30  # per system call; the kernel caps a call near 2 GiB anyway
 # copy_file_range refuses some pairs of files (other file systems on older kernels, special
 # files); sendfile and then plain reads do the same job there.
@@ -48,7 +53,7 @@ def size_of_pieces(pieces: Iterable[Piece]) -> int:
 
 def check_pieces(pieces: Iterable[Piece]) -> None:
     """Raise if a range is negative or reaches past the end of its file (a short part)."""
-    for piece in pieces:
+    for piece in pieces:  # a stored range is checked by the storage that reads it
         if isinstance(piece, FileRange) and _length(piece):
             _short(piece, piece.path.stat().st_size)
 
@@ -74,7 +79,7 @@ def split_pieces(pieces: Iterable[Piece], size: int) -> Iterator[tuple[Piece, ..
         start, length = 0, _length(piece)
         while length:
             take = min(length, size - filled)
-            run.append(_cut(piece, start, take))
+            run.append(cut_piece(piece, start, take))
             start, length, filled = start + take, length - take, filled + take
             if filled == size:
                 yield tuple(run)
@@ -83,25 +88,45 @@ def split_pieces(pieces: Iterable[Piece], size: int) -> Iterator[tuple[Piece, ..
         yield tuple(run)
 
 
+# What reads a stored range's bytes: the storage the parts wait on (`Storage.read_range`).
+ReadStored = Callable[[StoredRange], bytes]
+
+
 def _length(piece: Piece) -> int:
-    if not isinstance(piece, FileRange):
+    if isinstance(piece, bytes):
         return len(piece)
     if piece.offset < 0 or piece.length < 0:
-        raise ExportPipelineError(f"invalid range of {piece.path}: {piece}")
+        raise ExportPipelineError(f"invalid range of {_where(piece)}: {piece}")
     return piece.length
 
 
-def _cut(piece: Piece, start: int, length: int) -> Piece:
+def _where(piece: FileRange | StoredRange) -> str:
+    return str(piece.path) if isinstance(piece, FileRange) else piece.key
+
+
+def cut_piece(piece: Piece, start: int, length: int) -> Piece:
+    """`length` bytes of the piece from its byte `start` (no I/O)."""
+    if isinstance(piece, bytes):
+        return piece[start : start + length]
+    if start == 0 and length == piece.length:
+        return piece
+    return replace(piece, offset=piece.offset + start, length=length)
+
+
+def read_piece(piece: Piece, read_stored: ReadStored | None = None) -> bytes:
+    """One piece's bytes, read into memory (a stored range through `read_stored`)."""
+    if isinstance(piece, bytes):
+        return piece
     if isinstance(piece, FileRange):
-        if start == 0 and length == piece.length:
-            return piece
-        return FileRange(piece.path, piece.offset + start, length)
-    return piece[start : start + length]
+        return _read_range(piece)
+    if read_stored is None:
+        raise ValueError(f"no reader for the stored range {piece}")
+    return read_stored(piece) if piece.length else b""
 
 
-def read_part(part: Iterable[Piece]) -> bytes:
+def read_part(part: Iterable[Piece], read_stored: ReadStored | None = None) -> bytes:
     """The bytes of a few pieces (one run of `split_pieces`), read into memory."""
-    chunks = [_read_range(p) if isinstance(p, FileRange) else p for p in part]
+    chunks = [read_piece(p, read_stored) for p in part]
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -119,17 +144,35 @@ def _read_range(piece: FileRange) -> bytes:
         return data
 
 
-def read_pieces(pieces: Iterable[Piece], chunk_size: int) -> Iterator[bytes]:
+def read_pieces(
+    pieces: Iterable[Piece], chunk_size: int, read_stored: ReadStored | None = None
+) -> Iterator[bytes]:
     """The pieces' bytes in chunks of exactly `chunk_size` (the last may be shorter)."""
     for part in split_pieces(pieces, chunk_size):
-        yield read_part(part)
+        yield read_part(part, read_stored)
 
 
-def sha256_of_pieces(pieces: Iterable[Piece]) -> str:
-    """The hex sha256 of the file the pieces make, read a few MiB at a time."""
+def sha256_of_pieces(pieces: Iterable[Piece], read_stored: ReadStored | None = None) -> str:
+    """The hex sha256 of the file the pieces make, read a few MiB at a time; stored ranges
+    are fetched a few chunks ahead of the hash, in threads (in bounded memory)."""
+    pieces = tuple(pieces)
     digest = hashlib.sha256()
-    for chunk in read_pieces(pieces, _HASH_CHUNK):
-        digest.update(chunk)
+    if not any(isinstance(piece, StoredRange) for piece in pieces):
+        for chunk in read_pieces(pieces, _HASH_CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
+    with ThreadPoolExecutor(_STORED_AHEAD, thread_name_prefix="hash-read") as pool:
+        ahead: deque[Future[bytes]] = deque()
+        try:
+            for run in split_pieces(pieces, _STORED_CHUNK):
+                ahead.append(pool.submit(read_part, run, read_stored))
+                if len(ahead) > _STORED_AHEAD:
+                    digest.update(ahead.popleft().result())
+            while ahead:
+                digest.update(ahead.popleft().result())
+        finally:
+            for future in ahead:
+                future.cancel()
     return digest.hexdigest()
 
 
@@ -147,6 +190,8 @@ def write_pieces(pieces: Iterable[Piece], target: Path, *, append: bool = False)
         for piece in pieces:
             if isinstance(piece, FileRange):
                 _copy_range(piece, fd)
+            elif isinstance(piece, StoredRange):  # a storage turns its own ranges into files
+                raise ValueError(f"cannot copy the stored range {piece} into a local file")
             else:
                 _write_all(fd, piece)
     except BaseException:
