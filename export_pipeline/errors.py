@@ -97,6 +97,19 @@ class InsufficientStorage(EnvironmentProblem):
     type_name = "InsufficientStorageError"
 
 
+class RunTimedOut(ExportPipelineError):
+    """The export took longer than the time limit; its run was cancelled."""
+
+    type_name = "GatewayTimeout"
+
+
+class ServiceUnavailable(ExportPipelineError):
+    """A service the export needs (the Dagster deployment's run queue) did not take it;
+    nothing was launched."""
+
+    type_name = "ServiceUnavailableError"
+
+
 class TransientStorageError(Exception):
     """A storage failure worth retrying: a timeout, throttling, a server error.
 

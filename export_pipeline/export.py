@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from export_pipeline.contract import ExportPart, ExportRequest, ExportResponse
+from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.assembly import assembled
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
@@ -51,6 +51,7 @@ from export_pipeline.engine.selection import (
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
+from export_pipeline.links import export_response
 from export_pipeline.recovery import reclaim, sweep_quietly
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
@@ -261,7 +262,7 @@ class ExportLifecycle:
         ]
         local.append(LocalFile(MANIFEST_NAME, manifest_path, "application/json"))
         storage = self.storage
-        published = {obj.name: obj for obj in storage.publish(prefix, local)}
+        storage.publish(prefix, local)
         self.store.exports.record(
             PublishedExport(
                 id=plan.export_id,
@@ -272,35 +273,7 @@ class ExportLifecycle:
                 exported_at=exported_at.isoformat(),
             )
         )
-        ttl = self.settings.url_ttl_seconds
-        documents = published[outputs.files[0].name]
-        first_vectors = next((f.name for f in outputs.files if f.role == "vectors"), None)
-        vectors = published[first_vectors] if first_vectors else None
-        parts = None
-        if plan.request.max_file_size_bytes is not None:
-            parts = [
-                ExportPart(
-                    role=f.role,  # type: ignore[arg-type]
-                    name=f.name,
-                    download_url=storage.download_url(published[f.name].key, ttl),
-                    s3_path=published[f.name].uri,
-                    document_count=f.rows,
-                    file_size_bytes=f.bytes,
-                    sha256=f.sha256,
-                )
-                for f in outputs.files
-            ]
-        response = ExportResponse(
-            download_url=storage.download_url(documents.key, ttl),
-            s3_path=documents.uri,
-            format=plan.request.format,
-            document_count=outputs.document_count,
-            file_size_bytes=outputs.files[0].bytes,
-            exported_at=exported_at,
-            vectors_download_url=storage.download_url(vectors.key, ttl) if vectors else None,
-            vectors_s3_path=vectors.uri if vectors else None,
-            parts=parts,
-        )
+        response = export_response(manifest, storage, self.settings.url_ttl_seconds)
         return ExportResult(response=response, manifest=manifest)
 
     def sweep(self) -> None:

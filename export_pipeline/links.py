@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
-from export_pipeline.contract import ExportPart
+from export_pipeline.contract import ExportPart, ExportResponse
 from export_pipeline.engine.manifest import MANIFEST_NAME
 from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
-from export_pipeline.storage import open_storage
+from export_pipeline.storage import Storage, open_storage
 from export_pipeline.store import Store
 
 
@@ -40,22 +41,9 @@ class ExportLinks(BaseModel):
         return data
 
 
-def fresh_links(
-    store: Store,
-    settings: Settings,
-    namespace: str,
-    export_id: str,
-    collection_id: str | None = None,
-) -> ExportLinks:
-    """Sign new links for an export of `namespace` (and of that collection, if given), from
-    the storage it was published to."""
-    found = store.exports.find(store.catalog.namespace(namespace), export_id)
-    if collection_id is not None and found.collection_id != collection_id:
-        raise NotFoundError(f"export {export_id!r} is not an export of this collection")
-    storage = open_storage(settings, found.storage)
-    manifest = json.loads(storage.read(f"{found.prefix}/{MANIFEST_NAME}"))
-    ttl = settings.url_ttl_seconds
-    signed_at = datetime.now(UTC).replace(microsecond=0)
+def export_response(manifest: dict[str, Any], storage: Storage, ttl_seconds: int) -> ExportResponse:
+    """The A1 response of a published export, from its manifest, with links signed now (the
+    publish step, fresh links and the API's run-queue path all answer with this)."""
     # The first file of each role: the only one, or the first part.
     documents = next(entry for entry in manifest["files"] if entry["role"] == "documents")
     vectors = next((entry for entry in manifest["files"] if entry["role"] == "vectors"), None)
@@ -65,7 +53,7 @@ def fresh_links(
             ExportPart(
                 role=entry["role"],
                 name=entry["name"],
-                download_url=storage.download_url(entry["key"], ttl),
+                download_url=storage.download_url(entry["key"], ttl_seconds),
                 s3_path=storage.uri_of(entry["key"]),
                 document_count=entry["rows"],
                 file_size_bytes=entry["bytes"],
@@ -73,16 +61,50 @@ def fresh_links(
             )
             for entry in manifest["files"]
         ]
-    return ExportLinks(
-        export_id=export_id,
-        download_url=storage.download_url(documents["key"], ttl),
+    return ExportResponse(
+        download_url=storage.download_url(documents["key"], ttl_seconds),
         s3_path=storage.uri_of(documents["key"]),
         format=manifest["format"],
         document_count=manifest["document_count"],
         file_size_bytes=documents["bytes"],
         exported_at=manifest["exported_at"],
-        vectors_download_url=storage.download_url(vectors["key"], ttl) if vectors else None,
+        vectors_download_url=storage.download_url(vectors["key"], ttl_seconds) if vectors else None,
         vectors_s3_path=storage.uri_of(vectors["key"]) if vectors else None,
-        urls_expire_at=signed_at + timedelta(seconds=ttl) if storage.links_expire else None,
         parts=parts,
+    )
+
+
+def published_manifest(
+    store: Store,
+    settings: Settings,
+    namespace: str,
+    export_id: str,
+    collection_id: str | None = None,
+) -> tuple[dict[str, Any], Storage]:
+    """The manifest of an export of `namespace` (and of that collection, if given), and the
+    storage it was published to."""
+    found = store.exports.find(store.catalog.namespace(namespace), export_id)
+    if collection_id is not None and found.collection_id != collection_id:
+        raise NotFoundError(f"export {export_id!r} is not an export of this collection")
+    storage = open_storage(settings, found.storage)
+    return json.loads(storage.read(f"{found.prefix}/{MANIFEST_NAME}")), storage
+
+
+def fresh_links(
+    store: Store,
+    settings: Settings,
+    namespace: str,
+    export_id: str,
+    collection_id: str | None = None,
+) -> ExportLinks:
+    """Sign new links for an export of `namespace` (and of that collection, if given), from
+    the storage it was published to."""
+    manifest, storage = published_manifest(store, settings, namespace, export_id, collection_id)
+    ttl = settings.url_ttl_seconds
+    signed_at = datetime.now(UTC).replace(microsecond=0)
+    response = export_response(manifest, storage, ttl)
+    return ExportLinks(
+        export_id=export_id,
+        urls_expire_at=signed_at + timedelta(seconds=ttl) if storage.links_expire else None,
+        **dict(response),
     )

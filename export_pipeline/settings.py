@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         description="Folder the request drop sensor watches for *.json requests"
         " (default: <home>/requests), or an S3 prefix: s3://bucket/prefix.",
     )
+    dagster_url: str | None = Field(
+        None,
+        description="The Dagster webserver of a distributed deployment, e.g."
+        " http://dagster-webserver:3000: the API submits each export to its run queue (the"
+        " daemon launches it) instead of running it on warm workers of its own (unset).",
+    )
     api_timeout_seconds: float = Field(
         900, gt=0, description="API exports running longer answer 504 and are cancelled."
     )

@@ -25,9 +25,13 @@ def test_every_export_pipeline_service_shares_one_environment_of_known_settings(
     compose = _compose()
     ours = {name: s for name, s in compose["services"].items() if "build" in s}
     assert set(ours) == {"webserver", "daemon", "api", "worker"}
-    environments = [s["environment"] for s in ours.values()]
-    assert all(env == environments[0] for env in environments)
-    env = environments[0]
+    env = ours["worker"]["environment"]
+    assert all(ours[name]["environment"] == env for name in ("webserver", "daemon"))
+    # the API alone submits its exports to the webserver's run queue
+    assert ours["api"]["environment"] == {
+        **env,
+        "EXPORT_PIPELINE_DAGSTER_URL": "http://webserver:3000",
+    }
     for name in env:
         if name.startswith("EXPORT_PIPELINE_"):
             assert name.removeprefix("EXPORT_PIPELINE_").lower() in Settings.model_fields, name

@@ -30,6 +30,7 @@ from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.dead_runs import collect
 from export_pipeline.orchestration.launch import local_instance, prepare
 from export_pipeline.orchestration.pool import RunPool, instance_limits
+from export_pipeline.orchestration.run_queue import RunQueue
 from export_pipeline.settings import Settings
 from export_pipeline.storage import open_storage
 from export_pipeline.store import Store
@@ -39,8 +40,9 @@ MAX_BODY_BYTES = 1024 * 1024
 bearer = HTTPBearer(auto_error=False, scheme_name="An API key: Authorization: Bearer sk_...")
 
 
-def create_app(settings: Settings | None = None, pool: RunPool | None = None) -> FastAPI:
-    """The API over the store and instance the settings point at."""
+def create_app(settings: Settings | None = None, pool: Runner | None = None) -> FastAPI:
+    """The API over the store and instance the settings point at; `pool`: what runs the
+    exports (default: `runner(settings)`)."""
     settings = settings or Settings()
     limiter = RateLimiter(settings.api_rate_limit_per_minute)
 
@@ -49,8 +51,7 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
         # What killed exports and ingests left is reclaimed, and their runs stop blocking
         # the queue, before the first request.
         await run_in_threadpool(_recover, settings)
-        # Warm workers: a request pays for its export, not for starting Python and Dagster.
-        app.state.pool = pool or RunPool(settings, *instance_limits(settings))
+        app.state.pool = pool or await run_in_threadpool(runner, settings)
         yield
         if pool is None:
             app.state.pool.close()
@@ -106,6 +107,8 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
             "storage": lambda: open_storage(settings).check(),
             "dagster": lambda: local_instance(settings).get_runs(limit=1),
         }
+        if settings.dagster_url:  # exports go to the deployment's run queue
+            checks["run_queue"] = RunQueue(settings).check
         failed = {}
         for name, check in checks.items():
             try:
@@ -118,6 +121,18 @@ def create_app(settings: Settings | None = None, pool: RunPool | None = None) ->
 
     install_schemas(app, bearer)
     return app
+
+
+Runner = RunPool | RunQueue
+
+
+def runner(settings: Settings) -> Runner:
+    """What runs the API's exports: the Dagster deployment's run queue where
+    EXPORT_PIPELINE_DAGSTER_URL names one, else warm workers of this process (a request pays
+    for its export, not for starting Python and Dagster) within the instance's limits."""
+    if settings.dagster_url:
+        return RunQueue(settings)
+    return RunPool(settings, *instance_limits(settings))
 
 
 def _recover(settings: Settings) -> None:
@@ -174,7 +189,7 @@ def _export(
     request: Request,
     collection_identifier: str,
     raw: bytes,
-    pool: RunPool,
+    pool: Runner,
 ) -> Any:
     store = Store(settings)
     key, found_ns = caller(request, store, limiter)

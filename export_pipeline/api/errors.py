@@ -19,10 +19,11 @@ from export_pipeline.errors import (
     ExportPipelineError,
     InsufficientStorage,
     NotFoundError,
+    RunTimedOut,
+    ServiceUnavailable,
     ValidationError,
     from_pydantic,
 )
-from export_pipeline.orchestration.pool import RunTimedOut
 
 log = logging.getLogger("export_pipeline.api")
 
@@ -78,6 +79,7 @@ _STATUS = {
     NotFoundError: 404,
     ConflictError: 409,
     RunTimedOut: 504,
+    ServiceUnavailable: 503,  # the run queue did not take the export: nothing launched
     InsufficientStorage: 507,  # a full disk: the request may succeed once space is freed
 }
 

@@ -8,7 +8,7 @@ import multiprocessing.forkserver
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,7 +249,7 @@ def _run_in_processes(
     ):
         try:
             if not result.success:
-                _abandon(instance, result.run_id, settings)
+                abandon_run(instance, result.run_id, settings)
                 raise run_error(result)
             return _finished(result)  # outputs are read while the result is open
         finally:
@@ -276,7 +276,7 @@ def _forkserver_of_this_environment() -> Iterator[None]:
     yield
 
 
-def _abandon(instance: dg.DagsterInstance, run_id: str, settings: Settings) -> None:
+def abandon_run(instance: dg.DagsterInstance, run_id: str, settings: Settings) -> None:
     """Whatever a failed run's export left, reclaimed: a step that fails cleans up after
     itself, but one whose process was killed cannot (the run's tags name the export)."""
     run = instance.get_run_by_id(run_id)
@@ -287,7 +287,13 @@ def _abandon(instance: dg.DagsterInstance, run_id: str, settings: Settings) -> N
 
 def run_error(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> ExportPipelineError:
     """The error a failed run stands for, as the core raised it where it can be recovered."""
-    for event in result.all_events:
+    return error_of_events(result.all_events, result.run_id)
+
+
+def error_of_events(events: Iterable[dg.DagsterEvent], run_id: str) -> ExportPipelineError:
+    """The error a failed run stands for, from its events: its first failed step's `error`
+    metadata (the core's error), else that step's message."""
+    for event in events:
         if event.event_type_value != "STEP_FAILURE":
             continue
         data = event.step_failure_data
@@ -295,8 +301,8 @@ def run_error(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> Expo
         if "error" in metadata:
             error = from_dict(metadata["error"].value)
             if isinstance(error, EnvironmentProblem):  # the API names the run, not the path
-                error.details = {**(error.details or {}), "run_id": result.run_id}
+                error.details = {**(error.details or {}), "run_id": run_id}
             return error
         message = data.error.message.strip() if data.error else "the export failed"
-        return ExportPipelineError(f"{event.step_key}: {message} (run {result.run_id})")
-    return ExportPipelineError(f"the export run {result.run_id} failed")
+        return ExportPipelineError(f"{event.step_key}: {message} (run {run_id})")
+    return ExportPipelineError(f"the export run {run_id} failed")

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from export_pipeline.contract import ExportResponse
-from export_pipeline.errors import ExportPipelineError, from_dict
+from export_pipeline.errors import ExportPipelineError, RunTimedOut, from_dict
 from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.launch import (
     ExportLaunch,
@@ -39,12 +39,6 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
 _CONTEXT = multiprocessing.get_context("spawn")  # never fork a threaded server
-
-
-class RunTimedOut(ExportPipelineError):
-    """The export took longer than the time limit; its run was cancelled."""
-
-    type_name = "GatewayTimeout"
 
 
 def _serve(settings_json: str, conn: Connection) -> None:

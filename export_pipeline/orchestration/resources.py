@@ -86,6 +86,7 @@ LAUNCH_ONLY = frozenset(
         "schedules",
         "drop_dir",
         "api_timeout_seconds",
+        "dagster_url",
         "api_rate_limit_per_minute",
         "api_header_timeout_seconds",
         "api_body_timeout_seconds",
