@@ -24,9 +24,9 @@ def test_every_export_pipeline_service_shares_one_environment_of_known_settings(
 ) -> None:
     compose = _compose()
     ours = {name: s for name, s in compose["services"].items() if "build" in s}
-    assert set(ours) == {"webserver", "daemon", "api", "worker"}
+    assert set(ours) == {"code-server", "webserver", "daemon", "api", "worker"}
     env = ours["worker"]["environment"]
-    assert all(ours[name]["environment"] == env for name in ("webserver", "daemon"))
+    assert all(ours[n]["environment"] == env for n in ("code-server", "webserver", "daemon"))
     # the API alone submits its exports to the webserver's run queue
     assert ours["api"]["environment"] == {
         **env,
@@ -41,6 +41,23 @@ def test_every_export_pipeline_service_shares_one_environment_of_known_settings(
     assert settings.executor == "celery" and settings.storage_uri.startswith("s3://")
     assert env["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
     assert ours["worker"]["command"][:2] == ["export-pipeline", "worker"]
+
+
+def test_the_webserver_and_the_daemon_load_the_job_from_the_one_code_server() -> None:
+    compose = _compose()
+    workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
+    (location,) = workspace["load_from"]
+    server = location["grpc_server"]
+    command = compose["services"]["code-server"]["command"]
+    assert command[:3] == ["dagster", "code-server", "start"]
+    assert command[command.index("-p") + 1] == str(server["port"])
+    assert command[command.index("--location-name") + 1] == server["location_name"]
+    assert server["host"] == "code-server"
+    assert "COPY deploy/workspace.yaml ./workspace.yaml" in (DEPLOY / "Dockerfile").read_text()
+    # the API submits to the location the workspace names
+    from export_pipeline.orchestration.run_queue import LOCATION
+
+    assert server["location_name"] == LOCATION
 
 
 def test_the_deployments_instance_keeps_runs_in_postgres(
