@@ -22,10 +22,17 @@ cursor does not know yet records the current version as its baseline and launche
 so turning the sensor on never exports every collection at once. Several changes between two
 evaluations make one export, of the latest version. It is STOPPED by default: exporting
 whenever data changes is an operator's decision.
+
+`export_step_outputs_cleanup` exists with the celery executor, whose steps pass their outputs
+(plans, part lists) through the export storage (`.dagster-io/storage/<run_id>/`). The
+launcher removes its own runs' outputs when they end; runs the daemon launched (the
+launchpad, schedules, sensors, the API's run queue) have no launcher waiting, so this sensor
+removes the outputs of every export run that ended since its last evaluation.
 """
 
 # No `from __future__ import annotations`: Dagster reads the evaluation functions' annotations.
 import json
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -36,23 +43,30 @@ from export_pipeline.orchestration.drops import (
     decide,
     drop_source,
 )
-from export_pipeline.orchestration.job import export_collection
+from export_pipeline.orchestration.job import JOB_NAME, export_collection
 from export_pipeline.orchestration.launch import prepare
+from export_pipeline.orchestration.resources import step_outputs_of_run
 from export_pipeline.orchestration.schedules import ScheduleEntry
 from export_pipeline.settings import Settings
+from export_pipeline.storage import open_storage
 from export_pipeline.store import Store
 
 __all__ = [
     "CHANGE_SENSOR",
     "DROP_SENSOR",
     "MAX_FILES_PER_TICK",
+    "STEP_OUTPUTS_SENSOR",
     "build_change_sensor",
     "build_drop_sensor",
     "build_sensors",
+    "build_step_outputs_sensor",
 ]
 
 DROP_SENSOR = "export_request_drop"
 CHANGE_SENSOR = "collection_change_exports"
+STEP_OUTPUTS_SENSOR = "export_step_outputs_cleanup"
+ENDED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+RUNS_PER_TICK = 100
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster's sensor daemon puts a run's run_key in
 
 
@@ -165,9 +179,49 @@ def build_change_sensor(entries: list[ScheduleEntry], settings: Settings) -> dg.
     return collection_change_exports
 
 
+def build_step_outputs_sensor(settings: Settings) -> dg.SensorDefinition:
+    """`export_step_outputs_cleanup`: ended export runs' step outputs removed from storage."""
+
+    @dg.sensor(
+        name=STEP_OUTPUTS_SENSOR,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Remove the step outputs (plans, part lists) that ended export runs left on"
+        " the export storage, which the celery executor passes them through.",
+    )
+    def export_step_outputs_cleanup(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        # The cursor is the last end seen; a run recorded at that same instant after the
+        # evaluation read is taken next time (removing twice is harmless).
+        since = datetime.fromisoformat(context.cursor) if context.cursor else None
+        records = context.instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=JOB_NAME,
+                statuses=ENDED,
+                updated_after=since - timedelta(microseconds=1) if since else None,
+            ),
+            limit=RUNS_PER_TICK,
+            order_by="update_timestamp",
+            ascending=True,
+        )
+        storage = open_storage(settings)
+        for record in records:
+            storage.discard(step_outputs_of_run(record.dagster_run.run_id))
+        stamps = [record.update_timestamp for record in records]
+        newest = max(stamps, default=since)
+        cursor = newest.astimezone(UTC).isoformat() if newest else None
+        return dg.SensorResult(
+            cursor=cursor, skip_reason=f"step outputs of {len(records)} ended runs removed"
+        )
+
+    return export_step_outputs_cleanup
+
+
 def build_sensors(entries: list[ScheduleEntry], settings: Settings) -> list[dg.SensorDefinition]:
-    """The drop sensor, and the change sensor when some entry has on_change: true."""
+    """The drop sensor, the change sensor when some entry has on_change: true, and the step
+    outputs' cleanup with the celery executor."""
     sensors = [build_drop_sensor(settings)]
     if any(entry.on_change for entry in entries):
         sensors.append(build_change_sensor(entries, settings))
+    if settings.executor == "celery":
+        sensors.append(build_step_outputs_sensor(settings))
     return sensors

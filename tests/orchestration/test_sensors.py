@@ -34,9 +34,11 @@ from export_pipeline.orchestration.sensors import (
     DROP_SENSOR,
     MAX_FILES_PER_TICK,
     RUN_KEY_TAG,
+    STEP_OUTPUTS_SENSOR,
     build_change_sensor,
     build_drop_sensor,
     build_sensors,
+    build_step_outputs_sensor,
     runs_exist,
 )
 from export_pipeline.settings import Settings
@@ -660,3 +662,38 @@ def test_a_run_request_from_an_s3_object_executes_the_export(
     assert objects(bucket) == ["inbox/export.json"]
     assert evaluate(sensor, instance=instance).run_requests == []  # its run exists
     assert objects(bucket) == ["inbox/accepted/export.json"]
+
+
+# --- Step outputs of ended runs (celery executor) ---------------------------------------
+
+
+def test_the_step_outputs_cleanup_exists_only_with_the_celery_executor(settings: Settings) -> None:
+    celery = settings.model_copy(update={"executor": "celery"})
+    assert STEP_OUTPUTS_SENSOR not in {s.name for s in build_sensors([], settings)}
+    sensor = next(s for s in build_sensors([], celery) if s.name == STEP_OUTPUTS_SENSOR)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_ended_runs_step_outputs_are_removed_and_running_runs_kept(
+    settings: Settings, bucket: str
+) -> None:
+    target = settings.model_copy(update={"executor": "celery", "storage": f"s3://{bucket}/exp"})
+    sensor = build_step_outputs_sensor(target)
+    instance = dg.DagsterInstance.ephemeral()
+    config = {"namespace": "test-ns", "collection": "things"}
+    ended, running = (
+        instance.create_run_for_job(job_def=export_collection, run_config=config) for _ in range(2)
+    )
+    for run in (ended, running):
+        put(bucket, f"exp/.dagster-io/storage/{run.run_id}/plan_export/result", b"pickled")
+    put(bucket, "exp/ns/exports/col/exp/documents.csv", b"published")
+    instance.report_run_failed(ended)
+
+    first = evaluate(sensor, instance=instance)
+    assert objects(bucket) == [
+        f"exp/.dagster-io/storage/{running.run_id}/plan_export/result",
+        "exp/ns/exports/col/exp/documents.csv",
+    ]
+    instance.report_run_canceled(running)
+    evaluate(sensor, cursor=first.cursor, instance=instance)
+    assert objects(bucket) == ["exp/ns/exports/col/exp/documents.csv"]
