@@ -1,4 +1,4 @@
-"""Compile a LogicalOperator (CONTRACT F1-F7) into one boolean DuckDB SQL expression.
+"""Compile a LogicalOperator (docs/contract.md F1-F7) into one boolean DuckDB SQL expression.
 
 The expression reads a column holding each document as JSON text. Filter values only
 ever travel as bound `?` parameters; the SQL text is built from fixed snippets, the
