@@ -1,5 +1,5 @@
-"""`python -m benchmarks.celery`: the same export on the embedded default and on Celery workers
-(issue 13), side by side in one run.
+"""`python -m benchmarks.celery`: the same export on the embedded default and on Celery workers,
+side by side in one run.
 
 It starts what the celery executor needs on loopback ports (Debian's redis-server as the
 broker, moto's S3 server for the export storage; tests/services.py starts them) and

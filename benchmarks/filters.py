@@ -1,4 +1,5 @@
-"""Large filters (issue 10): 1,000 conditions per operator, a mix, nested, distinct fields.
+"""Large filters (docs/contract.md F4): 1,000 conditions per operator, a mix, nested, distinct
+fields.
 
     python benchmarks/filters.py [--n 1000,10000] [--cases eq,mix] [--conditions 1000]
                                  [--timeout 300]

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.latency`: what a person waits for, from the client's side (issue 11).
+"""`python -m benchmarks.latency`: what a person waits for, from the client's side.
 
 - `--help` of the CLI and of each command;
 - a small CLI export (json, vectors, a filter) of `--small` documents, in a new process
@@ -50,7 +50,7 @@ LARGE_FORMATS = ["json", "csv", "parquet"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line; sizes default to the issue's targets."""
+    """The command line; sizes default to the README's Latency table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency")
     parser.add_argument("--small", type=int, default=1_000, help="documents of the small export")
     parser.add_argument("--medium", type=int, default=10_000, help="documents of the API case")

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.sharding`: the same export with one shard and with several (issue 12).
+"""`python -m benchmarks.sharding`: the same export with one shard and with several.
 
 Each case runs twice, side by side on the same stored collection, as the CLI launches it (a
 run of the `export_collection` job recorded in the instance): with `EXPORT_PIPELINE_SHARDS=1`

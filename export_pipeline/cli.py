@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only what every command needs loads here: `--help` and a usage error answer in a few tens
-# of milliseconds, and each command imports its own part of the library (issue 11).
+# of milliseconds, and each command imports its own part of the library (README: Latency).
 from export_pipeline.errors import (
     CHANGED_NOTHING,
     INGESTED_NOTHING,

@@ -1,4 +1,4 @@
-"""Request, response and filter models: the seed page plus CONTRACT.md (R*, F*, A1)."""
+"""Request, response and filter models: the seed plus docs/contract.md (R*, F*, A1)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ INT64 = (-(2**63), 2**63 - 1)
 
 
 class FilterOperator(StrEnum):
-    """The operators of a FilterCondition (CONTRACT operator table)."""
+    """The operators of a FilterCondition (docs/contract.md, the operator table)."""
 
     eq = "eq"
     ne = "ne"

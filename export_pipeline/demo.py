@@ -47,7 +47,7 @@ def demo_documents(count: int, dimensions: int = 8, seed: int = 42) -> Iterator[
                 "author": {"name": rng.choice(["Ada", "Grace", "Alan", "Edsger"])},
             },
             "tags": rng.sample(WORDS, rng.randrange(0, 4)),
-            # The same key with different types in different documents (CONTRACT D3).
+            # The same key with different types in different documents (docs/contract.md D3).
             "score": rng.choice([rng.randrange(100), rng.random(), "n/a", None]),
             "_vectors": {
                 "text_embedding": [round(rng.uniform(-1, 1), 6) for _ in range(dimensions)]

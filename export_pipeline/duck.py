@@ -1,4 +1,8 @@
-"""DuckDB connections configured once, the same way for ingest and export."""
+"""DuckDB connections configured once, the same way for ingest and export.
+
+What DuckDB 2.0.1 does that this module relies on (no httpfs, the memory cost of insertion
+order, defaults that are not bounds, globs and `?` in paths) is in docs/environment.md.
+"""
 
 from __future__ import annotations
 

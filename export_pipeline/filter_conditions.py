@@ -1,4 +1,4 @@
-"""One FilterCondition -> SQL over its field's features (CONTRACT F3, F5-F7, operator table).
+"""One FilterCondition -> SQL over its field's features (docs/contract.md F3, F5-F7, operators).
 
 A condition never reads JSON itself: it tests the features `filters.compile_filter` built
 once per document and field (`filter_macros`), through a `Field`. Values travel as bound

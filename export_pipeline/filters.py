@@ -1,10 +1,10 @@
-"""Compile a LogicalOperator (CONTRACT F1-F7) into one boolean DuckDB SQL expression.
+"""Compile a LogicalOperator (docs/contract.md F1-F7) into one boolean DuckDB SQL expression.
 
 The expression reads a column holding each document as JSON text. Filter values only
 ever travel as bound `?` parameters; the SQL text is built from fixed snippets, the
 P1-validated field paths (via `paths.json_path`) and the quoted column name.
 
-Cost is linear in conditions x documents, in memory that does not grow with them (issue 10):
+Cost is linear in conditions x documents, in memory that does not grow with them:
 - A condition never parses the document. One that did kept DuckDB's JSON buffers for every
   condition, about 1 KB per document and condition: 300 conditions ran out of 512 MB on
   1,000 documents.

@@ -1,4 +1,4 @@
-"""Field paths (CONTRACT P1, P2): the grammar, and how a path reaches into a document."""
+"""Field paths (docs/contract.md P1, P2): the grammar, and how a path reaches into a document."""
 
 from __future__ import annotations
 

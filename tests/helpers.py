@@ -24,7 +24,10 @@ import pyarrow.parquet as pq
 
 from export_pipeline.contract import SEED_REQUEST_EXAMPLE
 
-SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_e9b29afa5f7a4441.txt"
+# The seed's example request body (verbatim) and example response, kept in the repository.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SEED_REQUEST_FILE = FIXTURES / "seed_request.json"
+SEED_RESPONSE_FILE = FIXTURES / "seed_response.json"
 
 SEED_REQUEST: dict[str, Any] = SEED_REQUEST_EXAMPLE  # test_contract_models checks it
 # Documents the seed's filter can tell apart (it keeps exactly SEED_MATCHES).
@@ -55,12 +58,10 @@ SEED_RESPONSE_FIELDS = {
 }
 
 
-def parse_seed(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The example request body and example response object of the seed page."""
-    start = text.index("--data '") + len("--data '")
-    end = text.index("'\n", start)
-    request = json.loads(text[start:end])
-    response, _ = json.JSONDecoder().raw_decode(text, text.index("{", end))
+def seed_example() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The seed's example request body and example response object (tests/fixtures)."""
+    request = json.loads(SEED_REQUEST_FILE.read_text(encoding="utf-8"))
+    response = json.loads(SEED_RESPONSE_FILE.read_text(encoding="utf-8"))
     return request, response
 
 

@@ -1,4 +1,4 @@
-"""A plain-Python evaluator of CONTRACT F1-F7, written from the contract, to check the SQL."""
+"""A plain-Python evaluator of docs/contract.md F1-F7, written from the rules, to check the SQL."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def _eq(v: Any, value: Any, cs: bool) -> bool:
 def _compare(v: Any, value: Any) -> int | None:
     """-1/0/1 for comparable kinds (numbers; strings as ISO-8601 times or code points)."""
     if _kind(v) == _kind(value) == "number":
-        # an integer and a float compare as doubles (README decision)
+        # an integer and a float compare as doubles (docs/contract.md F6)
         a, b = (
             (v, value)
             if isinstance(v, int) and isinstance(value, int)

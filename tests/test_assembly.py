@@ -1,4 +1,4 @@
-"""Shards' parts assembled into one file, never re-serialised (issue 12): json and csv byte for
+"""Shards' parts assembled into one file, never re-serialised: json and csv byte for
 byte as one writer makes them, parquet lossless and readable by pyarrow and DuckDB."""
 
 from __future__ import annotations

@@ -12,21 +12,16 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import files_under
+from helpers import SEED_REQUEST_FILE, files_under
 
 from export_pipeline.cli import main
 from export_pipeline.contract import ExportResponse
 from export_pipeline.jsontext import MAX_REQUEST_DEPTH
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_e9b29afa5f7a4441.txt"
-
 
 def seed_body() -> str:
-    """The seed's example request body, verbatim (skips where the seed page is not beside us)."""
-    if not SEED.exists():
-        pytest.skip(f"seed page not found at {SEED}")
-    text = SEED.read_text()
-    return text.split("--data '", 1)[1].split("'\n", 1)[0]
+    """The seed's example request body, verbatim (tests/fixtures/seed_request.json)."""
+    return SEED_REQUEST_FILE.read_text(encoding="utf-8")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import SEED_FILE, SEED_REQUEST, SEED_RESPONSE_FIELDS, parse_seed
+from helpers import SEED_REQUEST, SEED_RESPONSE_FIELDS, seed_example
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.plan import parse_request
@@ -47,12 +47,11 @@ def nested(levels: int) -> dict[str, Any]:
 # --- seed ------------------------------------------------------------------------------
 
 
-def test_A1_R_seed_copy_matches_seed_page() -> None:
-    if not SEED_FILE.exists():
-        pytest.skip(f"seed page not found at {SEED_FILE}")
-    request, response = parse_seed(SEED_FILE.read_text(encoding="utf-8"))
+def test_A1_R_seed_copy_matches_seed_example() -> None:
+    request, response = seed_example()
     assert request == SEED_REQUEST
     assert set(response) == SEED_RESPONSE_FIELDS
+    assert ExportResponse.model_validate(response).model_dump(mode="json").keys() == response.keys()
 
 
 def test_R_seed_example_request_validates() -> None:

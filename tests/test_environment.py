@@ -1,4 +1,4 @@
-"""Full and read-only disks, as a user meets them through the CLI (issue 10).
+"""Full and read-only disks, as a user meets them through the CLI (README: Using it).
 
 Each case mounts a small tmpfs (CI runs as root) where the scratch space, the exports folder
 or the whole home lives, and runs the real `export-pipeline` script. Each asserts the exit

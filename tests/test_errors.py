@@ -1,4 +1,4 @@
-"""How a failure of the machine is read (issue 10): on real exceptions raised by Python,
+"""How a failure of the machine is read (README: Using it): on real exceptions raised by Python,
 DuckDB and SQLite themselves, into one line naming the cause, the path and what was left
 undone; and what an HTTP client is told of it."""
 

@@ -1,4 +1,5 @@
-"""Filters specialised by the snapshot's structures (issue 11), end to end.
+"""Filters specialised by the snapshot's structures (docs/architecture.md: How a filter runs), end
+to end.
 
 An export plans its filter from the structures its snapshot's sidecars list: a field that
 is only ever a scalar is compared directly. The files are the same as the general form's;

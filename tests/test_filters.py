@@ -1,4 +1,4 @@
-"""The filter compiler against CONTRACT F1-F7/P2: examples per rule, property tests, security.
+"""The filter compiler against docs/contract.md F1-F7/P2: examples per rule, properties, security.
 
 Every example and property is checked twice: in the general form, and specialised for the
 fields the documents' structures prove scalar (as an export plans it from the snapshot).

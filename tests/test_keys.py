@@ -1,4 +1,4 @@
-"""API keys (CONTRACT H1): shown once, stored only as salted hashes, bound to namespaces."""
+"""API keys (docs/contract.md H1): shown once, stored only as salted hashes, bound to namespaces."""
 
 from __future__ import annotations
 

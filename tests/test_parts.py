@@ -1,4 +1,4 @@
-"""`max_file_size_bytes` (issue 12): exports as numbered parts of bounded size.
+"""`max_file_size_bytes` (docs/contract.md W1): exports as numbered parts of bounded size.
 
 The documents are large (hundreds of KB of random text, one of 9 MiB) and the vectors wide,
 so real 5 MiB parts are cut by the documents in one place and by the vectors in another.

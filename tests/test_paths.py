@@ -1,5 +1,6 @@
-"""Any path works (issue 10): homes, scratch and storage folders whose paths hold spaces,
-`?`, `#`, `%`, non-ASCII letters and DuckDB's glob characters, through the real CLI."""
+"""Any path works (docs/architecture.md: Paths on disk): homes, scratch and storage folders whose
+paths hold spaces, `?`, `#`, `%`, non-ASCII letters and DuckDB's glob characters, through the real
+CLI."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Crash recovery (issue 12): operations are recorded before they create anything, and the sweep
-(`export-pipeline gc`, every ingest, every export, the API's start) reclaims what a killed one
-left. The crash tests SIGKILL a real child process (tests/kill_child.py) at a pause point it
+"""Crash recovery (docs/architecture.md): operations are recorded before they create anything, and
+the sweep (`export-pipeline gc`, every ingest, every export, the API's start) reclaims what a killed
+one left. The crash tests SIGKILL a real child process (tests/kill_child.py) at a pause point it
 announces, then check: nothing changed, the next command reclaims everything, a rerun works."""
 
 from __future__ import annotations

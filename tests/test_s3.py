@@ -1,4 +1,5 @@
-"""S3 storage (issue 5) against a real S3-compatible server on loopback (moto, server mode).
+"""S3 storage (README: Publishing to S3) against a real S3-compatible server on loopback (moto,
+server mode).
 
 Every link is downloaded with a plain HTTP client. moto checks neither signatures nor expiry,
 so the signing parameters are checked on the URL itself.

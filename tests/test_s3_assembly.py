@@ -1,5 +1,5 @@
-"""Shards' parts staged on S3 are assembled in the bucket (issue 13): large ranges are copied
-by the server (UploadPartCopy), only small pieces and the footers pass through the assembler,
+"""Shards' parts staged on S3 are assembled in the bucket (README: Scaling out): large ranges are
+copied by the server (UploadPartCopy), only small pieces and the footers pass through the assembler,
 and the files are the same bytes as an export assembled from local parts."""
 
 from __future__ import annotations

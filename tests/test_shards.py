@@ -1,4 +1,4 @@
-"""Sharded exports (issue 12): the same files whatever the number of shards.
+"""Sharded exports (docs/architecture.md): the same files whatever the number of shards.
 
 A snapshot is cut into `document_id` ranges at row-group starts; each shard writes its part
 with the shape and predicate decided once before them, and the parts are joined (parquet by

@@ -1,5 +1,5 @@
-"""Files made of pieces (issue 12): read, hashed and written locally in bounded chunks, and
-published as one file, locally and on S3 (moto's server) by multipart upload."""
+"""Files made of pieces (docs/architecture.md: Sharded exports): read, hashed and written locally in
+bounded chunks, and published as one file, locally and on S3 (moto's server) by multipart upload."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Namespaces and collections (CONTRACT D1, D2): a SQLite file under home, or PostgreSQL."""
+"""Namespaces and collections (docs/contract.md D1, D2): a SQLite file under home, or PostgreSQL."""
 
 from __future__ import annotations
 

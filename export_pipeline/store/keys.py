@@ -1,4 +1,4 @@
-"""API keys (CONTRACT H1): `sk_` + 32 url-safe characters, shown once, stored only as hashes.
+"""API keys (docs/contract.md H1): `sk_` + 32 url-safe characters, shown once, stored as hashes.
 
 A key is `sk_` + 8-character lookup tag + 24-character secret. The tag is stored in plain
 text (indexed) so `authenticate` fetches its row(s) directly instead of hashing against every

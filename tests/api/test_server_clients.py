@@ -1,10 +1,10 @@
 """Clients that send too little, too slowly or too deep, against the real server
 (`export-pipeline serve` in a subprocess on a loopback port), spoken to over raw sockets.
 
-Before issue 10 a connection that never finished its headers was held open for good, one
-that hung up mid-body logged two ERROR tracebacks, and a body nested 10,000 levels answered
-500 with a traceback in the log. Each test checks the status and message a client sees, the
-log, and that nothing was launched or published.
+A connection that never finishes its headers is not held open for good, one that hangs up mid-body
+logs one INFO line and no traceback, and a body nested 10,000 levels is a 422 (README: The HTTP API,
+slow clients; docs/contract.md H3). Each test checks the status and message a client sees, the log,
+and that nothing was launched or published.
 """
 
 from __future__ import annotations

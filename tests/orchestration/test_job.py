@@ -1,4 +1,5 @@
-"""The export_collection job (issue 4): run in process on a real collection, op by op too."""
+"""The export_collection job (docs/architecture.md): run in process on a real collection, op by op
+too."""
 
 from __future__ import annotations
 

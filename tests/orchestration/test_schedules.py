@@ -1,4 +1,5 @@
-"""Scheduled exports (issue 4): the schedules file, its error messages, ticks, and a real run."""
+"""Scheduled exports (README: Schedules and sensors): the schedules file, its error messages, ticks,
+and a real run."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Sensors (issue 4): the request drop folder (exactly once, bad files filed away) and
-exports on collection change (baseline, once per version); the drop folder as an S3 prefix
-(issue 5) against a real S3-compatible server on loopback (moto, server mode)."""
+"""Sensors (README: Schedules and sensors): the request drop folder (exactly once, bad files filed
+away) and exports on collection change (baseline, once per version); the drop folder as an S3 prefix
+against a real S3-compatible server on loopback (moto, server mode)."""
 
 from __future__ import annotations
 
@@ -429,7 +429,7 @@ def test_change_sensor_forgets_entries_removed_from_the_file(
     assert json.loads(data.cursor) == {"things_changed": things[1].version}
 
 
-# --- Request drop prefix on S3 (issue 5) --------------------------------------------------
+# --- Request drop prefix on S3 ---------------------------------------------------------
 
 
 def s3() -> Any:
