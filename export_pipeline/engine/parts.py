@@ -28,7 +28,7 @@ from export_pipeline.engine.rolling import PartRoller
 from export_pipeline.engine.schema import Shape, shape_of
 from export_pipeline.engine.selection import (
     Selection,
-    chosen,
+    chosen_where,
     keep,
     matching_rows,
     open_scratch,
@@ -139,7 +139,7 @@ class _ShardWrite:
         self.con, self.plan, self.store, self.settings = con, plan, store, settings
         self.selection, self.shard, self.shape, self.folder = selection, shard, shape, folder
         fmt = plan.request.format
-        where, params = chosen(plan, selection)
+        where, params = chosen_where(plan, selection)
         ids, id_params = shard.sql()
         self.where = (f"({where}) AND {ids}", [*params, *id_params])
         # The first shard's csv part starts with the header, the others' have none: joined

@@ -301,7 +301,7 @@ def chosen_shapes(plan: ExportPlan) -> Path:
     return plan.scratch_dir / "chosen_shapes.parquet"
 
 
-def chosen(plan: ExportPlan, selection: Selection) -> tuple[str, list[Any]]:
+def chosen_where(plan: ExportPlan, selection: Selection) -> tuple[str, list[Any]]:
     """The row predicate over a batch (document_id, doc) that picks the exported documents."""
     where, params = plan.filter_sql, list(plan.filter_params)
     if selection.cutoff is not None:  # with fewer matches than sample_size, every match

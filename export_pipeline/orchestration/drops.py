@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
@@ -34,7 +33,7 @@ from export_pipeline.jsontext import load_json
 from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
 from export_pipeline.storage import s3_options
-from export_pipeline.storage.s3 import S3Options, make_client, s3_problem
+from export_pipeline.storage.s3 import S3Options, make_client, parse_s3_uri, s3_problem
 from export_pipeline.store import Store
 
 MAX_FILES_PER_TICK = 50  # the rest wait for the next tick, oldest first
@@ -197,10 +196,7 @@ class S3DropPrefix:
     @classmethod
     def from_uri(cls, uri: str, options: S3Options) -> S3DropPrefix:
         """`s3://bucket` or `s3://bucket/prefix`."""
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise ValidationError(f"drop folder {uri!r} is not s3://bucket[/prefix]")
-        return cls(parsed.netloc, parsed.path, options)
+        return cls(*parse_s3_uri(uri, "drop folder"), options)
 
     @cached_property
     def client(self) -> Any:
@@ -244,11 +240,7 @@ class S3DropPrefix:
     def file_away(self, decision: Decision) -> str:
         folder = ACCEPTED if decision.error is None else REJECTED
         source = self.key(decision.name)
-        encryption: dict[str, str] = {}
-        if self.options.sse:
-            encryption["ServerSideEncryption"] = self.options.sse
-            if self.options.sse_kms_key_id:
-                encryption["SSEKMSKeyId"] = self.options.sse_kms_key_id
+        encryption = self.options.sse_args()
         try:
             target = self.key(folder, filed_name(decision, lambda n: self._exists(folder, n)))
             if decision.error is not None:

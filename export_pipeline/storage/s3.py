@@ -59,6 +59,24 @@ class S3Options:
     sse: str | None = None  # "AES256" (SSE-S3) or "aws:kms" (SSE-KMS)
     sse_kms_key_id: str | None = None
 
+    def sse_args(self) -> dict[str, str]:
+        """The server-side encryption every object written asks for, if any (PutObject,
+        CreateMultipartUpload, and boto3's ExtraArgs take the same names)."""
+        if not self.sse:
+            return {}
+        args = {"ServerSideEncryption": self.sse}
+        if self.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.sse_kms_key_id
+        return args
+
+
+def parse_s3_uri(uri: str, what: str) -> tuple[str, str]:
+    """(bucket, key prefix) of `s3://bucket[/prefix]`; ValidationError naming `what` else."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValidationError(f"{what} {uri!r} is not s3://bucket[/prefix]")
+    return parsed.netloc, parsed.path.strip("/")
+
 
 class S3Storage:
     """Publishes under `s3://bucket/prefix/`, presigns SigV4 GET links."""
@@ -90,10 +108,8 @@ class S3Storage:
     @classmethod
     def from_uri(cls, uri: str, options: S3Options, journal: Path | None = None) -> S3Storage:
         """`s3://bucket` or `s3://bucket/prefix`."""
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise ValidationError(f"storage target {uri!r} is not s3://bucket[/prefix]")
-        return cls(parsed.netloc, parsed.path, options, journal=journal)
+        bucket, root = parse_s3_uri(uri, "storage target")
+        return cls(bucket, root, options, journal=journal)
 
     def key(self, key: str) -> str:
         """The object key of a key under the root."""
@@ -223,12 +239,7 @@ class S3Storage:
 
     def _sse(self) -> dict[str, Any]:
         """The server-side encryption every object asks for, if any."""
-        if not self.options.sse:
-            return {}
-        args = {"ServerSideEncryption": self.options.sse}
-        if self.options.sse_kms_key_id:
-            args["SSEKMSKeyId"] = self.options.sse_kms_key_id
-        return args
+        return dict(self.options.sse_args())
 
     def _undo(self, prefix: str, written: list[str]) -> None:
         """Delete the objects written and abort multipart uploads under prefix, or journal it."""

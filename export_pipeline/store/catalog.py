@@ -86,7 +86,12 @@ def new_id(prefix: str, length: int) -> str:
 
 def utc_now() -> str:
     """Fixed-width ISO-8601 UTC timestamp with microseconds, e.g. 2026-11-28T18:58:19.123456Z."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc_timestamp(datetime.now(UTC))
+
+
+def utc_timestamp(moment: datetime) -> str:
+    """`moment` (in UTC) in `utc_now`'s fixed-width format, so timestamps compare as strings."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class VectorIndex(BaseModel):

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, computed_field
 
 from export_pipeline.errors import NotFoundError, ValidationError
-from export_pipeline.store.catalog import Catalog, Namespace, new_id, utc_now
+from export_pipeline.store.catalog import Catalog, Namespace, new_id, utc_now, utc_timestamp
 from export_pipeline.store.database import INTEGRITY_ERRORS, Connection
 
 KEY = re.compile(r"sk_[A-Za-z0-9_-]{32}")
@@ -145,15 +145,15 @@ class ApiKeys:
         if record is None or record.revoked_at is not None:
             return None
         now = datetime.now(UTC)
-        stale = _timestamp(now - LAST_USED_RESOLUTION)
+        stale = utc_timestamp(now - LAST_USED_RESOLUTION)
         if record.last_used_at is None or record.last_used_at < stale:
             with self.catalog.transaction() as db:
                 db.execute(
                     "UPDATE api_keys SET last_used_at = ? WHERE id = ?"
                     " AND (last_used_at IS NULL OR last_used_at < ?)",
-                    (_timestamp(now), key_id, stale),
+                    (utc_timestamp(now), key_id, stale),
                 )
-            record = record.model_copy(update={"last_used_at": _timestamp(now)})
+            record = record.model_copy(update={"last_used_at": utc_timestamp(now)})
         return record
 
     def get(self, key_id: str) -> ApiKey:
@@ -217,8 +217,3 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _timestamp(moment: datetime) -> str:
-    # utc_now()'s fixed-width format, so timestamps compare as strings.
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -17,13 +17,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
 from export_pipeline.settings import Settings
 from export_pipeline.storage import s3_options
-from export_pipeline.storage.s3 import make_client
+from export_pipeline.storage.s3 import make_client, parse_s3_uri
 
 SHAPES_SUFFIX = ".shapes.parquet"
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -40,8 +39,7 @@ def sidecar_of(segment: str) -> str:
 
 
 def _split(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
+    return parse_s3_uri(uri, "segment")
 
 
 class SegmentFiles:
@@ -72,11 +70,7 @@ class SegmentFiles:
     def upload(self, files: list[tuple[Path, str]]) -> None:
         """Put local files at their URIs, in parallel (boto3's transfer manager per file),
         encrypted as exports are (EXPORT_PIPELINE_S3_SSE)."""
-        extra: dict[str, str] = {}
-        if self.settings.s3_sse:
-            extra["ServerSideEncryption"] = self.settings.s3_sse
-            if self.settings.s3_sse_kms_key_id:
-                extra["SSEKMSKeyId"] = self.settings.s3_sse_kms_key_id
+        extra = s3_options(self.settings).sse_args()
 
         def put(item: tuple[Path, str]) -> None:
             self.client.upload_file(str(item[0]), *_split(item[1]), ExtraArgs=extra or None)
