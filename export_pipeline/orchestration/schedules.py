@@ -25,8 +25,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 import yaml
-from dagster._core.definitions.utils import is_valid_name
-from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic import ValidationError as PydanticError
 
@@ -39,6 +37,7 @@ from export_pipeline.errors import (
     validation_details,
 )
 from export_pipeline.jsontext import MAX_REQUEST_DEPTH, too_deep
+from export_pipeline.orchestration.dagster_internals import is_valid_cron_string, is_valid_name
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
