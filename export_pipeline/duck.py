@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,7 +107,7 @@ def on_batch(
 
 def streamed(
     con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None, rows: int
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch]:
     """The results of one query as Arrow batches of at most `rows` rows, while it runs.
 
     An error of the query reaches Python through Arrow's stream interface, which reports

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -273,7 +273,7 @@ def from_pydantic(exc: Any, prefix: tuple[str | int, ...] = ()) -> ValidationErr
     return ValidationError(f"invalid request: {problems(details)}", details)
 
 
-def from_dict(error: dict[str, Any]) -> ExportPipelineError:
+def from_dict(error: Mapping[str, Any]) -> ExportPipelineError:
     """The error a `to_dict()` stands for (errors cross process and run boundaries as dicts)."""
     known = (ValidationError, NotFoundError, ConflictError, EnvironmentProblem, InsufficientStorage)
     kinds = {cls.type_name: cls for cls in known}

@@ -91,3 +91,22 @@ def test_D4_out_of_range_numbers_are_problems() -> None:
     ):
         with pytest.raises(lines.LineProblem):
             lines.parse(simdjson.Parser(), raw)
+
+
+def test_D4_sparse_vectors_take_the_buffer_path() -> None:
+    """Sparse indices and values come back as numpy arrays, never as Python lists."""
+    raw = b'{"id": 1, "_vectors": {"s": {"indices": [3, 0, 7], "values": [0.5, -1, 2.25]}}}'
+    _, vectors = lines.parse(simdjson.Parser(), raw)
+    indices, values = vectors["s"]["indices"], vectors["s"]["values"]
+    assert isinstance(indices, np.ndarray) and indices.dtype == np.int64
+    assert indices.tolist() == [3, 0, 7]
+    assert isinstance(values, np.ndarray) and values.dtype == np.float64
+    assert values.tolist() == [0.5, -1.0, 2.25]
+
+
+@pytest.mark.parametrize("indices", [b"[1, 2.0]", b"[1, true]", b'[1, "2"]', b"[1, null]"])
+def test_D4_sparse_indices_that_are_not_integers_stay_a_list(indices: bytes) -> None:
+    """Left to validation, which refuses them as the exact reading does."""
+    raw = b'{"_vectors": {"s": {"indices": ' + indices + b', "values": [1, 2]}}}'
+    _, vectors = lines.parse(simdjson.Parser(), raw)
+    assert vectors["s"]["indices"] == lines._exact(raw)[1]["s"]["indices"]

@@ -31,6 +31,7 @@ from export_pipeline.engine.parquet_footer import (
     LIST,
     STRUCT,
     Seq,
+    Shape,
     Struct,
     decode_struct,
     decode_structs,
@@ -65,8 +66,8 @@ SCHEMA_ELEMENT_FIELDS = {
 PHYSICAL_TYPES = ("BOOLEAN", "INT32", "INT64", "INT96", "FLOAT", "DOUBLE", "BYTE_ARRAY", "FLBA")
 # What an assembly reads of a footer: the schema, to compare parts, and every offset, which
 # are scalar fields of row groups, column chunks and column metadata; the rest stays encoded.
-FOOTER_SHAPE = {FMD_SCHEMA: None, FMD_ROW_GROUPS: {RG_COLUMNS: {CC_META_DATA: {}}}}
-OFFSET_INDEX_SHAPE = {OI_PAGE_LOCATIONS: {}}
+FOOTER_SHAPE: Shape = {FMD_SCHEMA: None, FMD_ROW_GROUPS: {RG_COLUMNS: {CC_META_DATA: {}}}}
+OFFSET_INDEX_SHAPE: Shape = {OI_PAGE_LOCATIONS: {}}
 MAX_ORDINAL = 2**15 - 1  # RowGroup.ordinal is an i16
 
 

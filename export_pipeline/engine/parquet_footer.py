@@ -259,7 +259,7 @@ def _decoder(buf: bytes) -> Callable[[int, int, Shape], tuple[Any, int]]:
                 size, pos = varint(pos)
             if kind_of_items == BOOL_FALSE:
                 kind_of_items = BOOL_TRUE
-            items = []
+            items: list[Any] = []
             append = items.append
             for _ in range(size):
                 item, pos = read(kind_of_items, pos, shape)

@@ -49,15 +49,17 @@ def part_file(
     """One part file published as it is, with its size and checksum (a part on the export
     storage: the ones its shard took, and its object as the file's one piece)."""
     source = part.source()
-    stored = isinstance(source, StoredRange)
+    stored = source if isinstance(source, StoredRange) else None
     return OutputFile(
         role=role,
         name=name,
         path=part.path,
         content_type=CONTENT_TYPES[fmt],
         rows=part.rows,
-        bytes=source.length if stored else part.path.stat().st_size,
-        sha256=part.sha256 if stored and part.sha256 is not None else sha256_of(part.path),
+        bytes=stored.length if stored is not None else part.path.stat().st_size,
+        sha256=part.sha256
+        if stored is not None and part.sha256 is not None
+        else sha256_of(part.path),
         columns=columns,
-        pieces=[source] if stored else None,
+        pieces=[stored] if stored is not None else None,
     )

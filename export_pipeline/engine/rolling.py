@@ -103,7 +103,8 @@ class PartRoller:
         every other one halves the range left, so a cut costs a few chunks, never more than
         a bisection's."""
         base = [self._size(role, self.chunks[role]) for role in self.roles]
-        low, high, kept = 0, rows + 1, []  # `low` rows fit, `high` do not (rows + 1: unknown)
+        kept: list[Path] = []
+        low, high = 0, rows + 1  # `low` rows fit, `high` do not (rows + 1: unknown)
         guess, step = self._guess(base, rows), 0
         while high - low > 1:
             middle = min(max(guess, low + 1), high - 1)

@@ -118,27 +118,33 @@ def _empty_structure(select: list[str] | None) -> dict[str, Any]:
 def ordered(structure: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
     """Keys in a stable order: document_id first, then listed order (S2) or lexicographic."""
     if select is None:
-        return _sorted(structure, top=True)
+        return _sorted_object(structure, top=True)
     rank: dict[Path_, int] = {}
     for number, path in enumerate(select):
         parts = tuple(path.split("."))
         for depth in range(1, len(parts) + 1):
             rank.setdefault(parts[:depth], number)
-    return _ranked(structure, (), rank)
+    return _ranked_object(structure, (), rank)
 
 
-def _sorted(node: Structure, top: bool = False) -> Structure:
+def _sorted_object(node: dict[str, Any], top: bool = False) -> dict[str, Any]:
+    keys = sorted(node, key=lambda k: (not (top and k == "document_id"), k.encode()))
+    return {key: _sorted(node[key]) for key in keys}
+
+
+def _sorted(node: Structure) -> Structure:
     if isinstance(node, dict):
-        keys = sorted(node, key=lambda k: (not (top and k == "document_id"), k.encode()))
-        return {key: _sorted(node[key]) for key in keys}
+        return _sorted_object(node)
     if isinstance(node, list):
         return [_sorted(node[0])]
     return node
 
 
 def _ranked(node: Structure, prefix: Path_, rank: dict[Path_, int]) -> Structure:
-    if not isinstance(node, dict):
-        return _sorted(node)
+    return _ranked_object(node, prefix, rank) if isinstance(node, dict) else _sorted(node)
+
+
+def _ranked_object(node: dict[str, Any], prefix: Path_, rank: dict[Path_, int]) -> dict[str, Any]:
     keys = sorted(node, key=lambda k: (rank.get((*prefix, k), len(rank)), k.encode()))
     return {key: _ranked(node[key], (*prefix, key), rank) for key in keys}
 

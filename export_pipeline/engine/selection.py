@@ -160,7 +160,8 @@ def matching_rows(
     if files is None:
         return None
     source = duck.parquet_source(files)
-    selected, params = list(columns), []
+    selected = list(columns)
+    params: list[Any] = []
     if SHAPE_ID in columns:  # numbered per segment on disk: made snapshot-wide
         selected[columns.index(SHAPE_ID)], params = store.documents.shape_id_sql(
             plan.collection, files, copies=plan.segment_copies

@@ -33,8 +33,8 @@ _INTEGERS = {"UBIGINT", "BIGINT", "HUGEINT"}
 def parse(text: str | bytes) -> Structure:
     """One document's structure (`json_structure(doc)`), with empty objects as `{}`."""
     structure = orjson.loads(text)
-    clash = CLASH if isinstance(text, str) else CLASH.encode()
-    return _empty_objects(structure, in_array=False) if clash in text else structure
+    clashes = CLASH in text if isinstance(text, str) else CLASH.encode() in text
+    return _empty_objects(structure, in_array=False) if clashes else structure
 
 
 def _empty_objects(node: Structure, in_array: bool) -> Structure:

@@ -173,7 +173,7 @@ def csv_sink(path: Path, *, header: bool = True) -> Callable[[pa.Schema], Sink]:
 
     def open_sink(schema: pa.Schema) -> Sink:
         writer = pacsv.CSVWriter(path, schema, write_options=options)
-        return writer  # type: ignore[return-value]
+        return writer
 
     return open_sink
 
@@ -218,7 +218,7 @@ def parquet_sink(path: Path) -> Callable[[pa.Schema], Sink]:
             **dict.fromkeys(others, PARQUET_COMPRESSION),
             **dict.fromkeys(floats, VECTOR_COMPRESSION),
         }
-        return pq.ParquetWriter(  # type: ignore[return-value]
+        return pq.ParquetWriter(
             path,
             target,
             compression=compression,

@@ -253,7 +253,8 @@ def _cell(
 ) -> tuple[str, Any]:
     """A csv cell's value and its merged type: a field of the parsed row where the structure
     has the path all the way down, else read from the document text (type unknown)."""
-    expression, node, kind = "s.row", leaves, structure
+    expression, node = "s.row", leaves
+    kind: dict[str, Any] | str | None = structure
     for key in path:
         if not isinstance(node, dict) or key not in node:
             return f"json_extract(s.doc, {duck.literal(pointer(path))})", None

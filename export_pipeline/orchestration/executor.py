@@ -7,6 +7,7 @@ never pays for processes or a broker, whatever the deployment.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -28,7 +29,7 @@ _CHOICES: dict[str, dg.ExecutorDefinition] = {
 }
 
 
-def _requirements(config: dict[str, Any]) -> list[dg.ExecutorRequirement]:
+def _requirements(config: Mapping[str, object]) -> Sequence[dg.ExecutorRequirement]:
     """Steps in other processes rebuild the job and read their inputs from storage."""
     if "in_process" in config:
         return []
@@ -49,7 +50,14 @@ def export_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     """The executor the run's config selects, created as Dagster creates it."""
     ((name, config),) = init_context.executor_config.items()
     chosen = _CHOICES[name]
-    return chosen.executor_creation_fn(  # type: ignore[misc]
+    create = chosen.executor_creation_fn
+    # The selector's schema gives each choice a config mapping; Dagster's three executors all
+    # have a creation function.
+    if create is None or not isinstance(config, Mapping):
+        raise dg.DagsterInvariantViolationError(
+            f"executor {name!r} cannot be created from {config!r}"
+        )
+    return create(
         dg.InitExecutorContext(
             job=init_context.job,
             executor_def=chosen,

@@ -8,7 +8,7 @@ import multiprocessing.forkserver
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,8 +298,9 @@ def error_of_events(events: Iterable[dg.DagsterEvent], run_id: str) -> ExportPip
             continue
         data = event.step_failure_data
         metadata = data.user_failure_data.metadata if data.user_failure_data else {}
-        if "error" in metadata:
-            error = from_dict(metadata["error"].value)
+        found = metadata["error"].value if "error" in metadata else None
+        if isinstance(found, Mapping):  # what ops.py records: the core error's to_dict()
+            error = from_dict(found)
             if isinstance(error, EnvironmentProblem):  # the API names the run, not the path
                 error.details = {**(error.details or {}), "run_id": run_id}
             return error

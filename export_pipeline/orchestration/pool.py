@@ -211,7 +211,16 @@ class RunPool:
 
 
 def instance_limits(settings: Settings) -> tuple[int, int]:
-    """(export runs at once, per collection) from the instance's dagster.yaml (4 and 1)."""
-    config = local_instance(settings).run_coordinator.get_run_queue_config()
+    """(export runs at once, per collection) from the instance's dagster.yaml (4 and 1).
+
+    Only a queued run coordinator has limits; an instance with another one (its dagster.yaml
+    names DefaultRunCoordinator, say) gets the defaults.
+    """
+    from dagster import QueuedRunCoordinator
+
+    coordinator = local_instance(settings).run_coordinator
+    if not isinstance(coordinator, QueuedRunCoordinator):
+        return 4, 1
+    config = coordinator.get_run_queue_config()
     limits = {limit["key"]: limit["limit"] for limit in config.tag_concurrency_limits or []}
     return limits.get(tags.JOB, 4), limits.get(tags.COLLECTION_ID, 1)

@@ -25,8 +25,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 import yaml
-from dagster._core.definitions.utils import is_valid_name
-from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic import ValidationError as PydanticError
 
@@ -39,6 +37,7 @@ from export_pipeline.errors import (
     validation_details,
 )
 from export_pipeline.jsontext import MAX_REQUEST_DEPTH, too_deep
+from export_pipeline.orchestration.dagster_internals import is_valid_cron_string, is_valid_name
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
@@ -164,8 +163,9 @@ def _nesting_problem(text: str, limit: int) -> str | None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > limit:
-                mark = event.start_mark
-                return too_deep(limit, mark.line + 1, mark.column + 1)
+                mark = event.start_mark  # the parser marks every event it makes
+                line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+                return too_deep(limit, line, column)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     return None
@@ -177,10 +177,11 @@ def _entry_label(item: object, number: int) -> str:
     return f"entry {name!r} (#{number})" if isinstance(name, str) else f"entry #{number}"
 
 
+_KINDS: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
+
+
 def _kind(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

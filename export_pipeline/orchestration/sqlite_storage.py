@@ -16,8 +16,9 @@ The instance template names these classes with Dagster's default layout (`<home>
 and `<home>/history/runs/<run id>.db`), so an instance sees the same runs whichever classes it
 names, and one whose dagster.yaml names none simply keeps Dagster's default storage.
 
-A private seam of Dagster (classes and methods of `dagster._core`): this is the one module that
-touches it, and tests/orchestration/test_sqlite_storage.py fails if an upgrade moves it.
+A private seam of Dagster (classes and methods of `dagster._core`, imported through
+orchestration/dagster_internals.py): tests/orchestration/test_dagster_internals.py and
+tests/orchestration/test_sqlite_storage.py fail if an upgrade moves it.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    SQLITE_BUSY_TIMEOUT_SECONDS,
-    SqliteEventLogStorage,
-)
-from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
-from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection
 
 from export_pipeline.orchestration import sqlite_quiet
+from export_pipeline.orchestration.dagster_internals import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    ConfigurableClassData,
+    SqliteEventLogStorage,
+    SqliteRunStorage,
+)
 
 
 def _base_dir(config_value: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ with "no such table: event_logs"; a `%41` in a path silently names another folde
 offers no setting for the URL (the instance's `storage.sqlite.base_dir` goes through the same
 function), so the one function that builds it is replaced, in the modules that call it, by one
 that encodes the path (`quote`: SQLAlchemy decodes exactly that back). This is a private seam
-of Dagster: `install` fails loudly if a Dagster upgrade moves it, and tests cover it.
+of Dagster (named in orchestration/dagster_internals.py): `install` fails loudly if a Dagster
+upgrade moves it, and tests cover it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,7 @@ import importlib
 import os
 from urllib.parse import quote
 
-# The modules of Dagster's sqlite storages that build their URLs with create_db_conn_string.
-_USERS = (
-    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
-    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
-    "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
-    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
-)
-_NAME = "create_db_conn_string"
+from export_pipeline.orchestration.dagster_internals import SQLITE_URL_FUNCTION, SQLITE_URL_MODULES
 
 
 def sqlite_url(base_dir: str, db_name: str) -> str:
@@ -34,8 +28,10 @@ def sqlite_url(base_dir: str, db_name: str) -> str:
 
 def install() -> None:
     """Make Dagster's sqlite storages open the files at their real paths (idempotent)."""
-    for name in _USERS:
+    for name in SQLITE_URL_MODULES:
         module = importlib.import_module(name)
-        if not callable(getattr(module, _NAME, None)):
-            raise RuntimeError(f"{name}.{_NAME} is gone: check sqlite_urls against this Dagster")
-        setattr(module, _NAME, sqlite_url)
+        if not callable(getattr(module, SQLITE_URL_FUNCTION, None)):
+            raise RuntimeError(
+                f"{name}.{SQLITE_URL_FUNCTION} is gone: check sqlite_urls against this Dagster"
+            )
+        setattr(module, SQLITE_URL_FUNCTION, sqlite_url)

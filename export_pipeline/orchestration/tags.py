@@ -24,6 +24,7 @@ PID = f"{PREFIX}/pid"
 PID_STARTED = f"{PREFIX}/pid_started"
 
 Trigger = Literal["ui", "schedule", "sensor", "api", "cli"]
+TRIGGERS: tuple[Trigger, ...] = get_args(Trigger)
 
 
 def export_tags(
@@ -42,8 +43,9 @@ def export_tags(
 def trigger_of(run_tags: Mapping[str, str]) -> Trigger:
     """Who started a run, from its tags; a run without a known trigger was launched from the
     UI (or straight through GraphQL)."""
-    found = run_tags.get(TRIGGER, "ui")
-    return found if found in get_args(Trigger) else "ui"  # type: ignore[return-value]
+    found = run_tags.get(TRIGGER)
+    # Tags are free text (anyone can set them in the launchpad): only a known value counts.
+    return next((trigger for trigger in TRIGGERS if trigger == found), "ui")
 
 
 def owner_tags(owner: Owner | None = None) -> dict[str, str]:
@@ -52,7 +54,7 @@ def owner_tags(owner: Owner | None = None) -> dict[str, str]:
     return {HOST: owner.host, PID: str(owner.pid), PID_STARTED: owner.started}
 
 
-def owner_of(run_tags: dict[str, str]) -> Owner | None:
+def owner_of(run_tags: Mapping[str, str]) -> Owner | None:
     """The process a run's owner tags name; None for a run without them."""
     if HOST not in run_tags or not run_tags.get(PID, "").isdigit():
         return None

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import overload
 
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.storage.base import FileRange, LocalFile, Piece, StoredRange
@@ -104,6 +105,13 @@ def _where(piece: FileRange | StoredRange) -> str:
     return str(piece.path) if isinstance(piece, FileRange) else piece.key
 
 
+# A piece cut from a piece is of its kind (a stored range stays one, to be copied server-side).
+@overload
+def cut_piece(piece: StoredRange, start: int, length: int) -> StoredRange: ...
+@overload
+def cut_piece(piece: FileRange, start: int, length: int) -> FileRange: ...
+@overload
+def cut_piece(piece: Piece, start: int, length: int) -> Piece: ...
 def cut_piece(piece: Piece, start: int, length: int) -> Piece:
     """`length` bytes of the piece from its byte `start` (no I/O)."""
     if isinstance(piece, bytes):

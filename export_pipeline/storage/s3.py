@@ -14,7 +14,7 @@ import fcntl
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import boto3
@@ -51,10 +51,10 @@ _TRANSIENT = {
 class S3Options:
     """How to talk to S3: addressing, transfers, retries, encryption."""
 
-    addressing_style: str = "auto"  # "path" for most S3-compatible servers
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"  # "path": most S3-compatibles
     part_size_bytes: int = 64 * MIB
     max_concurrency: int = 4
-    retry_mode: str = "standard"
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
     max_attempts: int = 5
     sse: str | None = None  # "AES256" (SSE-S3) or "aws:kms" (SSE-KMS)
     sse_kms_key_id: str | None = None
@@ -351,8 +351,11 @@ def s3_problem(exc: Exception, bucket: str, where: str, client: Any) -> tuple[st
 def _root_cause(exc: BaseException) -> BaseException:
     """boto3's transfer manager wraps the ClientError it met; find the one that explains."""
     seen = exc
-    while isinstance(seen, S3UploadFailedError) and (seen.__cause__ or seen.__context__):
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    while isinstance(seen, S3UploadFailedError):
+        cause = seen.__cause__ or seen.__context__
+        if cause is None:
+            break
+        seen = cause
     return seen
 
 

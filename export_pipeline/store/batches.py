@@ -143,10 +143,10 @@ def merge_sorted(runs: Iterable[Iterator[pa.Table]], key: str = ID) -> Iterator[
             return
         if len(live) == 1:
             (only,) = live
-            yield heads[only]  # type: ignore[misc]
+            yield heads[only]
             yield from (batch for batch in iterators[only] if batch.num_rows)
             return
-        bound = min(_last(heads[i]) for i in live)  # type: ignore[arg-type]
+        bound = min(_last(heads[i]) for i in live)
         parts = []
         for i in live:
             head = heads[i]

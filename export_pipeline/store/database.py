@@ -22,7 +22,8 @@ from export_pipeline.errors import ValidationError, guard
 class Cursor(Protocol):
     """What the catalog reads of a statement's result (sqlite3.Cursor, psycopg's Cursor)."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -23,6 +23,9 @@ VECTORS_KEY = "_vectors"
 # scan costs more than the JSON parse on vector-heavy lines).
 _DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 _LONG_RUN = b"0" * 19
+
+# The element types simdjson's Array.as_buffer accepts: float64, int64, uint64.
+BufferKind = Literal["d", "i", "u"]
 
 
 class LineProblem(ValueError):
@@ -92,14 +95,17 @@ def _vector(node: Any) -> Any:
     keys = _keys(node) if isinstance(node, simdjson.Object) else None
     if keys is None:
         return _python(node)
-    kinds = {"indices": ("q", np.int64), "values": ("d", np.float64)}
+    kinds: dict[str, tuple[BufferKind, type]] = {
+        "indices": ("i", np.int64),
+        "values": ("d", np.float64),
+    }
     return {
         key: _numbers(node[key], *kinds[key]) if key in kinds else _python(node[key])
         for key in keys
     }
 
 
-def _numbers(node: Any, kind: str, dtype: type) -> Any:
+def _numbers(node: Any, kind: BufferKind, dtype: type) -> Any:
     if not isinstance(node, simdjson.Array):
         return _python(node)
     try:

@@ -94,7 +94,7 @@ class Row(tuple[Any, ...]):
 
     _index: dict[str, int]
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return super().__getitem__(self._index[key])
         return super().__getitem__(key)
@@ -135,8 +135,8 @@ class PostgresConnection:
         """Run one statement; a refused constraint raises database.IntegrityError."""
         try:
             if not parameters:
-                return self.connection.execute(sql)  # type: ignore[arg-type]
-            return self.connection.execute(translate(sql), parameters)  # type: ignore[arg-type]
+                return self.connection.execute(sql)
+            return self.connection.execute(translate(sql), parameters)
         except psycopg.errors.IntegrityError as exc:
             raise IntegrityError(str(exc).split("\n")[0]) from None
 
@@ -144,7 +144,7 @@ class PostgresConnection:
         """Run one statement per parameter set."""
         cursor = self.connection.cursor()
         try:
-            cursor.executemany(translate(sql), list(parameters))  # type: ignore[arg-type]
+            cursor.executemany(translate(sql), list(parameters))
         except psycopg.errors.IntegrityError as exc:
             raise IntegrityError(str(exc).split("\n")[0]) from None
         return cursor
@@ -252,9 +252,11 @@ def migrate(database: PostgresDatabase) -> list[int]:
 
 
 def _version(db: PostgresConnection) -> int:
-    if db.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+    table = db.execute("SELECT to_regclass('schema_version')").fetchone()
+    if table is None or table[0] is None:
         return 0
-    return db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    latest = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return 0 if latest is None else int(latest[0])
 
 
 def _rollback(db: PostgresConnection) -> None:

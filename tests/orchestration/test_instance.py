@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_collection
-from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster import QueuedRunCoordinator
 
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.orchestration import tags
@@ -16,6 +16,7 @@ from export_pipeline.orchestration.launch import (
     execute,
     local_instance,
 )
+from export_pipeline.orchestration.pool import instance_limits
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 
@@ -65,6 +66,47 @@ def test_an_instance_keeps_its_own_dagster_yaml(
     instance = local_instance(settings)
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
     assert not instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+
+
+def test_instance_limits_are_the_queue_limits_of_the_template(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert instance_limits(settings) == (4, 1)
+
+
+def test_instance_limits_of_an_instance_without_a_run_queue_are_the_defaults(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dagster.yaml may name a coordinator without a queue (and so without limits)."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = settings.home_dir / "dagster"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
+    )
+    assert not isinstance(local_instance(settings).run_coordinator, QueuedRunCoordinator)
+    assert instance_limits(settings) == (4, 1)
+
+
+def test_instance_limits_follow_the_instance_queue(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = settings.home_dir / "dagster"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n"
+        "  module: dagster.core.run_coordinator\n"
+        "  class: QueuedRunCoordinator\n"
+        "  config:\n"
+        "    tag_concurrency_limits:\n"
+        f"      - key: {tags.JOB}\n"
+        "        limit: 7\n"
+        f"      - key: {tags.COLLECTION_ID}\n"
+        "        limit: 2\n"
+    )
+    assert instance_limits(settings) == (7, 2)
 
 
 # An instance folder made from an earlier template (stdout/stderr captured by `tail`

@@ -142,6 +142,21 @@ def test_run_launched_without_a_trigger_tag_is_tagged_ui(
     assert run_tags[tags.TRIGGER] == "ui" and run_tags[tags.COLLECTION_ID] == col.id
 
 
+def test_run_launched_with_an_unknown_trigger_tag_runs_and_is_tagged_ui(
+    settings: Settings, demo: tuple[Namespace, Collection], instance: dg.DagsterInstance
+) -> None:
+    """Tags are free text in the launchpad: an unknown trigger is not taken at its word."""
+    ns, col = demo
+    result = export_collection.execute_in_process(
+        run_config={"namespace": ns.name, "collection": col.name, "format": "csv"},
+        instance=instance,
+        resources=resources_from(settings),
+        tags={tags.TRIGGER: "cron-job-somewhere"},
+    )
+    assert result.success
+    assert instance.get_run_by_id(result.run_id).tags[tags.TRIGGER] == "ui"
+
+
 # --- Invalid config and failures ------------------------------------------------------
 
 

@@ -18,13 +18,12 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from conftest import make_collection
-from dagster._core.instance.ref import InstanceRef
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.instance.ref import InstanceRef  # here only: Dagster's default layout
 from sqlalchemy.pool import Pool
 
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.orchestration import sqlite_quiet, sqlite_storage
+from export_pipeline.orchestration.dagster_internals import SqliteEventLogStorage, SqliteRunStorage
 from export_pipeline.orchestration.launch import execute, instance_yaml, local_instance, prepare
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
