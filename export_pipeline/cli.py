@@ -16,7 +16,7 @@ from export_pipeline.errors import (
     PUBLISHED_NOTHING,
     ConflictError,
     ExportPipelineError,
-    ValidationError,
+    InvalidInput,
     guard,
 )
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise ValidationError(f"{self.prog}: {message}")
+        raise InvalidInput(f"{self.prog}: {message}")
 
 
 def _vector_index(spec: str) -> VectorIndex:
@@ -35,11 +35,11 @@ def _vector_index(spec: str) -> VectorIndex:
 
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise ValidationError(f"--vector-index takes NAME:DIMS[:dense|sparse], got {spec!r}")
+        raise InvalidInput(f"--vector-index takes NAME:DIMS[:dense|sparse], got {spec!r}")
     try:
         return VectorIndex(name=parts[0], dimensions=int(parts[1]), type=[*parts, "dense"][2])
     except ValueError as exc:
-        raise ValidationError(f"invalid --vector-index {spec!r}: {exc}") from None
+        raise InvalidInput(f"invalid --vector-index {spec!r}: {exc}") from None
 
 
 def _port(text: str) -> int:
@@ -138,7 +138,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         raw = _read_request(args.request, what)
         body = load_json(raw, what) if raw.strip() else {}
         if not isinstance(body, dict):
-            raise ValidationError(f"{what} must hold a JSON object")
+            raise InvalidInput(f"{what} must hold a JSON object")
     flags = {
         "format": args.format,
         "select_fields": args.select_fields.split(",") if args.select_fields else None,
@@ -161,7 +161,7 @@ def _read_request(source: str, what: str) -> bytes:
         return sys.stdin.buffer.read()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ValidationError(
+        raise InvalidInput(
             f"{what}: cannot read it: {reason}", [{"loc": "--request", "msg": reason}]
         ) from None
 
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         }
     if args.command == "ingest":
         if not args.file.is_file():
-            raise ValidationError(f"no such file: {args.file}")
+            raise InvalidInput(f"no such file: {args.file}")
         result = store.ingest(args.namespace, args.collection, args.file, upsert=args.upsert)
         return {
             "ingested": result.ingested,
@@ -314,9 +314,7 @@ def _main(args: argparse.Namespace) -> int:
         print(json.dumps({"error": exc.to_dict()}))
         return exc.exit_code
     except Exception as exc:  # the contract: one JSON error object, never a bare traceback
-        print(
-            json.dumps({"error": {"type": "InternalError", "message": str(exc), "details": None}})
-        )
+        print(json.dumps({"error": ExportPipelineError(str(exc)).to_dict()}))
         return 1
     print(json.dumps(output, indent=2, ensure_ascii=False))
     return 0

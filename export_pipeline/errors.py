@@ -27,7 +27,7 @@ class ExportPipelineError(Exception):
         return {"type": self.type_name, "message": self.message, "details": self.details}
 
 
-class ValidationError(ExportPipelineError):
+class InvalidInput(ExportPipelineError):
     """The input is invalid; nothing was read or written."""
 
     type_name = "ValidationError"
@@ -267,15 +267,15 @@ def problems(details: list[dict[str, Any]], whole: str = "(body)") -> str:
     )
 
 
-def from_pydantic(exc: Any, prefix: tuple[str | int, ...] = ()) -> ValidationError:
-    """A ValidationError whose message lists every problem with its location."""
+def from_pydantic(exc: Any, prefix: tuple[str | int, ...] = ()) -> InvalidInput:
+    """A InvalidInput whose message lists every problem with its location."""
     details = validation_details(exc, prefix)
-    return ValidationError(f"invalid request: {problems(details)}", details)
+    return InvalidInput(f"invalid request: {problems(details)}", details)
 
 
 def from_dict(error: Mapping[str, Any]) -> ExportPipelineError:
     """The error a `to_dict()` stands for (errors cross process and run boundaries as dicts)."""
-    known = (ValidationError, NotFoundError, ConflictError, EnvironmentProblem, InsufficientStorage)
+    known = (InvalidInput, NotFoundError, ConflictError, EnvironmentProblem, InsufficientStorage)
     kinds = {cls.type_name: cls for cls in known}
     cls = kinds.get(error.get("type", ""), ExportPipelineError)
     return cls(error["message"], error.get("details"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 
 # A document (the line, `_vectors` included) nests objects and arrays at most this deep; the
 # line itself is level 1. Every writer handles it with room to spare (parquet fails past 64),
@@ -55,14 +55,14 @@ def too_deep(limit: int, line: int, column: int) -> str:
 
 
 def load_json(raw: bytes | str, what: str, limit: int = MAX_REQUEST_DEPTH) -> Any:
-    """Parse JSON text from a user; a ValidationError naming `what` and the problem otherwise."""
+    """Parse JSON text from a user; a InvalidInput naming `what` and the problem otherwise."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     problem = nesting_problem(data, limit)
     if problem is not None:
-        raise ValidationError(f"{what} is {problem}", [{"loc": "(body)", "msg": problem}])
+        raise InvalidInput(f"{what} is {problem}", [{"loc": "(body)", "msg": problem}])
     try:
         return json.loads(data)
     except ValueError as exc:  # JSONDecodeError, and bytes that are not UTF-8
-        raise ValidationError(
+        raise InvalidInput(
             f"{what} is not valid JSON: {exc}", [{"loc": "(body)", "msg": str(exc)}]
         ) from None

@@ -18,7 +18,7 @@ from helpers import free_port, read_json_lines
 from services import PostgresServer
 
 from export_pipeline.cli import main
-from export_pipeline.errors import EnvironmentProblem, ValidationError
+from export_pipeline.errors import EnvironmentProblem, InvalidInput
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 from export_pipeline.store import postgres as postgres_module
@@ -220,7 +220,7 @@ def test_an_unreachable_server_is_named_without_the_password(tmp_path: Path) -> 
     ["mysql://someone:s3cr3t-pw@127.0.0.1/db", "postgresql://someone:s3cr3t-pw@127.0.0.1:x/db"],
 )
 def test_a_bad_url_is_refused_without_the_password(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         Store(Settings(home=tmp_path / "home", catalog=bad))
     shown = "".join(traceback.format_exception(caught.value))
     assert "s3cr3t-pw" not in shown and "someone:***@127.0.0.1" in caught.value.message

@@ -232,13 +232,13 @@ def test_a_worker_process_killed_mid_shard_gives_the_shard_to_another_and_leaves
 def test_celery_without_a_broker_or_s3_storage_is_refused_before_any_run(
     store: Store,
 ) -> None:
-    from export_pipeline.errors import ValidationError
+    from export_pipeline.errors import InvalidInput
 
     ns, col = make_collection(store, [_doc(n) for n in range(5)], INDEXES)
     celery = store.settings.model_copy(update={"shards": "3", "executor": "celery"})
-    with pytest.raises(ValidationError, match="EXPORT_PIPELINE_CELERY_BROKER"):
+    with pytest.raises(InvalidInput, match="EXPORT_PIPELINE_CELERY_BROKER"):
         export_job(ns.id, col.id, {}, settings=celery, processes=True)
     brokered = celery.model_copy(update={"celery_broker": "redis://127.0.0.1:9/0"})
-    with pytest.raises(ValidationError, match="EXPORT_PIPELINE_STORAGE on S3"):
+    with pytest.raises(InvalidInput, match="EXPORT_PIPELINE_STORAGE on S3"):
         export_job(ns.id, col.id, {}, settings=brokered, processes=True)
     assert local_instance(store.settings).get_runs() == []

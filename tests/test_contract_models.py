@@ -9,13 +9,13 @@ from helpers import SEED_REQUEST, SEED_RESPONSE_FIELDS, seed_example
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.plan import parse_request
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.paths import validate_path
 
 
 def rejected(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Parse `body`, expect a ValidationError, return its details."""
-    with pytest.raises(ValidationError) as info:
+    """Parse `body`, expect a InvalidInput, return its details."""
+    with pytest.raises(InvalidInput) as info:
         parse_request(body)
     assert isinstance(info.value.details, list) and info.value.details
     return info.value.details
@@ -410,7 +410,7 @@ def test_F4_all_problems_reported_together() -> None:
 
 
 def test_F4_validation_error_message_names_locations() -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInput) as info:
         parse_request(filters_with(cond("bogus", 1)))
     assert "filters.AND.0.operator" in info.value.message
 

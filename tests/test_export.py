@@ -28,8 +28,8 @@ from export_pipeline.engine.writers import VectorsWriter
 from export_pipeline.errors import (
     EnvironmentProblem,
     ExportPipelineError,
+    InvalidInput,
     NotFoundError,
-    ValidationError,
 )
 from export_pipeline.orchestration.launch import ExportRun
 from export_pipeline.settings import Settings
@@ -1022,22 +1022,22 @@ def test_R_F_seed_example_request_runs_verbatim(store: Store) -> None:
 @pytest.mark.parametrize(
     ("namespace", "collection", "request_body", "error"),
     [
-        ("test-ns", "people", {"format": "xml"}, ValidationError),
-        ("test-ns", "people", {"sample_size": 0}, ValidationError),
+        ("test-ns", "people", {"format": "xml"}, InvalidInput),
+        ("test-ns", "people", {"sample_size": 0}, InvalidInput),
         (
             "test-ns",
             "people",
             {"filters": {"AND": [{"field": "a", "operator": "regex", "value": "("}]}},
-            ValidationError,
+            InvalidInput,
         ),
         (
             "test-ns",
             "people",
             {"filters": {"AND": [{"field": "a", "operator": "nope", "value": 1}]}},
-            ValidationError,
+            InvalidInput,
         ),
-        ("test-ns", "people", {"select_fields": ["a..b"]}, ValidationError),
-        ("test-ns", "people", {"unknown": 1}, ValidationError),
+        ("test-ns", "people", {"select_fields": ["a..b"]}, InvalidInput),
+        ("test-ns", "people", {"unknown": 1}, InvalidInput),
         ("test-ns", "nobody", {}, NotFoundError),
         ("test-ns", "col_0000000000", {}, NotFoundError),
         ("no-such-ns", "people", {}, NotFoundError),
@@ -1058,7 +1058,7 @@ def test_F4_R7_invalid_request_or_unknown_collection_fails_before_reading(
     monkeypatch.setattr(type(store.documents), "rows", must_not_read)
     with pytest.raises(error) as info:
         export_job(namespace, collection, request_body, settings=store.settings)
-    if error is ValidationError:
+    if error is InvalidInput:
         assert info.value.details and all("loc" in d for d in info.value.details)
     assert not store.settings.scratch_dir.exists() or scratch_leftovers(store.settings) == []
     assert export_dirs(store.settings) == []

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from export_pipeline.cli import main
-from export_pipeline.errors import NotFoundError, ValidationError
+from export_pipeline.errors import InvalidInput, NotFoundError
 from export_pipeline.settings import Settings
 from export_pipeline.store import Namespace, Store
 from export_pipeline.store import keys as keys_module
@@ -168,7 +168,7 @@ def test_namespace_binding(store: Store, spaces) -> None:
 
 
 def test_create_needs_existing_namespaces(store: Store, spaces) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         store.keys.create([], None)
     with pytest.raises(NotFoundError):
         store.keys.create([Namespace(id="ns_000000000000", name="ghost")], None)

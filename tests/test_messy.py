@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from export_pipeline.engine import shapes
 from export_pipeline.engine.shapes import CLASH
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.jsontext import MAX_DOCUMENT_DEPTH
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
@@ -71,7 +71,7 @@ def test_D3_document_nested_past_the_limit_is_refused_with_its_line(
     ns, col = make_collection(store, [{"document_id": "ok"}])
     path = write_jsonl(store.settings.home_dir.parent / "in", [{"document_id": "a"}, deep])
     before = files_under(store.documents.collection_dir(col))
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInput) as info:
         store.ingest(ns.id, col.id, path)
     assert info.value.message.startswith(
         f"line 2: the document is nested deeper than {MAX_DOCUMENT_DEPTH} levels"
@@ -84,7 +84,7 @@ def test_D3_thousands_of_levels_are_refused_without_recursing(store: Store) -> N
     ns, col = make_collection(store, [])
     path = store.settings.home_dir.parent / "deep.jsonl"
     path.write_text('{"document_id": "x", "v": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
-    with pytest.raises(ValidationError, match="line 1: the document is nested deeper"):
+    with pytest.raises(InvalidInput, match="line 1: the document is nested deeper"):
         store.ingest(ns.id, col.id, path)
 
 
@@ -104,7 +104,7 @@ def test_D3_line_over_the_limit_is_refused_before_it_is_read(store: Store) -> No
     with open(path, "w") as handle:
         handle.write('{"document_id": "small"}\n')
         handle.write('{"document_id": "huge", "text": "' + "x" * MAX_LINE_BYTES + '"}\n')
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInput) as info:
         store.ingest(ns.id, col.id, path)
     assert info.value.message == (
         "line 2: the line is longer than 16,777,216 bytes (16 MiB), the document limit"

@@ -25,7 +25,7 @@ from helpers import ids_of, local_path, read_csv
 
 from export_pipeline.contract import MIN_FILE_SIZE_BYTES
 from export_pipeline.engine.plan import parse_request
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.links import fresh_links
 from export_pipeline.orchestration.launch import ExportRun
 from export_pipeline.settings import Settings
@@ -246,7 +246,7 @@ def test_max_file_size_bytes_must_be_an_integer_of_at_least_5_mib(size: Any) -> 
     if size is None:
         assert parse_request({"max_file_size_bytes": None}).max_file_size_bytes is None
         return
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         parse_request({"max_file_size_bytes": size})
     assert [d["loc"] for d in caught.value.details] == ["max_file_size_bytes"]
 
@@ -256,7 +256,7 @@ def test_a_bad_limit_fails_before_any_document_is_read(
 ) -> None:
     store, col = big
     settings = store.settings.model_copy(update={"scratch": tmp_path / "scratch"})
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         export_job(col.namespace_id, col.id, {"max_file_size_bytes": LIMIT - 1}, settings=settings)
     assert [d["loc"] for d in caught.value.details] == ["max_file_size_bytes"]
     assert not (tmp_path / "scratch").exists() or not any((tmp_path / "scratch").iterdir())

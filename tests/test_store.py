@@ -11,7 +11,7 @@ import pytest
 from conftest import export_job, make_collection, write_jsonl
 from helpers import files_under, read_json_lines
 
-from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
+from export_pipeline.errors import ConflictError, InvalidInput, NotFoundError
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store, VectorIndex
 from export_pipeline.store.segments import shapes_file
@@ -56,7 +56,7 @@ def test_D1_namespace_name_unique(store: Store) -> None:
 
 @pytest.mark.parametrize("name", ["ab", "a b", "x" * 101, "ns.one", "", "näme", "a/b"])
 def test_D1_namespace_name_grammar(store: Store, name: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         store.catalog.create_namespace(name)
 
 
@@ -100,7 +100,7 @@ def test_D2_collection_name_unique_within_namespace_only(store: Store) -> None:
 @pytest.mark.parametrize("name", ["ab", "has space", "x" * 101, "dot.ted"])
 def test_D2_collection_name_grammar(store: Store, name: str) -> None:
     ns = store.catalog.create_namespace("space")
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         store.catalog.create_collection(ns, name, [])
 
 
@@ -122,7 +122,7 @@ def test_D1_D2_collection_invisible_from_another_namespace(store: Store) -> None
 
 def test_D2_duplicate_vector_index_names_rejected(store: Store) -> None:
     ns = store.catalog.create_namespace("space")
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         store.catalog.create_collection(
             ns, "twice", [VectorIndex(name="v", dimensions=2), VectorIndex(name="v", dimensions=3)]
         )
@@ -248,7 +248,7 @@ def assert_refused(
     segments_before = files_under(folder / "segments")
     before = store.catalog.collection(ns, col.id)
     source = write_jsonl(store.settings.home_dir.parent / "bad", lines)
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInput) as info:
         store.ingest(ns.id, col.id, source, upsert=upsert)
     assert info.value.message.startswith(f"line {line}:"), info.value.message
     after = store.catalog.collection(ns, col.id)

@@ -12,6 +12,7 @@ import sys
 from types import FrameType
 
 from export_pipeline.agent import protocol
+from export_pipeline.errors import ExportPipelineError
 
 # Signals a user sends the CLI reach the child that does the work, as they would reach the
 # CLI's own process without an agent.
@@ -61,7 +62,7 @@ def _wait(sock: socket.socket, child: int) -> int:
         signal.signal(received[-1], signal.SIG_DFL)
         os.kill(os.getpid(), received[-1])
     message = "the export-pipeline agent's worker ended without an exit code"
-    print(json.dumps({"error": {"type": "InternalError", "message": message, "details": None}}))
+    print(json.dumps({"error": ExportPipelineError(message).to_dict()}))
     return 1
 
 

@@ -23,7 +23,7 @@ from export_pipeline.api.openapi import (
     install_schemas,
 )
 from export_pipeline.contract import ExportResponse
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.jsontext import load_json
 from export_pipeline.links import ExportLinks, fresh_links
 from export_pipeline.orchestration import tags
@@ -171,13 +171,13 @@ def _request_body(request: Request, raw: bytes) -> dict[str, Any] | None:
         return None
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
-        raise ValidationError(
+        raise InvalidInput(
             "the body must be JSON sent as Content-Type: application/json",
             [{"loc": "(body)", "msg": f"content type {media or 'missing'}"}],
         )
     body = load_json(raw, "the body")
     if body is not None and not isinstance(body, dict):
-        raise ValidationError(
+        raise InvalidInput(
             "the body must be a JSON object", [{"loc": "(body)", "msg": "not an object"}]
         )
     return body

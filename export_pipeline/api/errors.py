@@ -18,10 +18,10 @@ from export_pipeline.errors import (
     EnvironmentProblem,
     ExportPipelineError,
     InsufficientStorage,
+    InvalidInput,
     NotFoundError,
     RunTimedOut,
     ServiceUnavailable,
-    ValidationError,
     from_pydantic,
 )
 
@@ -75,7 +75,7 @@ class RateLimitError(ApiError):
 
 
 _STATUS = {
-    ValidationError: 422,
+    InvalidInput: 422,
     NotFoundError: 404,
     ConflictError: 409,
     RunTimedOut: 504,

@@ -52,7 +52,7 @@ _MEANINGS = {
     403: "The key may not use that namespace (UnauthorizedError)",
     404: "Namespace, collection or export not found (NotFoundError)",
     413: "Body over 1 MiB",
-    422: "Invalid request; details list each problem with its location (ValidationError)",
+    422: "Invalid request; details list each problem with its location (InvalidInput)",
     429: "Too many requests for this key; see Retry-After",
     500: "The export failed; the message says what failed, with the run id",
     504: "The export ran over the time limit and was cancelled",

@@ -132,7 +132,7 @@ def _planned(
 
 
 def parse_request(body: dict[str, Any] | None) -> ExportRequest:
-    """R1-R8: an ExportRequest, or a ValidationError naming each problem's location."""
+    """R1-R8: an ExportRequest, or a InvalidInput naming each problem's location."""
     try:
         return ExportRequest.model_validate(body or {})
     except PydanticError as exc:

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from export_pipeline.contract import ExportRequest
 from export_pipeline.engine.plan import parse_request
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.orchestration.executor import CELERY_OPTIONS
 
 _REQUEST = ExportRequest.model_fields
@@ -68,7 +68,7 @@ class ExportConfig(dg.Config):
         return {key: value for key, value in body.items() if value is not None}
 
     def request(self) -> ExportRequest:
-        """The validated request; a ValidationError with the CLI's message otherwise."""
+        """The validated request; a InvalidInput with the CLI's message otherwise."""
         return parse_request(self.request_body())
 
     @classmethod
@@ -84,7 +84,7 @@ def validate_request(config: ExportConfig) -> dg.RunConfig:
     try:
         config.request()
         execution = executor_config(config.shards or 1, config.executor, config.celery_broker)
-    except ValidationError as exc:
+    except InvalidInput as exc:
         raise dg.DagsterInvalidConfigError(exc.message, [], config.model_dump()) from None
     # The console shows INFO and up; the UI still records every event of the run.
     return dg.RunConfig(
@@ -103,7 +103,7 @@ def executor_config(
         return {"in_process": {}}
     if executor == "celery":
         if not celery_broker:
-            raise ValidationError(
+            raise InvalidInput(
                 "EXPORT_PIPELINE_EXECUTOR=celery needs EXPORT_PIPELINE_CELERY_BROKER"
             )
         return {

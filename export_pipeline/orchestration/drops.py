@@ -25,7 +25,7 @@ from pydantic import ValidationError as PydanticError
 
 from export_pipeline.errors import (
     ExportPipelineError,
-    ValidationError,
+    InvalidInput,
     problems,
     validation_details,
 )
@@ -130,7 +130,7 @@ def _parse(data: bytes) -> DroppedRequest:
     try:
         return DroppedRequest.model_validate(raw)
     except PydanticError as exc:
-        raise ValidationError(
+        raise InvalidInput(
             f"invalid request file: {problems(validation_details(exc), whole='(file)')}"
             ' (expected {"namespace", "collection", "request"})'
         ) from None

@@ -23,7 +23,7 @@ from export_pipeline.errors import (
     PUBLISHED_NOTHING,
     EnvironmentProblem,
     ExportPipelineError,
-    ValidationError,
+    InvalidInput,
     from_dict,
     guard,
 )
@@ -114,7 +114,7 @@ def _check_pg_url(url: str | None) -> None:
     """Dagster's PostgreSQL storage sends NOTIFY with client-side parameters, which only the
     psycopg2 driver makes; SQLAlchemy takes psycopg 3 for a URL that names no driver."""
     if url and url.split("://", 1)[0] in ("postgres", "postgresql"):
-        raise ValidationError(
+        raise InvalidInput(
             "DAGSTER_PG_URL must name the psycopg2 driver: postgresql+psycopg2://user:password@"
             "host:port/db (Dagster's PostgreSQL storage needs it)"
         )

@@ -149,10 +149,10 @@ def step_outputs_on_storage(target: str) -> Any:
     disk: pickled objects on the export storage `target`, which every worker reaches."""
     from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
-    from export_pipeline.errors import ValidationError
+    from export_pipeline.errors import InvalidInput
 
     if not target.startswith("s3://"):
-        raise ValidationError(
+        raise InvalidInput(
             "EXPORT_PIPELINE_EXECUTOR=celery needs EXPORT_PIPELINE_STORAGE on S3 (s3://...):"
             " the workers share no disk"
         )

@@ -31,8 +31,8 @@ from pydantic import ValidationError as PydanticError
 from export_pipeline.engine.plan import parse_request
 from export_pipeline.errors import (
     ExportPipelineError,
+    InvalidInput,
     NotFoundError,
-    ValidationError,
     problems,
     validation_details,
 )
@@ -114,38 +114,38 @@ class ScheduleEntry(BaseModel):
 
 
 def load_schedules(path: Path) -> list[ScheduleEntry]:
-    """The file's entries; a ValidationError naming file, entry and problem otherwise."""
+    """The file's entries; a InvalidInput naming file, entry and problem otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValidationError(f"{path}: cannot read the schedules file: {exc.strerror}") from None
+        raise InvalidInput(f"{path}: cannot read the schedules file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise ValidationError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
+        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     try:
         problem = _nesting_problem(text, MAX_REQUEST_DEPTH)
         if problem is not None:
-            raise ValidationError(f"{path}: {problem}")
+            raise InvalidInput(f"{path}: {problem}")
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValidationError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        raise InvalidInput(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if raw is None:  # an empty file declares no schedules
         return []
     if not isinstance(raw, list):
-        raise ValidationError(f"{path}: the top level must be a list of entries, got {_kind(raw)}")
+        raise InvalidInput(f"{path}: the top level must be a list of entries, got {_kind(raw)}")
     entries: list[ScheduleEntry] = []
     first_seen: dict[str, int] = {}
     for number, item in enumerate(raw, start=1):
         where = f"{path}: {_entry_label(item, number)}"
         if not isinstance(item, dict):
-            raise ValidationError(f"{where}: an entry must be a mapping, got {_kind(item)}")
+            raise InvalidInput(f"{where}: an entry must be a mapping, got {_kind(item)}")
         try:
             entry = ScheduleEntry.model_validate(item)
         except PydanticError as exc:
             # A problem of the whole entry (no cron nor on_change) says so in its own words.
             summary = problems(validation_details(exc), whole="")
-            raise ValidationError(f"{where}: {summary}") from None
+            raise InvalidInput(f"{where}: {summary}") from None
         if entry.name in first_seen:
-            raise ValidationError(
+            raise InvalidInput(
                 f"{where}: name {entry.name!r} is already used by entry #{first_seen[entry.name]}"
             )
         first_seen[entry.name] = number

@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Any
 
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.orchestration.executor import CELERY_OPTIONS
 from export_pipeline.settings import Settings
 
@@ -58,8 +58,8 @@ def worker_argv(concurrency: int) -> list[str]:
 def run_worker(settings: Settings, concurrency: int | None) -> None:
     """Serve the export job's steps until interrupted."""
     if not settings.celery_broker:
-        raise ValidationError("export-pipeline worker needs EXPORT_PIPELINE_CELERY_BROKER")
+        raise InvalidInput("export-pipeline worker needs EXPORT_PIPELINE_CELERY_BROKER")
     if concurrency is not None and concurrency < 1:
-        raise ValidationError(f"--concurrency is at least 1, got {concurrency}")
+        raise InvalidInput(f"--concurrency is at least 1, got {concurrency}")
     app = celery_app(settings.celery_broker)
     app.worker_main(worker_argv(concurrency or os.cpu_count() or 1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.settings import Settings
 from export_pipeline.storage.base import (
     FileRange,
@@ -40,7 +40,7 @@ def open_storage(settings: Settings, uri: str | None = None) -> Storage:
         return S3Storage.from_uri(target, s3_options(settings), journal)
     if target.startswith("file://") or "://" not in target:
         return LocalStorage.from_uri(target)
-    raise ValidationError(f"unsupported storage target {target!r} (supported: file://, s3://)")
+    raise InvalidInput(f"unsupported storage target {target!r} (supported: file://, s3://)")
 
 
 def s3_options(settings: Settings) -> S3Options:

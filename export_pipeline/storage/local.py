@@ -12,8 +12,8 @@ from urllib.parse import unquote
 from export_pipeline.errors import (
     PUBLISHED_NOTHING,
     ExportPipelineError,
+    InvalidInput,
     NotFoundError,
-    ValidationError,
     guard,
 )
 from export_pipeline.storage.base import (
@@ -55,10 +55,10 @@ class LocalStorage:
         if rest.startswith("//"):  # file://host/path: only the local host is ours
             host, slash, rest = rest[2:].partition("/")
             if host not in ("", "localhost"):
-                raise ValidationError(f"storage target {uri!r} names another host ({host})")
+                raise InvalidInput(f"storage target {uri!r} names another host ({host})")
             rest = slash + rest
         if not rest.startswith("/"):
-            raise ValidationError(f"storage target {uri!r} is not file:///absolute/path")
+            raise InvalidInput(f"storage target {uri!r} is not file:///absolute/path")
         written = not rest.isascii() or any(char in rest for char in " ?#")
         return cls(Path(rest if written else unquote(rest)))
 

@@ -22,7 +22,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
-from export_pipeline.errors import ExportPipelineError, ValidationError
+from export_pipeline.errors import ExportPipelineError, InvalidInput
 from export_pipeline.storage.base import (
     LocalFile,
     PublishedObject,
@@ -71,10 +71,10 @@ class S3Options:
 
 
 def parse_s3_uri(uri: str, what: str) -> tuple[str, str]:
-    """(bucket, key prefix) of `s3://bucket[/prefix]`; ValidationError naming `what` else."""
+    """(bucket, key prefix) of `s3://bucket[/prefix]`; InvalidInput naming `what` else."""
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValidationError(f"{what} {uri!r} is not s3://bucket[/prefix]")
+        raise InvalidInput(f"{what} {uri!r} is not s3://bucket[/prefix]")
     return parsed.netloc, parsed.path.strip("/")
 
 

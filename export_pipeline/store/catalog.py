@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from export_pipeline.errors import ConflictError, NotFoundError, ValidationError
+from export_pipeline.errors import ConflictError, InvalidInput, NotFoundError
 from export_pipeline.store.database import (
     INTEGRITY_ERRORS,
     Connection,
@@ -186,7 +186,7 @@ class Catalog:
         _check_name("collection", name, COLLECTION_ID)
         names = [index.name for index in vector_indexes]
         if len(set(names)) != len(names):
-            raise ValidationError("vector index names must be unique within a collection")
+            raise InvalidInput("vector index names must be unique within a collection")
         now = utc_now()
         collection_id = new_id("col_", 10)
         indexes_json = json.dumps([index.model_dump() for index in vector_indexes])
@@ -240,7 +240,7 @@ def _collection(row: Any) -> Collection:
 
 def _check_name(kind: str, name: str, id_pattern: re.Pattern[str]) -> None:
     if not NAME.fullmatch(name):
-        raise ValidationError(f"{kind} names match [A-Za-z0-9_-]{{3,100}}, got {name!r}")
+        raise InvalidInput(f"{kind} names match [A-Za-z0-9_-]{{3,100}}, got {name!r}")
     if id_pattern.fullmatch(name):
         # A name shaped like an id would make `id or name` lookups ambiguous.
-        raise ValidationError(f"{kind} name {name!r} looks like a {kind} id; choose another")
+        raise InvalidInput(f"{kind} name {name!r} looks like a {kind} id; choose another")

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
-from export_pipeline.errors import ValidationError, guard
+from export_pipeline.errors import InvalidInput, guard
 
 
 class Cursor(Protocol):
@@ -73,7 +73,7 @@ def open_database(home: Path, url: str | None, sqlite_schema: str) -> Database:
     if url is None:
         return SqliteDatabase(home, sqlite_schema)
     if not url.startswith(("postgresql://", "postgres://")):
-        raise ValidationError(
+        raise InvalidInput(
             "EXPORT_PIPELINE_CATALOG takes a postgresql://user:password@host:port/db URL,"
             f" got {masked(url)}"
         )

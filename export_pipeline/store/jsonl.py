@@ -11,7 +11,7 @@ import orjson
 import pyarrow as pa
 import simdjson
 
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.jsontext import MAX_DOCUMENT_DEPTH, nesting_problem
 from export_pipeline.store import lines
 from export_pipeline.store.catalog import Collection, VectorIndex
@@ -26,7 +26,7 @@ BATCH_BYTES = 16 * 1024 * 1024  # a batch is flushed at this much document text
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
-class LineError(ValidationError):
+class LineError(InvalidInput):
     """A line of an ingest file is invalid; the whole ingest is refused."""
 
     def __init__(self, line: int, problem: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, computed_field
 
-from export_pipeline.errors import NotFoundError, ValidationError
+from export_pipeline.errors import InvalidInput, NotFoundError
 from export_pipeline.store.catalog import Catalog, Namespace, new_id, utc_now, utc_timestamp
 from export_pipeline.store.database import INTEGRITY_ERRORS, Connection
 
@@ -98,9 +98,9 @@ class ApiKeys:
         is returned this once and cannot be recovered later."""
         bound = list({namespace.id: namespace for namespace in namespaces}.values())
         if not bound:
-            raise ValidationError("an API key needs at least one namespace")
+            raise InvalidInput("an API key needs at least one namespace")
         if name is not None and not 1 <= len(name) <= MAX_NAME_LENGTH:
-            raise ValidationError(f"key names are 1 to {MAX_NAME_LENGTH} characters")
+            raise InvalidInput(f"key names are 1 to {MAX_NAME_LENGTH} characters")
         key = generate_key()
         key_id = new_id("key_", 12)
         stored = hash_key(key)  # outside the transaction: hashing takes tens of ms

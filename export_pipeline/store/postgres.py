@@ -21,7 +21,7 @@ import psycopg.conninfo
 import psycopg.errors
 from psycopg.rows import RowMaker
 
-from export_pipeline.errors import CHANGED_NOTHING, EnvironmentProblem, ValidationError
+from export_pipeline.errors import CHANGED_NOTHING, EnvironmentProblem, InvalidInput
 from export_pipeline.store.database import IntegrityError, masked
 
 # Advisory lock keys (PostgreSQL scopes them to the database): the catalog's writers, its
@@ -266,22 +266,22 @@ def _rollback(db: PostgresConnection) -> None:
 
 
 def _check(url: str) -> dict[str, Any]:
-    """The URL's connection options; a ValidationError for a URL libpq cannot use."""
+    """The URL's connection options; a InvalidInput for a URL libpq cannot use."""
     try:
         options = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise _unusable(url, exc) from None
     port = options.get("port")
     if port is not None and not re.fullmatch(r"[0-9]+(,[0-9]+)*", str(port)):
-        raise ValidationError(
+        raise InvalidInput(
             f"EXPORT_PIPELINE_CATALOG {masked(url)} is not a usable PostgreSQL URL:"
             f" its port {port!r} is not a number"
         )
     return options
 
 
-def _unusable(url: str, exc: psycopg.Error) -> ValidationError:
-    return ValidationError(
+def _unusable(url: str, exc: psycopg.Error) -> InvalidInput:
+    return InvalidInput(
         f"EXPORT_PIPELINE_CATALOG {masked(url)} is not a usable PostgreSQL URL: {_cause(url, exc)}"
     )
 

@@ -17,7 +17,7 @@ from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.engine.manifest import sha256_of
 from export_pipeline.engine.plan import parse_request
-from export_pipeline.errors import EnvironmentProblem, NotFoundError, ValidationError
+from export_pipeline.errors import EnvironmentProblem, InvalidInput, NotFoundError
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import LAUNCH_FIELDS, ExportConfig
 from export_pipeline.orchestration.job import export_collection
@@ -173,7 +173,7 @@ def test_invalid_config_fails_before_any_op_runs_with_the_cli_message(
     settings: Settings, demo: tuple[Namespace, Collection], instance: dg.DagsterInstance, body: dict
 ) -> None:
     ns, col = demo
-    with pytest.raises(ValidationError) as cli_error:
+    with pytest.raises(InvalidInput) as cli_error:
         parse_request(body)
     with pytest.raises(dg.DagsterInvalidConfigError) as info:
         export_collection.execute_in_process(
@@ -183,7 +183,7 @@ def test_invalid_config_fails_before_any_op_runs_with_the_cli_message(
         )
     assert str(info.value) == cli_error.value.message
     assert not instance.get_runs()  # refused before a run existed
-    with pytest.raises(ValidationError, match="invalid request"):  # launchers refuse it too
+    with pytest.raises(InvalidInput, match="invalid request"):  # launchers refuse it too
         execute(settings, ns.name, col.name, body, "cli", instance)
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_collection
 
 from export_pipeline.definitions import build_definitions
-from export_pipeline.errors import ValidationError
+from export_pipeline.errors import InvalidInput
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.job import export_collection
 from export_pipeline.orchestration.resources import resources_from
@@ -165,7 +165,7 @@ def test_a_malformed_file_fails_with_one_message_naming_file_entry_and_problem(
     tmp_path: Path, text: str, fragments: list[str]
 ) -> None:
     path = write_file(tmp_path, text)
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         load_schedules(path)
     message = caught.value.message
     assert message.startswith(f"{path}: ")
@@ -177,13 +177,13 @@ def test_a_malformed_file_fails_with_one_message_naming_file_entry_and_problem(
 def test_a_file_that_is_not_utf8_is_named_with_the_byte(tmp_path: Path) -> None:
     path = tmp_path / "schedules.yaml"
     path.write_bytes(GOOD.replace("first", "caf\xe9").encode("latin-1"))
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         load_schedules(path)
     assert caught.value.message == (f"{path}: not UTF-8 text (byte 11): invalid continuation byte")
 
 
 def test_a_missing_file_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="cannot read the schedules file"):
+    with pytest.raises(InvalidInput, match="cannot read the schedules file"):
         load_schedules(tmp_path / "nope.yaml")
 
 
@@ -290,5 +290,5 @@ def test_definitions_fail_to_load_with_a_malformed_schedules_file(
     settings: Settings, tmp_path: Path
 ) -> None:
     path = write_file(tmp_path, GOOD.replace("0 2 * * *", "bad cron"))
-    with pytest.raises(ValidationError, match=r"entry 'first' \(#1\): cron: 'bad cron'"):
+    with pytest.raises(InvalidInput, match=r"entry 'first' \(#1\): cron: 'bad cron'"):
         build_definitions(settings.model_copy(update={"schedules": path}))
