@@ -171,7 +171,7 @@ def main() -> None:
         Path(out).write_text(json.dumps(child(case, Path(docs))))
         return
     started = time.perf_counter()
-    from export_pipeline.contract import LogicalOperator
+    from export_pipeline.filter_models import LogicalOperator
 
     regexes = {"OR": [condition("regex", i) for i in range(CONDITIONS)]}
     LogicalOperator.model_validate(regexes)

@@ -153,3 +153,16 @@ def batch_bytes(con: duckdb.DuckDBPyConnection) -> int:
 
 def _glob_escaped(path: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why DuckDB's RE2 rejects `pattern`, or None when it compiles.
+
+    One shared connection: a connection per pattern cost ~25 ms, 23 s for 1,000 regexes.
+    """
+    try:
+        with shared_connection() as con:
+            con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
+    except duckdb.Error as exc:
+        return str(exc).split("Error: ", 1)[-1]
+    return None

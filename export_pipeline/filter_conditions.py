@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from export_pipeline.contract import FilterOperator
 from export_pipeline.filter_macros import FEATURES, iso_micros
+from export_pipeline.filter_models import FilterOperator
 
 Op = FilterOperator
 

@@ -34,12 +34,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from export_pipeline.contract import (
-    FilterCondition,
-    FilterOperator,
-    LogicalOperator,
-    check_filter_size,
-)
 from export_pipeline.filter_conditions import CompiledFilter, condition, join, sql
 from export_pipeline.filter_macros import (
     ISO_PATTERN,
@@ -49,6 +43,12 @@ from export_pipeline.filter_macros import (
     install_macros,
     iso_micros,
     uses_macros,
+)
+from export_pipeline.filter_models import (
+    FilterCondition,
+    FilterOperator,
+    LogicalOperator,
+    check_filter_size,
 )
 from export_pipeline.paths import json_path
 

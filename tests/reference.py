@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from export_pipeline.contract import FilterCondition, FilterOperator, LogicalOperator
+from export_pipeline.filter_models import FilterCondition, FilterOperator, LogicalOperator
 from export_pipeline.paths import MISSING, lookup
 
 Op = FilterOperator

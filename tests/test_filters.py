@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import matches
 
-from export_pipeline.contract import LogicalOperator
 from export_pipeline.engine.kinds import scalar_kinds
+from export_pipeline.filter_models import LogicalOperator
 from export_pipeline.filters import (
     CompiledFilter,
     compile_filter,

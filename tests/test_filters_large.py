@@ -18,9 +18,10 @@ import pytest
 from reference import matches
 
 from export_pipeline import duck
-from export_pipeline.contract import MAX_CONDITIONS, ExportRequest, FilterOperator
+from export_pipeline.contract import ExportRequest
 from export_pipeline.demo import demo_documents
 from export_pipeline.engine.kinds import scalar_kinds
+from export_pipeline.filter_models import MAX_CONDITIONS, FilterOperator
 from export_pipeline.filters import compile_filter, filter_fields, install_macros
 
 DEPTH = 16

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import simdjson
 
-from export_pipeline.contract import INT64
+from export_pipeline.filter_models import INT64
 
 VECTORS_KEY = "_vectors"
 # Every digit becomes "0", so one substring search finds any run of 19 digits (a regex
