@@ -24,7 +24,7 @@ from export_pipeline.storage.pieces import (
     size_of_pieces,
     write_pieces,
 )
-from export_pipeline.storage.s3 import MIB, S3Options, make_client
+from export_pipeline.storage.s3_client import MIB, S3Options, make_client
 
 PREFIX = "ns/exports/col/exp_1"
 

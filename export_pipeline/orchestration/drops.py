@@ -33,7 +33,7 @@ from export_pipeline.jsontext import load_json
 from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
 from export_pipeline.storage import s3_options
-from export_pipeline.storage.s3 import S3Options, make_client, parse_s3_uri, s3_problem
+from export_pipeline.storage.s3_client import S3Options, make_client, parse_s3_uri, s3_problem
 from export_pipeline.store import Store
 
 MAX_FILES_PER_TICK = 50  # the rest wait for the next tick, oldest first

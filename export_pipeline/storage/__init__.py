@@ -15,7 +15,8 @@ from export_pipeline.storage.base import (
     export_prefix,
 )
 from export_pipeline.storage.local import LocalStorage
-from export_pipeline.storage.s3 import MIB, S3Options, S3Storage
+from export_pipeline.storage.s3 import S3Storage
+from export_pipeline.storage.s3_client import MIB, S3Options
 
 __all__ = [
     "FileRange",

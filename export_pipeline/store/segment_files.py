@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from export_pipeline.settings import Settings
 from export_pipeline.storage import s3_options
-from export_pipeline.storage.s3 import make_client, parse_s3_uri
+from export_pipeline.storage.s3_client import make_client, parse_s3_uri
 
 SHAPES_SUFFIX = ".shapes.parquet"
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}

@@ -42,7 +42,7 @@ from export_pipeline.orchestration.sensors import (
     runs_exist,
 )
 from export_pipeline.settings import Settings
-from export_pipeline.storage.s3 import S3Options
+from export_pipeline.storage.s3_client import S3Options
 from export_pipeline.store import Collection, Namespace, Store
 
 DOCS = [{"document_id": f"d{i}", "metadata": {"n": i}} for i in range(4)]
