@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export_pipeline.engine.assembly import FOOTER_SHAPE, assembled, read_part
+from export_pipeline.engine.assembly import assembled
+from export_pipeline.engine.parquet_assembly import FOOTER_SHAPE, read_part
 from export_pipeline.engine.parquet_footer import decode_struct, encode_struct
 from export_pipeline.engine.sinks import LineSink, csv_header, csv_sink, parquet_sink
 from export_pipeline.storage.base import FileRange, Piece
