@@ -24,7 +24,7 @@ from helpers import (
     same_json,
 )
 
-from export_pipeline.engine.writers import VectorsWriter
+from export_pipeline.engine.vectors_writer import VectorsWriter
 from export_pipeline.errors import (
     EnvironmentProblem,
     ExportPipelineError,

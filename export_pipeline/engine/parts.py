@@ -36,7 +36,8 @@ from export_pipeline.engine.selection import (
     surveyed_shapes,
 )
 from export_pipeline.engine.shards import Shard
-from export_pipeline.engine.writers import DocumentsWriter, VectorsWriter, top_level_keys
+from export_pipeline.engine.vectors_writer import VectorsWriter
+from export_pipeline.engine.writers import DocumentsWriter, top_level_keys
 from export_pipeline.settings import Settings
 from export_pipeline.storage.base import StoredRange
 from export_pipeline.store import Store

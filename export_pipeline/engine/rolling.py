@@ -214,3 +214,12 @@ class RollingTableWriter(TableWriter):
 
     def abort(self) -> None:
         """Nothing is being written in the background; the chunks go with the scratch space."""
+
+
+def table_writer(
+    path: Path, make_sink: SinkFactory, rolling: PartRoller | None, role: str, **shaping: Any
+) -> TableWriter:
+    """The file's TableWriter, or, with a roller, the one that hands its tables to it."""
+    if rolling is None:
+        return TableWriter(path, make_sink(path), **shaping)
+    return rolling.writer(role, path, make_sink, **shaping)

@@ -228,3 +228,15 @@ def parquet_sink(path: Path) -> Callable[[pa.Schema], Sink]:
         )
 
     return open_sink
+
+
+def line_sink(path: Path) -> Callable[[pa.Schema], Sink]:
+    """The sink factory of a json lines file (its lines made by the writer's query)."""
+    return lambda schema: LineSink(path)
+
+
+def sink_of(fmt: str, header: bool) -> Callable[[Path], Callable[[pa.Schema], Sink]]:
+    """The sink factory of a csv (with or without its header) or parquet file."""
+    if fmt == "csv":
+        return lambda path: csv_sink(path, header=header)
+    return parquet_sink

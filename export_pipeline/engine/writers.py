@@ -1,4 +1,5 @@
-"""Chosen documents -> the documents file and the vectors file, one bounded batch at a time.
+"""Chosen documents -> the documents file (the vectors file: `vectors_writer`), one bounded
+batch at a time.
 
 Each batch of (document_id, doc, vectors) rows, already in document_id order (O3), goes to
 both writers, so the two files line up row for row (W1). What needs JSON work (csv cells,
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from export_pipeline import duck
-from export_pipeline.engine.rolling import PartRoller, SinkFactory
+from export_pipeline.engine.rolling import PartRoller, table_writer
 from export_pipeline.engine.schema import (
     Shape,
     cell_sql,
@@ -30,17 +31,10 @@ from export_pipeline.engine.schema import (
     pointer,
 )
 from export_pipeline.engine.selection import projection_sql, summed_counts
-from export_pipeline.engine.sinks import (
-    LineSink,
-    TableWriter,
-    Written,
-    csv_sink,
-    parquet_sink,
-)
+from export_pipeline.engine.sinks import Written, line_sink, parquet_sink, sink_of
 from export_pipeline.engine.width import WHOLE_DOCUMENT
-from export_pipeline.store import VectorIndex
 from export_pipeline.store.batches import gathered
-from export_pipeline.store.segments import SHAPE_ID, vector_column, vector_type
+from export_pipeline.store.segments import SHAPE_ID
 
 CONTENT_TYPES = {
     "json": "application/x-ndjson",
@@ -92,17 +86,17 @@ class DocumentsWriter:
         if fmt == "json":
             passthrough = select is None and condition == "TRUE"
             self.sql = None if passthrough and not carry else f"SELECT doc{carry} FROM {source} s"
-            self.writer = table_writer(path, _lines, rolling, "documents")
+            self.writer = table_writer(path, line_sink, rolling, "documents")
         elif shape is None:
             raise ValueError("csv and parquet need the documents' shape")
         elif shape.whole_document:
             self.sql = (
                 f"SELECT document_id, doc AS {duck.identifier(WHOLE_DOCUMENT)}{carry} FROM {source}"
             )
-            self.writer = table_writer(path, _sink(fmt, csv_header), rolling, "documents")
+            self.writer = table_writer(path, sink_of(fmt, csv_header), rolling, "documents")
         elif fmt == "csv":
             self.sql, self.params, names = _csv_query(shape, select, source, carry)
-            sink = _sink(fmt, csv_header)
+            sink = sink_of(fmt, csv_header)
             self.writer = table_writer(path, sink, rolling, "documents", names=names)
         else:
             self.sql, self.params, names, order, as_text = _parquet_query(
@@ -279,104 +273,3 @@ def _parquet_query(
     produced = [*typed, *apart]
     order = [produced.index(key) for key in structure]
     return sql, params, list(structure), order, as_text
-
-
-def vector_text_sql(index: VectorIndex, column: str) -> str:
-    """A vector as JSON text, float32 values in their shortest round-trip form; NULL if none."""
-    floats = "array_to_string(list_transform({}, lambda x: CAST(x AS VARCHAR)), ',')"
-    if index.type == "dense":
-        return "'[' || " + floats.format(f"CAST({column} AS FLOAT[])") + " || ']'"
-    return (
-        f"""'{{"indices":' || CAST(to_json({column}.indices) AS VARCHAR) || ',"values":[' || """
-        + floats.format(f"{column}.values")
-        + " || ']}'"
-    )
-
-
-class VectorsWriter:
-    """W1: document_id plus one column (or key) per vector index, row for row with the
-    documents file."""
-
-    def __init__(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        fmt: str,
-        indexes: list[VectorIndex],
-        path: Path,
-        *,
-        csv_header: bool = True,
-        rolling: PartRoller | None = None,
-    ) -> None:
-        """`csv_header`: whether a csv file starts with its header (a shard's part does not);
-        `rolling`: the roller that cuts the file into parts, with the documents file."""
-        self.con, self.fmt, self.indexes = con, fmt, indexes
-        self.columns = ["document_id", *(vector_column(index.name) for index in indexes)]
-        stored = [(index, duck.identifier(vector_column(index.name))) for index in indexes]
-        if fmt == "parquet":
-            schema = pa.schema(
-                [("document_id", pa.string())]
-                + [(index.name, vector_type(index)) for index in indexes]
-            )
-            self.sql = None
-            self.writer = table_writer(
-                path, parquet_sink, rolling, "vectors", names=self.keys, schema=schema
-            )
-            return
-        if fmt == "json":
-            members = "".join(
-                f""" || ',"{index.name}":' || coalesce({vector_text_sql(index, column)}, 'null')"""
-                for index, column in stored
-            )
-            self.sql = (
-                f"""SELECT '{{"document_id":' || CAST(to_json(document_id) AS VARCHAR)"""
-                f"""{members} || '}}' FROM {duck.BATCH}"""
-            )
-            self.writer = table_writer(path, _lines, rolling, "vectors")
-            return
-        texts = "".join(f", {vector_text_sql(index, column)}" for index, column in stored)
-        self.sql = f"SELECT document_id{texts} FROM {duck.BATCH}"
-        sink = _sink(fmt, csv_header)
-        self.writer = table_writer(path, sink, rolling, "vectors", names=self.keys)
-
-    @property
-    def keys(self) -> list[str]:
-        """The file's columns (json: keys)."""
-        return ["document_id", *(index.name for index in self.indexes)]
-
-    def write(self, batch: pa.Table) -> None:
-        """Append the vectors of one batch (columns document_id and vec_*)."""
-        rows = batch.select(self.columns)
-        self.writer.write(rows if self.sql is None else duck.on_batch(self.con, self.sql, rows))
-
-    def abort(self) -> None:
-        """Stop writing after a failure (the file is left to the scratch space's removal)."""
-        self.writer.abort()
-
-    def close(self, empty: pa.Table) -> Written:
-        """Finish the file; `empty` is a batch with no rows (for the schema)."""
-        rows = empty.select(self.columns)
-        written = self.writer.close(
-            rows if self.sql is None else duck.on_batch(self.con, self.sql, rows)
-        )
-        if self.fmt == "json":
-            written.columns = [{"name": key, "type": "json"} for key in self.keys]
-        return written
-
-
-def table_writer(
-    path: Path, make_sink: SinkFactory, rolling: PartRoller | None, role: str, **shaping: Any
-) -> TableWriter:
-    """The file's TableWriter, or, with a roller, the one that hands its tables to it."""
-    if rolling is None:
-        return TableWriter(path, make_sink(path), **shaping)
-    return rolling.writer(role, path, make_sink, **shaping)
-
-
-def _lines(path: Path) -> Any:
-    return lambda schema: LineSink(path)
-
-
-def _sink(fmt: str, header: bool) -> SinkFactory:
-    if fmt == "csv":
-        return lambda path: csv_sink(path, header=header)
-    return parquet_sink
