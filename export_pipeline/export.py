@@ -45,11 +45,11 @@ from export_pipeline.engine.selection import (
     needs_survey,
     open_scratch,
     scratch_files,
-    summed_counts,
     survey,
 )
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS
+from export_pipeline.engine.tally import summed_counts
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
 from export_pipeline.links import export_response
 from export_pipeline.recovery import reclaim, sweep_quietly

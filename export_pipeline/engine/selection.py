@@ -2,7 +2,7 @@
 
 The shards write in parallel, so what is decided over the whole selection is decided once,
 before them (the survey), and each shard then evaluates the same predicate over its rows
-(`chosen`): the filter, and for a sample "rank at or before the N-th match's (rank, id)".
+(`chosen_where`): the filter, and for a sample "rank at or before the N-th match's (rank, id)".
 A sample needs its cutoff: a pass over the matches ranks them (ids only; the N lowest kept
 with numpy). csv and parquet exports (and listed fields) of some documents need the chosen
 documents' structures before the first row is written: the store numbers each document's
@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from export_pipeline import duck
 from export_pipeline.engine.plan import ExportPlan
+from export_pipeline.engine.tally import Tally
 from export_pipeline.filters import install_macros, uses_macros
 from export_pipeline.paths import json_path
 from export_pipeline.settings import Settings
@@ -114,7 +115,7 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     rows = store.documents.rows(plan.collection, columns, limit, copies=copies)
     rows = gathered(rows, limit, QUERY_ROWS)
     known: dict[str, int] = {}  # derived structures -> their numbers
-    tally = _Tally(plan.request.sample_size)
+    tally = Tally(plan.request.sample_size)
     for batch in rows:
         keep, rank, derived = _judge(con, plan, batch, derive)
         if numbered:
@@ -196,83 +197,6 @@ def _judge(
     rank = found.column("rank").to_numpy() if sample else None
     derived = found.column("shape").combine_chunks() if derive else None
     return keep, rank, derived
-
-
-class _Tally:
-    """The chosen rows as they go by: every match, or for a sample (O2) the N lowest-ranked
-    matches, kept N at a time (rank, structure number, id)."""
-
-    def __init__(self, size: int | None) -> None:
-        self.size = size
-        self.matched = 0
-        self.numbers: list[np.ndarray] = []
-        self.held: list[tuple[np.ndarray, np.ndarray, pa.ChunkedArray]] = []
-        self.count = 0
-
-    def add(
-        self,
-        keep: np.ndarray,
-        rank: np.ndarray | None,
-        number: np.ndarray,
-        ids: pa.ChunkedArray,
-    ) -> None:
-        """Take one batch: its matches, their ranks (sampling) and structure numbers."""
-        if self.size is None:
-            self.matched += int(keep.sum())
-            self.numbers.append(_counts(number[keep]))
-            return
-        assert rank is not None
-        where = np.flatnonzero(keep)
-        self.held.append((rank[where], number[where], ids.take(where)))
-        self.count += len(where)
-        if self.count > 2 * self.size:  # only ever the N lowest can be chosen: drop the rest
-            self.held = [self._lowest()]
-            self.count = len(self.held[0][0])
-
-    def _lowest(self) -> tuple[np.ndarray, np.ndarray, pa.ChunkedArray]:
-        """The held rows ranked at or below the N-th lowest rank (ties at it all kept)."""
-        rank = np.concatenate([part[0] for part in self.held])
-        number = np.concatenate([part[1] for part in self.held])
-        ids = pa.chunked_array([c for part in self.held for c in part[2].chunks], pa.string())
-        assert self.size is not None
-        if len(rank) > self.size:
-            bound = np.partition(rank, self.size - 1)[self.size - 1]
-            where = np.flatnonzero(rank <= bound)
-            rank, number = rank[where], number[where]
-            ids = ids.take(where)
-        return rank, number, ids
-
-    def result(self) -> tuple[int, np.ndarray, tuple[int, str] | None]:
-        """How many rows are chosen, how many of them have each structure number, the
-        cutoff."""
-        if self.size is None:
-            return self.matched, summed_counts(self.numbers), None
-        if not self.held:
-            return 0, np.zeros(0, np.int64), None
-        rank, number, ids = self._lowest()
-        if len(rank) < self.size:  # fewer matches than sample_size: every match
-            return len(rank), _counts(number), None
-        # ties at the N-th rank are broken by id (byte order, as DuckDB compares text)
-        bound = rank.max()
-        tied = np.flatnonzero(rank == bound)
-        below = len(rank) - len(tied)
-        order = pc.sort_indices(ids.take(tied)).to_numpy()
-        taken = tied[order[: self.size - below]]
-        keep = np.concatenate([np.flatnonzero(rank < bound), taken])
-        return len(keep), _counts(number[keep]), (int(bound), ids[int(taken[-1])].as_py())
-
-
-def _counts(numbers: np.ndarray) -> np.ndarray:
-    """How many times each structure number occurs (-1: none, not counted)."""
-    return np.bincount(numbers[numbers >= 0])
-
-
-def summed_counts(counts: list[np.ndarray]) -> np.ndarray:
-    """Counts per number, added up from arrays of different lengths."""
-    total = np.zeros(max((len(c) for c in counts), default=0), dtype=np.int64)
-    for found in counts:
-        total[: len(found)] += found
-    return total
 
 
 def _numbered(texts: pa.Array, known: dict[str, int]) -> np.ndarray:

@@ -30,8 +30,9 @@ from export_pipeline.engine.schema import (
     parquet_structure,
     pointer,
 )
-from export_pipeline.engine.selection import projection_sql, summed_counts
+from export_pipeline.engine.selection import projection_sql
 from export_pipeline.engine.sinks import Written, line_sink, parquet_sink, sink_of
+from export_pipeline.engine.tally import summed_counts
 from export_pipeline.engine.width import WHOLE_DOCUMENT
 from export_pipeline.store.batches import gathered
 from export_pipeline.store.segments import SHAPE_ID
