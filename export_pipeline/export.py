@@ -21,6 +21,7 @@ import numpy as np
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.assembly import assembled
+from export_pipeline.engine.export_shape import counted_shape, same_shape
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
     OutputFile,
@@ -29,13 +30,7 @@ from export_pipeline.engine.manifest import (
     sha256_of,
 )
 from export_pipeline.engine.part_files import part_file, part_files
-from export_pipeline.engine.parts import (
-    Part,
-    ShardParts,
-    counted_shape,
-    same_shape,
-    write_parts,
-)
+from export_pipeline.engine.parts import Part, ShardParts, write_parts
 from export_pipeline.engine.plan import ExportPlan, plan_export
 from export_pipeline.engine.preview import markdown_table
 from export_pipeline.engine.schema import shape_of
