@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -10,6 +9,7 @@ import pytest
 import yaml
 from services import PostgresServer
 
+from export_pipeline.orchestration.launch import write_instance_yaml
 from export_pipeline.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -66,9 +66,17 @@ def test_the_deployments_instance_keeps_runs_in_postgres(
     from dagster_postgres import PostgresRunStorage
 
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
     url = postgres.create_database().replace("postgresql://", "postgresql+psycopg2://")
+    # as the image is built: the template, with the variable set to any value
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://set-at-run-time")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    written = write_instance_yaml()
+    assert "set-at-run-time" not in written.read_text()  # the URL is read at run time
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert (
+        "write_instance_yaml()" in dockerfile
+        and "COPY pyproject.toml README.md dagster.yaml" in dockerfile
+    )
     monkeypatch.setenv("DAGSTER_PG_URL", url)
     instance = dg.DagsterInstance.from_config(str(home))
     assert isinstance(instance.run_storage, PostgresRunStorage)

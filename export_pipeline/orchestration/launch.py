@@ -120,6 +120,16 @@ def _check_pg_url(url: str | None) -> None:
         )
 
 
+def write_instance_yaml(home: Path | None = None) -> Path:
+    """Write the instance's dagster.yaml in `home` (default: DAGSTER_HOME) from the template,
+    as an image build does; returns its path."""
+    home = home or Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    target.write_text(instance_yaml(home))
+    return target
+
+
 def instance_yaml(home: Path) -> str:
     """The template for an instance in `home`: its INSTANCE_DIR written as the absolute path
     (YAML-quoted, whatever characters it holds); Dagster's PostgreSQL storage instead of the
