@@ -94,10 +94,16 @@ def export_job(
 
     from export_pipeline.orchestration.launch import execute, local_instance
 
+    global _ephemeral
     if processes:
         return execute(settings, namespace, collection, body, "cli", local_instance(settings))
     serial = settings.model_copy(update={"executor": "in_process"})
-    return execute(serial, namespace, collection, body, "cli", dg.DagsterInstance.ephemeral())
+    if _ephemeral is None:  # one per test process: its runs are not what these tests inspect
+        _ephemeral = dg.DagsterInstance.ephemeral()
+    return execute(serial, namespace, collection, body, "cli", _ephemeral)
+
+
+_ephemeral: Any = None
 
 
 class LocalS3:
