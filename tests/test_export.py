@@ -18,6 +18,7 @@ from helpers import (
     SEED_RESPONSE_FIELDS,
     ids_of,
     local_path,
+    quick_first,
     read_csv,
     read_json_lines,
     read_parquet,
@@ -1065,7 +1066,7 @@ def test_F4_R7_invalid_request_or_unknown_collection_fails_before_reading(
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
-@pytest.mark.parametrize("segments", [1, 3])
+@pytest.mark.parametrize("segments", quick_first([1, 3]))
 def test_O3_W1_vectors_line_up_with_documents(store: Store, fmt: str, segments: int) -> None:
     """One segment is read in file order, several are merged by sorting; both line up."""
     docs = [

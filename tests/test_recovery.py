@@ -510,9 +510,15 @@ def test_the_api_server_start_reclaims_and_fails_dead_runs(store: Store, tmp_pat
 
 
 def test_gc_on_a_home_never_used_reports_nothing_and_creates_nothing(
-    settings: Settings,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = cli(["gc"], env_of(settings))
+    from export_pipeline.cli import main
+
+    for name, value in env_of(settings).items():  # `export-pipeline gc`, in this process
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["gc"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report == {
         "records": 0,
         "paths": 0,

@@ -17,6 +17,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
+from helpers import quick_first
 
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration.launch import ExportRun
@@ -171,7 +172,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("fmt", "body", "shards"), CASES)
+@pytest.mark.parametrize(("fmt", "body", "shards"), quick_first(CASES, keep=2))
 def test_exports_of_s3_segments_are_those_of_local_segments(
     twins: tuple[Store, Collection, Store, Collection],
     fmt: str,
@@ -192,6 +193,7 @@ def test_exports_of_s3_segments_are_those_of_local_segments(
     assert _parquet_under(remote.settings.home_dir / "collections") == []
 
 
+@pytest.mark.slow
 def test_shards_in_processes_of_their_own_share_one_set_of_copies(
     twins: tuple[Store, Collection, Store, Collection],
 ) -> None:

@@ -51,6 +51,7 @@ RUN_TIMEOUT = 180  # seconds; runs take 8-13 s through the queued coordinator
 
 pytestmark = [
     pytest.mark.ui,
+    pytest.mark.slow,  # dagster dev and Chromium: tens of seconds
     pytest.mark.skipif(
         not CHROMIUM.exists() and not os.environ.get("CI"),
         reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)",
