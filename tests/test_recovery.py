@@ -280,8 +280,17 @@ def _own(store: Store, op_id: str, owner: Owner) -> None:
 # --- Killed ingests -----------------------------------------------------------------------
 
 
+# Killed while staging or writing segments, an ingest has not reached the catalog: those two
+# run on SQLite; killed at the swap (the catalog's transaction), on both.
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["ingest-staging", "ingest-segments", "ingest-swap"])
+@pytest.mark.parametrize(
+    ("catalog_settings", "point"),
+    [
+        *[("sqlite", p) for p in ("ingest-staging", "ingest-segments", "ingest-swap")],
+        ("postgres", "ingest-swap"),
+    ],
+    indirect=["catalog_settings"],
+)
 def test_a_killed_ingest_changes_nothing_and_gc_reclaims_it(
     store: Store, tmp_path: Path, point: str
 ) -> None:
