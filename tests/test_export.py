@@ -217,6 +217,7 @@ def test_O2_sample_at_least_matches_returns_all(
     assert ids_of(result.response.s3_path, "json") == [d["document_id"] for d in PEOPLE]
 
 
+@pytest.mark.slow  # 15 exports
 def test_O2_sample_subsets_are_uniform(store: Store) -> None:
     docs = [{"document_id": f"doc{i:03d}"} for i in range(20)]
     ns, col = make_collection(store, docs, name="urn")
