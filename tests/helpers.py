@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from export_pipeline.contract import SEED_REQUEST_EXAMPLE
 
@@ -174,3 +175,13 @@ def cli_output(argv: list[str], env: dict[str, str]) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def quick_first(values: list[Any], keep: int = 1) -> list[Any]:
+    """Parametrize values whose first `keep` run in the quick subset and the rest only in the
+    whole suite (marked slow): a matrix of long cases keeps one quick representative."""
+    return [
+        value if n < keep else pytest.param(*(value if isinstance(value, tuple) else (value,)),
+                                            marks=pytest.mark.slow)
+        for n, value in enumerate(values)
+    ]  # fmt: skip

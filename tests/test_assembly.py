@@ -229,6 +229,7 @@ def check_assembled(out: Path, parts: list[Path]) -> None:
 
 @given(table=tables(), data=st.data())
 @SLOW
+@pytest.mark.slow
 def test_parquet_parts_assemble_into_their_concatenation(
     table: pa.Table, data: st.DataObject
 ) -> None:

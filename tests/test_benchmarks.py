@@ -26,6 +26,7 @@ from benchmarks.cases import FORMATS, VARIANTS, matrix  # noqa: E402
 from benchmarks.dataset import documents  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vectors", ["on", "off"])
 def test_quick_run_covers_every_case_and_agrees(tmp_path: Path, vectors: str) -> None:
     """The whole matrix, in two halves (with and without vectors) that can run in parallel."""
@@ -116,6 +117,7 @@ def _bench_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_no_reference_runs_ours_alone(tmp_path: Path) -> None:
     """The 5M run measures ours only: the reference does not fit in memory there."""
     out = tmp_path / "bench.json"
@@ -130,6 +132,7 @@ def test_no_reference_runs_ours_alone(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--no-reference" in refused.stderr
 
 
+@pytest.mark.slow
 def test_through_dagster_runs_the_job_and_agrees_with_the_reference(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     tiny = ["--quick", "--n", "500", "--dims", "4", "--formats", "csv", "--vectors", "on"]

@@ -167,6 +167,7 @@ def _wait_for_a_lock_wait(url: str) -> None:
             db.execute("SELECT pg_sleep(0.02)")
 
 
+@pytest.mark.slow
 def test_an_export_in_step_processes_reads_the_postgresql_catalog(
     settings: Settings, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:

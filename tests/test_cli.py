@@ -216,6 +216,7 @@ def test_ingest_error_names_the_line_and_changes_nothing(cli, people: Path, tmp_
     assert out["document_count"] == 5
 
 
+@pytest.mark.slow
 def test_demo_is_idempotent_and_console_script_works(tmp_path: Path) -> None:
     env = {**os.environ, "EXPORT_PIPELINE_HOME": str(tmp_path / "home")}
     script = Path(sys.executable).parent / "export-pipeline"

@@ -18,6 +18,7 @@ from helpers import (
     SEED_RESPONSE_FIELDS,
     ids_of,
     local_path,
+    quick_first,
     read_csv,
     read_json_lines,
     read_parquet,
@@ -216,6 +217,7 @@ def test_O2_sample_at_least_matches_returns_all(
     assert ids_of(result.response.s3_path, "json") == [d["document_id"] for d in PEOPLE]
 
 
+@pytest.mark.slow  # 15 exports
 def test_O2_sample_subsets_are_uniform(store: Store) -> None:
     docs = [{"document_id": f"doc{i:03d}"} for i in range(20)]
     ns, col = make_collection(store, docs, name="urn")
@@ -1065,7 +1067,7 @@ def test_F4_R7_invalid_request_or_unknown_collection_fails_before_reading(
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
-@pytest.mark.parametrize("segments", [1, 3])
+@pytest.mark.parametrize("segments", quick_first([1, 3]))
 def test_O3_W1_vectors_line_up_with_documents(store: Store, fmt: str, segments: int) -> None:
     """One segment is read in file order, several are merged by sorting; both line up."""
     docs = [

@@ -696,6 +696,7 @@ def cases(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Any]:
     return docs, draw(st.one_of(single, groups(pool, 2), st.none()))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
 def test_property_sql_agrees_with_reference(
@@ -761,6 +762,7 @@ def scalar_cases(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Any]:
     return docs, draw(st.one_of(single, groups(pool, 2)))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=scalar_cases())
 def test_property_scalar_fields_specialised_agree_with_reference(

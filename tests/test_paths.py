@@ -1,16 +1,17 @@
 """Any path works (docs/architecture.md: Paths on disk): homes, scratch and storage folders whose
-paths hold spaces, `?`, `#`, `%`, non-ASCII letters and DuckDB's glob characters, through the real
+paths hold spaces, `?`, `#`, `%`, non-ASCII letters and DuckDB's glob characters, through the
 CLI."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import duckdb
 import pytest
@@ -18,10 +19,10 @@ from helpers import files_under, ids_of, local_path, read_csv, read_json_lines, 
 from sqlalchemy.engine import make_url
 
 from export_pipeline import duck
+from export_pipeline.cli import main
 from export_pipeline.orchestration.sqlite_urls import sqlite_url
 from export_pipeline.storage.local import LocalStorage
 
-SCRIPT = Path(sys.executable).parent / "export-pipeline"
 # A space, URL syntax (`?`, `#`, `%41` which must not become `A`), a non-ASCII letter, and
 # what DuckDB would expand as a glob (`*`, `?`, `[1]`).
 ODD = "h o?m#e %41 é*[1]"
@@ -34,12 +35,13 @@ DOCS = [
 
 
 def cli(env: dict[str, str], *argv: str) -> dict[str, Any]:
-    """Run the console script; it must succeed and print one JSON object."""
-    done = subprocess.run(
-        [str(SCRIPT), *argv], env={**os.environ, **env}, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    return json.loads(done.stdout)
+    """Run the CLI (`export_pipeline.cli.main`, in this process, under `env`); it must succeed
+    and print one JSON object. The console script's own start is tested in tests/test_cli.py."""
+    out = io.StringIO()
+    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    assert code == 0, out.getvalue()
+    return json.loads(out.getvalue())
 
 
 def collection(env: dict[str, str], source: Path) -> None:

@@ -21,7 +21,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from conftest import LocalS3, export_job, make_collection
-from helpers import files_under, free_port
+from helpers import files_under, free_port, quick_first
 
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.errors import ExportPipelineError
@@ -67,7 +67,7 @@ def incomplete_uploads(bucket: str) -> list[str]:
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
-@pytest.mark.parametrize("vectors", [False, True])
+@pytest.mark.parametrize("vectors", quick_first([False, True]))
 def test_W6_A1_export_to_s3_downloads_match_the_manifest(
     settings: Settings,
     store: Store,
@@ -154,6 +154,7 @@ def test_path_addressing_puts_the_bucket_in_the_path(settings: Settings, s3_env:
     assert url.path == "/my-bucket/p/ns/exports/c/e/documents.csv"
 
 
+@pytest.mark.slow
 def test_large_files_upload_in_parts(settings: Settings, store: Store, bucket: str) -> None:
     ns, col = make_collection(store, list(demo_documents(2500, dimensions=384)), BIG, name="big")
     target = s3_settings(settings, bucket, s3_part_size_mb=5)

@@ -8,6 +8,8 @@ a refused or failed ingest; an export leaves no copy behind.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
+from helpers import quick_first
 
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration.launch import ExportRun
@@ -83,16 +86,33 @@ def _fill(store: Store) -> Collection:
     return store.catalog.collection(ns, col.id)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def twins(
-    tmp_path: Path, s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Store, Collection, Store, Collection]:
-    """The same documents in a store with local segments and in one with S3 segments."""
-    monkeypatch.setattr(segments_module, "ROW_GROUP_ROWS", 8)
-    monkeypatch.setattr(ingest_module, "utc_now", lambda: NOW)
-    local = Store(Settings(home=tmp_path / "localhome"))
-    remote = Store(s3_settings)
-    return local, _fill(local), remote, _fill(remote)
+    tmp_path_factory: pytest.TempPathFactory, s3_server: Any
+) -> Iterator[tuple[Store, Collection, Store, Collection]]:
+    """The same documents in a store with local segments and in one with S3 segments, built
+    once for the module's tests, which only export them (each export to a folder of its own)."""
+    env = pytest.MonkeyPatch()  # as the s3_env fixture sets it, for the module's duration
+    env.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    env.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key-do-not-leak")
+    env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    env.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+        env.delenv(name, raising=False)
+    bucket = f"twins-{os.getpid()}"
+    boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
+    root = tmp_path_factory.mktemp("twins")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(segments_module, "ROW_GROUP_ROWS", 8)
+    patch.setattr(ingest_module, "utc_now", lambda: NOW)
+    try:
+        local = Store(Settings(home=root / "localhome"))
+        remote = Store(Settings(home=root / "s3home", segments=f"s3://{bucket}/segs/"))
+        filled = local, _fill(local), remote, _fill(remote)
+    finally:
+        patch.undo()
+    yield filled
+    env.undo()
 
 
 def _files(result: ExportRun) -> list[Path]:
@@ -152,7 +172,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("fmt", "body", "shards"), CASES)
+@pytest.mark.parametrize(("fmt", "body", "shards"), quick_first(CASES, keep=2))
 def test_exports_of_s3_segments_are_those_of_local_segments(
     twins: tuple[Store, Collection, Store, Collection],
     fmt: str,
@@ -173,6 +193,7 @@ def test_exports_of_s3_segments_are_those_of_local_segments(
     assert _parquet_under(remote.settings.home_dir / "collections") == []
 
 
+@pytest.mark.slow
 def test_shards_in_processes_of_their_own_share_one_set_of_copies(
     twins: tuple[Store, Collection, Store, Collection],
 ) -> None:

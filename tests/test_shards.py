@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
+from helpers import quick_first
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,18 +53,36 @@ def _doc(number: int) -> dict[str, Any]:
     return doc
 
 
-@pytest.fixture
-def sharded(store: Store, monkeypatch: pytest.MonkeyPatch) -> Collection:
+def _fill(store: Store) -> Collection:
     """120 documents in four segments of small row groups (so there is something to cut),
     one of them overlapping the others' id ranges (an upsert-free interleaving)."""
-    monkeypatch.setattr(segments_module, "ROW_GROUP_ROWS", 8)
-    numbers = list(range(0, 120))
-    batches = [numbers[0:40], numbers[40:80], numbers[80:120:2], numbers[81:120:2]]
-    ns, col = make_collection(store, [_doc(n) for n in batches[0]], INDEXES, name="sharded")
-    for batch in batches[1:]:
-        folder = store.settings.home_dir.parent / "in"
-        store.ingest(ns.id, col.id, write_jsonl(folder, [_doc(n) for n in batch]))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(segments_module, "ROW_GROUP_ROWS", 8)
+    try:
+        numbers = list(range(0, 120))
+        batches = [numbers[0:40], numbers[40:80], numbers[80:120:2], numbers[81:120:2]]
+        ns, col = make_collection(store, [_doc(n) for n in batches[0]], INDEXES, name="sharded")
+        for batch in batches[1:]:
+            folder = store.settings.home_dir.parent / "in"
+            store.ingest(ns.id, col.id, write_jsonl(folder, [_doc(n) for n in batch]))
+    finally:
+        patch.undo()
     return store.catalog.collection(ns, col.id)
+
+
+@pytest.fixture
+def sharded(store: Store) -> Collection:
+    """The collection in the test's own store (for tests that corrupt it or run processes
+    over its home)."""
+    return _fill(store)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Collection]:
+    """The same collection built once for the module's tests that only export or read it
+    (every export gets a folder of its own)."""
+    store = Store(Settings(home=tmp_path_factory.mktemp("shards") / "home"))
+    return store, _fill(store)
 
 
 def _export(store: Store, col: Collection, body: dict[str, Any], shards: int) -> ExportRun:
@@ -102,10 +121,11 @@ BODIES = [
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
-@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("body", quick_first(BODIES))
 def test_files_are_the_same_whatever_the_shard_count(
-    store: Store, sharded: Collection, fmt: str, body: dict[str, Any]
+    shared: tuple[Store, Collection], fmt: str, body: dict[str, Any]
 ) -> None:
+    store, sharded = shared
     request = {"format": fmt, **body}
     if "sample_size" in request:
         request.setdefault("sample_seed", 11)
@@ -133,7 +153,8 @@ def test_files_are_the_same_whatever_the_shard_count(
             assert files[path.name]["bytes"] == path.stat().st_size
 
 
-def test_shards_cut_at_row_groups_and_cover_every_id(store: Store, sharded: Collection) -> None:
+def test_shards_cut_at_row_groups_and_cover_every_id(shared: tuple[Store, Collection]) -> None:
+    store, sharded = shared
     files = store.documents.segment_files(sharded)
     for count in (1, 2, 3, 7, 40):
         shards = plan_shards(files, count)

@@ -28,6 +28,12 @@ def settings(catalog_settings: Settings) -> Settings:
     return catalog_settings
 
 
+# Parsing, validating and writing documents happen before the catalog is touched, whichever
+# it is: those tests run on SQLite; what the catalog keeps (ids, names, versions, segment
+# lists, a refused ingest leaving them as they were) is tested on both.
+ON_SQLITE = pytest.mark.parametrize("catalog_settings", ["sqlite"], indirect=True)
+
+
 def export_json(store: Store, ns: Namespace, col: Collection, **request: Any) -> list[dict]:
     result = export_job(ns.id, col.id, {"format": "json", **request}, settings=store.settings)
     return read_json_lines(result.response.s3_path)
@@ -54,6 +60,7 @@ def test_D1_namespace_name_unique(store: Store) -> None:
         store.catalog.create_namespace("my-namespace")
 
 
+@ON_SQLITE
 @pytest.mark.parametrize("name", ["ab", "a b", "x" * 101, "ns.one", "", "näme", "a/b"])
 def test_D1_namespace_name_grammar(store: Store, name: str) -> None:
     with pytest.raises(InvalidInput):
@@ -97,6 +104,7 @@ def test_D2_collection_name_unique_within_namespace_only(store: Store) -> None:
     assert store.resolve("two", "shared-name")[1].id == b.id
 
 
+@ON_SQLITE
 @pytest.mark.parametrize("name", ["ab", "has space", "x" * 101, "dot.ted"])
 def test_D2_collection_name_grammar(store: Store, name: str) -> None:
     ns = store.catalog.create_namespace("space")
@@ -131,6 +139,7 @@ def test_D2_duplicate_vector_index_names_rejected(store: Store) -> None:
 # --- D3 --------------------------------------------------------------------------------
 
 
+@ON_SQLITE
 def test_D3_documents_of_different_shapes_and_types_ingest(store: Store) -> None:
     docs = [
         {"document_id": "a", "value": 1, "meta": {"title": "x"}},
@@ -149,6 +158,7 @@ def test_D3_documents_of_different_shapes_and_types_ingest(store: Store) -> None
         assert {k: v for k, v in got.items() if k not in ("collection_id", "_internal")} == doc
 
 
+@ON_SQLITE
 def test_D3_store_overwrites_collection_id_and_internal(store: Store) -> None:
     doc = {"document_id": "a", "collection_id": "col_fake000000", "_internal": {"x": 1}, "v": 1}
     ns, col = make_collection(store, [doc])
@@ -160,6 +170,7 @@ def test_D3_store_overwrites_collection_id_and_internal(store: Store) -> None:
     assert re.fullmatch(iso_utc, got["_internal"]["updated_at"])
 
 
+@ON_SQLITE
 def test_D3_ingest_result_counts_and_blank_lines_skipped(store: Store) -> None:
     ns, col = make_collection(store, [])
     source = write_jsonl(store.settings.home_dir / "in", ['{"document_id":"a"}', "", "  "])
@@ -168,6 +179,7 @@ def test_D3_ingest_result_counts_and_blank_lines_skipped(store: Store) -> None:
     assert result.version == col.version + 1
 
 
+@ON_SQLITE
 def test_D3_vectors_are_not_document_fields(store: Store) -> None:
     doc = {"document_id": "a", "x": 1, "_vectors": {"dense": [1, 2, 3]}}
     ns, col = make_collection(store, [doc], INDEXES)
@@ -300,6 +312,7 @@ def test_D3_upsert_error_refuses_whole_file(
     assert doc["v"] == 1
 
 
+@ON_SQLITE
 def test_D3_duplicate_id_in_file_names_second_occurrence(
     store: Store, filled: tuple[Namespace, Collection]
 ) -> None:
@@ -308,6 +321,7 @@ def test_D3_duplicate_id_in_file_names_second_occurrence(
     assert_refused(store, ns, col, lines, 4)
 
 
+@ON_SQLITE
 def test_D3_duplicate_id_in_file_refused_even_with_upsert(
     store: Store, filled: tuple[Namespace, Collection]
 ) -> None:
@@ -316,6 +330,7 @@ def test_D3_duplicate_id_in_file_refused_even_with_upsert(
     assert_refused(store, ns, col, lines, 2, upsert=True)
 
 
+@ON_SQLITE
 def test_D3_already_stored_id_refused_without_upsert(
     store: Store, filled: tuple[Namespace, Collection]
 ) -> None:
@@ -323,6 +338,7 @@ def test_D3_already_stored_id_refused_without_upsert(
     assert_refused(store, ns, col, [GOOD, '{"document_id": "other"}', '{"document_id": "keep"}'], 3)
 
 
+@ON_SQLITE
 def test_D3_duplicate_id_written_with_escapes_names_its_line(
     store: Store, filled: tuple[Namespace, Collection]
 ) -> None:
@@ -330,6 +346,7 @@ def test_D3_duplicate_id_written_with_escapes_names_its_line(
     assert_refused(store, ns, col, ['{"document_id": "\\u00e4"}', '{"document_id": "ä"}'], 2)
 
 
+@ON_SQLITE
 def test_D3_stored_id_written_with_escapes_names_its_line(
     store: Store, filled: tuple[Namespace, Collection]
 ) -> None:
@@ -337,6 +354,7 @@ def test_D3_stored_id_written_with_escapes_names_its_line(
     assert_refused(store, ns, col, [GOOD, '{"document_id": "k\\u0065ep"}'], 2)
 
 
+@ON_SQLITE
 def test_D4_huge_float_beside_long_integer_refused(
     store: Store, filled: tuple[Namespace, Collection]
 ) -> None:
@@ -345,6 +363,7 @@ def test_D4_huge_float_beside_long_integer_refused(
     assert_refused(store, ns, col, [GOOD, line], 2)
 
 
+@ON_SQLITE
 @pytest.mark.parametrize(
     "vectors",
     [{"dense": ["1", "2", "3"]}, {"sparse": {"indices": [1], "values": ["0.5"]}}],
@@ -389,6 +408,7 @@ def test_D3_upsert_replaces_values_and_keeps_created_at(store: Store) -> None:
     assert after["b"] == before["b"]
 
 
+@ON_SQLITE
 def test_D3_upsert_mixes_new_and_replaced_documents(store: Store) -> None:
     ns, col = make_collection(store, [{"document_id": "a", "v": 1}, {"document_id": "b"}])
     lines = [{"document_id": "b", "v": 9}, {"document_id": "c", "v": 3}]
@@ -400,6 +420,7 @@ def test_D3_upsert_mixes_new_and_replaced_documents(store: Store) -> None:
     assert got == {"a": 1, "b": 9, "c": 3}
 
 
+@ON_SQLITE
 def test_D3_upsert_into_empty_collection_is_plain_ingest(store: Store) -> None:
     ns, col = make_collection(store, [])
     source = write_jsonl(store.settings.home_dir.parent / "up", [{"document_id": "a"}])
@@ -432,6 +453,7 @@ def test_D1_D2_D3_store_persists_across_instances(store: Store, settings: Settin
 # --- Segment order: every segment is sorted by document_id (O3 relies on it) -------------
 
 
+@ON_SQLITE
 @pytest.mark.parametrize(
     "ids",
     [
@@ -455,6 +477,7 @@ def test_O3_ingest_writes_segments_sorted_by_id_whatever_the_file_order(
     assert sum(row["n"] for row in shapes) == len(ids)
 
 
+@ON_SQLITE
 def test_D3_sorted_file_with_an_already_stored_id_is_refused(
     store: Store, filled: tuple[Namespace, Collection]
 ) -> None:

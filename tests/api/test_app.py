@@ -286,6 +286,7 @@ def one_off(world: World, **update: Any) -> Iterator[tuple[TestClient, RunPool, 
         pool.close()
 
 
+@pytest.mark.slow
 def test_H3_failed_run_is_500_naming_what_failed_and_the_run(world: World, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -298,6 +299,7 @@ def test_H3_failed_run_is_500_naming_what_failed_and_the_run(world: World, tmp_p
     assert str(tmp_path) not in response.text  # the server's paths stay in its log
 
 
+@pytest.mark.slow
 def test_H3_over_the_time_limit_is_504_and_the_run_is_cancelled(world: World) -> None:
     with one_off(world, api_timeout_seconds=0.3) as (client, pool, settings):
         # A stopped worker cannot finish in time, however fast a run of PEOPLE is.
@@ -315,6 +317,7 @@ def test_H3_over_the_time_limit_is_504_and_the_run_is_cancelled(world: World) ->
         assert run is None or run.status == dg.DagsterRunStatus.CANCELED  # never a success
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_its_run_and_is_replaced(world: World) -> None:
     with one_off(world) as (_, pool, settings):
         (worker,) = pool._workers
@@ -329,6 +332,7 @@ def test_a_worker_that_dies_fails_its_run_and_is_replaced(world: World) -> None:
         assert pool.run(launch, timeout=120).response.document_count == len(PEOPLE)
 
 
+@pytest.mark.slow
 def test_rate_limit_answers_429_with_retry_after(world: World) -> None:
     with one_off(world, api_rate_limit_per_minute=2) as (client, _, _):
         path = "/v1/collections/nobody/export"  # cheap: 404 after the limiter
@@ -388,6 +392,7 @@ def test_openapi_documents_the_seed_request_errors_and_bearer(world: World) -> N
     assert world.client.get("/docs").status_code == 200
 
 
+@pytest.mark.slow
 def test_readiness_names_what_is_unreachable(world: World, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

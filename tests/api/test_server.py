@@ -25,6 +25,8 @@ from export_pipeline.orchestration import tags
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 
+pytestmark = pytest.mark.slow  # a server process started for the module
+
 
 @dataclass
 class Server:

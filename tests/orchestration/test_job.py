@@ -276,6 +276,7 @@ def test_transient_storage_error_is_retried_and_the_export_completes(
     assert not files_under(settings.scratch_dir)
 
 
+@pytest.mark.slow
 def test_job_writes_parts_in_parallel_shard_processes(
     settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -152,6 +152,7 @@ def test_a_forked_child_makes_its_own_connections_and_leaves_the_parents_alone(
         assert list(sqlite_quiet._engines.values()) == [parent_engine]
 
 
+@pytest.mark.slow
 def test_a_pooled_runs_events_are_all_readable_elsewhere_as_soon_as_it_answers(
     settings: Settings, store: Store, instance: dg.DagsterInstance
 ) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,7 @@ RUN_TIMEOUT = 180  # seconds; runs take 8-13 s through the queued coordinator
 
 pytestmark = [
     pytest.mark.ui,
+    pytest.mark.slow,  # dagster dev and Chromium: tens of seconds
     pytest.mark.skipif(
         not CHROMIUM.exists() and not os.environ.get("CI"),
         reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)",
@@ -104,17 +105,17 @@ def _sigint_not_ignored() -> Iterator[None]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the whole process group (webserver, daemon, code server), SIGKILL after 30 s."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
+    """SIGTERM to `dagster dev`, which stops its webserver and daemon through their shutdown
+    pipes; SIGKILL after 30 s; then SIGKILL to whatever of its process group is left."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+    with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
