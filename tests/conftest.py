@@ -51,7 +51,9 @@ LONGEST_FIRST = [
     "tests/api/test_server.py",
     "tests/test_store.py",
     "tests/test_environment.py",
-    "tests/test_export.py",
+    "tests/export/test_file_formats.py",
+    "tests/export/test_values_and_order.py",
+    "tests/export/test_publishing.py",
     "tests/test_filters.py",
     "tests/test_cli.py",
     "tests/api/test_server_clients.py",
@@ -92,6 +94,50 @@ def catalog_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
 def store(settings: Settings) -> Store:
     """A store under the temporary home."""
     return Store(settings)
+
+
+DEMO_COUNT = 60  # documents in the `demo` fixture's collection
+
+
+@pytest.fixture
+def demo(store: Store) -> tuple[Namespace, Collection]:
+    """Collection `articles`: 60 demo documents with a dense and a sparse vector index."""
+    from export_pipeline.demo import DEMO_INDEXES, demo_documents
+
+    return make_collection(store, list(demo_documents(DEMO_COUNT)), DEMO_INDEXES, name="articles")
+
+
+@pytest.fixture
+def people(store: Store) -> tuple[Namespace, Collection]:
+    """40 documents with a dense index: p00..p39, their `n` and whether it is even."""
+    from helpers import DENSE, PEOPLE
+
+    return make_collection(store, PEOPLE, [DENSE], name="people")
+
+
+@pytest.fixture
+def vectored(store: Store) -> tuple[Namespace, Collection]:
+    """VECTOR_DOCS: dense and sparse vectors, either, none, an empty sparse one."""
+    from helpers import DENSE, SPARSE, VECTOR_DOCS
+
+    return make_collection(store, VECTOR_DOCS, [DENSE, SPARSE], name="my_vec-col")
+
+
+@pytest.fixture
+def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`cli(*argv, stdin=None)`: the CLI in this process over the test's home (and catalog),
+    publishing to the home's own exports folder; (exit code, its JSON output)."""
+    from helpers import run_cli
+
+    env = {"EXPORT_PIPELINE_HOME": str(settings.home_dir)}
+    if settings.catalog:
+        env["EXPORT_PIPELINE_CATALOG"] = settings.catalog
+    monkeypatch.delenv("EXPORT_PIPELINE_STORAGE", raising=False)
+
+    def run(*argv: str, stdin: str | bytes | None = None) -> tuple[int, dict[str, Any]]:
+        return run_cli(argv, env, stdin)
+
+    return run
 
 
 def write_jsonl(folder: Path, docs: list[Any]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -17,13 +18,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from export_pipeline.cli import main
 from export_pipeline.contract import SEED_REQUEST_EXAMPLE
+from export_pipeline.store import VectorIndex
 
 # The seed's example request body (verbatim) and example response, kept in the repository.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -102,11 +106,19 @@ def running_server(env: dict[str, str], log: Path, startup: float = 180) -> Iter
             time.sleep(0.5)
         yield url
     finally:
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Stop a process started in its own session and everything it started: TERM to the
+    group, then KILL if it has not ended within `timeout` seconds."""
+    if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -164,6 +176,25 @@ def same_json(a: Any, b: Any) -> bool:
     return a == b
 
 
+def run_cli(
+    argv: list[str] | tuple[str, ...],
+    env: dict[str, str] | None = None,
+    stdin: str | bytes | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """`export-pipeline ARGV` in this process (`cli.main`) under `env` (added to the
+    environment), fed `stdin`: its exit code and the one JSON object it printed. The console
+    script's own start is tested in tests/test_cli.py."""
+    out = io.StringIO()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(os.environ, env or {}))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        if stdin is not None:  # a text stream over bytes, as a real stdin is
+            data = stdin.encode() if isinstance(stdin, str) else stdin
+            stack.enter_context(mock.patch.object(sys, "stdin", io.TextIOWrapper(io.BytesIO(data))))
+        code = main(list(argv))
+    return code, json.loads(out.getvalue())
+
+
 def cli_output(argv: list[str], env: dict[str, str]) -> str:
     """`export-pipeline ARGV` run in a process of its own; what it printed (it must succeed)."""
     done = subprocess.run(
@@ -185,3 +216,18 @@ def quick_first(values: list[Any], keep: int = 1) -> list[Any]:
                                             marks=pytest.mark.slow)
         for n, value in enumerate(values)
     ]  # fmt: skip
+
+
+# The end-to-end export tests' collections (tests/conftest.py: `people`, `vectored`).
+DENSE = VectorIndex(name="emb", dimensions=3)
+SPARSE = VectorIndex(name="bag", dimensions=1000, type="sparse")
+PEOPLE = [{"document_id": f"p{i:02d}", "n": i, "even": i % 2 == 0} for i in range(40)]
+VECTOR_DOCS = [
+    {
+        "document_id": "both",
+        "_vectors": {"emb": [0.5, -1, 2], "bag": {"indices": [7, 3], "values": [0.25, 1]}},
+    },
+    {"document_id": "dense-only", "_vectors": {"emb": [1, 2, 3]}},
+    {"document_id": "none"},
+    {"document_id": "sparse-empty", "_vectors": {"bag": {"indices": [], "values": []}}},
+]

@@ -20,7 +20,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
-from helpers import cli_output
+from helpers import cli_output, stop_group
 from kill_child import armed_environment
 from services import PostgresServer, RedisServer
 
@@ -118,15 +118,11 @@ def workers(
             assert time.monotonic() < deadline, "the workers did not come up"
         yield homes
     finally:
-        for process, _ in processes:
+        for process, _ in processes:  # all told at once: they stop side by side
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         for process, log in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process, timeout=60)
             log.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -14,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import SEED_REQUEST_FILE, files_under
 
-from export_pipeline.cli import main
 from export_pipeline.contract import ExportResponse
 from export_pipeline.jsontext import MAX_REQUEST_DEPTH
 
@@ -22,22 +20,6 @@ from export_pipeline.jsontext import MAX_REQUEST_DEPTH
 def seed_body() -> str:
     """The seed's example request body, verbatim (tests/fixtures/seed_request.json)."""
     return SEED_REQUEST_FILE.read_text(encoding="utf-8")
-
-
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    monkeypatch.setenv("EXPORT_PIPELINE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("EXPORT_PIPELINE_STORAGE", raising=False)
-
-    def run(*argv: str, stdin: str | bytes | None = None) -> tuple[int, dict[str, Any]]:
-        if stdin is not None:  # a text stream over bytes, as a real stdin is
-            data = stdin.encode() if isinstance(stdin, str) else stdin
-            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-        code = main(list(argv))
-        out = capsys.readouterr().out
-        return code, json.loads(out)
-
-    return run
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from export_pipeline.cli import main
 from export_pipeline.errors import InvalidInput, NotFoundError
 from export_pipeline.settings import Settings
 from export_pipeline.store import Namespace, Store
@@ -173,24 +172,6 @@ def test_create_needs_existing_namespaces(store: Store, spaces) -> None:
     with pytest.raises(NotFoundError):
         store.keys.create([Namespace(id="ns_000000000000", name="ghost")], None)
     assert store.keys.list() == []
-
-
-@pytest.fixture
-def cli(
-    tmp_path: Path,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-):
-    monkeypatch.setenv("EXPORT_PIPELINE_HOME", str(tmp_path / "home"))
-    if settings.catalog:
-        monkeypatch.setenv("EXPORT_PIPELINE_CATALOG", settings.catalog)
-
-    def run(*argv: str) -> tuple[int, dict[str, Any]]:
-        code = main(list(argv))
-        return code, json.loads(capsys.readouterr().out)
-
-    return run
 
 
 def test_cli_round_trip(cli, tmp_path: Path, settings: Settings) -> None:

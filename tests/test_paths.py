@@ -4,22 +4,25 @@ CLI."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import duckdb
 import pytest
-from helpers import files_under, ids_of, local_path, read_csv, read_json_lines, read_parquet
+from helpers import (
+    files_under,
+    ids_of,
+    local_path,
+    read_csv,
+    read_json_lines,
+    read_parquet,
+    run_cli,
+)
 from sqlalchemy.engine import make_url
 
 from export_pipeline import duck
-from export_pipeline.cli import main
 from export_pipeline.orchestration.sqlite_urls import sqlite_url
 from export_pipeline.storage.local import LocalStorage
 
@@ -37,11 +40,9 @@ DOCS = [
 def cli(env: dict[str, str], *argv: str) -> dict[str, Any]:
     """Run the CLI (`export_pipeline.cli.main`, in this process, under `env`); it must succeed
     and print one JSON object. The console script's own start is tested in tests/test_cli.py."""
-    out = io.StringIO()
-    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    assert code == 0, out.getvalue()
-    return json.loads(out.getvalue())
+    code, out = run_cli(argv, env)
+    assert code == 0, out
+    return out
 
 
 def collection(env: dict[str, str], source: Path) -> None:

@@ -5,8 +5,6 @@ announces, then check: nothing changed, the next command reclaims everything, a 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import os
@@ -16,16 +14,14 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import boto3
 import dagster as dg
 import pytest
 from conftest import make_collection, write_jsonl
-from helpers import files_under
+from helpers import files_under, run_cli
 from kill_child import armed_environment
 
-from export_pipeline.cli import main
 from export_pipeline.orchestration.launch import local_instance
 from export_pipeline.recovery import sweep, sweep_quietly
 from export_pipeline.settings import Settings
@@ -90,11 +86,9 @@ def kill_at(point: str, argv: list[str], env: dict[str, str], folder: Path) -> N
 def cli(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """`export-pipeline ARGV` after a crash: the CLI's main in this process, under `env` (the
     next command a user runs; the crashed ones are real child processes); its JSON output."""
-    out = io.StringIO()
-    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out):
-        code = main(argv)
-    assert code == 0, out.getvalue()
-    return json.loads(out.getvalue())
+    code, out = run_cli(argv, env)
+    assert code == 0, out
+    return out
 
 
 def debris(store: Store) -> list[str]:

@@ -24,7 +24,7 @@ import pytest
 from celery import Celery
 from conftest import LocalS3, export_job, make_collection, write_jsonl
 from fastapi.testclient import TestClient
-from helpers import SEED_RESPONSE_FIELDS, free_port
+from helpers import SEED_RESPONSE_FIELDS, free_port, stop_group
 from kill_child import armed_environment
 from services import PostgresServer, RedisServer
 from test_celery import INDEXES, WORKTREE, _doc, _same_files, _worker_env, workers
@@ -62,12 +62,7 @@ def dagster_process(argv: list[str], env: dict[str, str], log: Path) -> Iterator
     try:
         yield
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def wait_for_code_location(url: str, log: Path, timeout: float = 180) -> None:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from conftest import LocalS3, export_job, make_collection
+from conftest import DEMO_COUNT, LocalS3, export_job, make_collection
 from helpers import files_under, free_port, quick_first
 
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
@@ -35,11 +35,6 @@ MIB = 1024 * 1024
 BIG = [VectorIndex(name="text_embedding", dimensions=384), DEMO_INDEXES[1]]
 
 SECRET = "testing-secret-key-do-not-leak"
-
-
-@pytest.fixture
-def demo(store: Store) -> tuple[Namespace, Collection]:
-    return make_collection(store, list(demo_documents(40)), DEMO_INDEXES, name="articles")
 
 
 def s3_settings(settings: Settings, bucket: str, **extra: Any) -> Settings:
@@ -107,7 +102,7 @@ def test_W6_A1_export_to_s3_downloads_match_the_manifest(
     assert response.file_size_bytes == files["documents"]["bytes"]
     if fmt == "parquet":
         body, _ = fetch(response.download_url)
-        assert pq.read_table(io.BytesIO(body)).num_rows == 40
+        assert pq.read_table(io.BytesIO(body)).num_rows == DEMO_COUNT
     stored = json.loads(
         s3().get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read()
     )
@@ -232,7 +227,7 @@ def test_url_command_signs_fresh_links_from_the_manifest(
     links = fresh_links(store, later, ns.name, first.manifest["export_id"])
     assert links.s3_path == first.response.s3_path
     assert links.vectors_s3_path == first.response.vectors_s3_path
-    assert links.document_count == 40 and links.format == "parquet"
+    assert links.document_count == DEMO_COUNT and links.format == "parquet"
     assert parse_qs(urlparse(links.download_url).query)["X-Amz-Expires"] == ["120"]
     assert links.urls_expire_at is not None
     assert fetch(links.download_url)[0] == fetch(first.response.download_url)[0]

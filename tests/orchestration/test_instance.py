@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_collection
+from conftest import DEMO_COUNT
 from dagster import QueuedRunCoordinator
 
-from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.launch import (
     INSTANCE_TEMPLATE,
@@ -18,7 +17,7 @@ from export_pipeline.orchestration.launch import (
 )
 from export_pipeline.orchestration.pool import instance_limits
 from export_pipeline.settings import Settings
-from export_pipeline.store import Store
+from export_pipeline.store import Collection, Namespace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,38 +74,41 @@ def test_instance_limits_are_the_queue_limits_of_the_template(
     assert instance_limits(settings) == (4, 1)
 
 
-def test_instance_limits_of_an_instance_without_a_run_queue_are_the_defaults(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+QUEUE_OF_7_AND_2 = (
+    "run_coordinator:\n"
+    "  module: dagster.core.run_coordinator\n"
+    "  class: QueuedRunCoordinator\n"
+    "  config:\n"
+    "    tag_concurrency_limits:\n"
+    f"      - key: {tags.JOB}\n"
+    "        limit: 7\n"
+    f"      - key: {tags.COLLECTION_ID}\n"
+    "        limit: 2\n"
+)
+NO_QUEUE = (
+    "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
+)
+
+
+@pytest.mark.parametrize(
+    "dagster_yaml, limits",
+    [(QUEUE_OF_7_AND_2, (7, 2)), (NO_QUEUE, (4, 1))],
+    ids=["its queue's limits", "no queue: the defaults"],
+)
+def test_instance_limits_follow_the_instance_dagster_yaml(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    dagster_yaml: str,
+    limits: tuple[int, int],
 ) -> None:
     """A dagster.yaml may name a coordinator without a queue (and so without limits)."""
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     home = settings.home_dir / "dagster"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text(
-        "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
-    )
-    assert not isinstance(local_instance(settings).run_coordinator, QueuedRunCoordinator)
-    assert instance_limits(settings) == (4, 1)
-
-
-def test_instance_limits_follow_the_instance_queue(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    home = settings.home_dir / "dagster"
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text(
-        "run_coordinator:\n"
-        "  module: dagster.core.run_coordinator\n"
-        "  class: QueuedRunCoordinator\n"
-        "  config:\n"
-        "    tag_concurrency_limits:\n"
-        f"      - key: {tags.JOB}\n"
-        "        limit: 7\n"
-        f"      - key: {tags.COLLECTION_ID}\n"
-        "        limit: 2\n"
-    )
-    assert instance_limits(settings) == (7, 2)
+    (home / "dagster.yaml").write_text(dagster_yaml)
+    queued = isinstance(local_instance(settings).run_coordinator, QueuedRunCoordinator)
+    assert queued == (dagster_yaml is QUEUE_OF_7_AND_2)
+    assert instance_limits(settings) == limits
 
 
 # An instance folder made from an earlier template (stdout/stderr captured by `tail`
@@ -123,10 +125,10 @@ telemetry:
 
 
 def test_an_instance_made_from_an_earlier_template_still_runs_exports(
-    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, demo: tuple[Namespace, Collection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    ns, col = make_collection(store, list(demo_documents(10)), DEMO_INDEXES, name="articles")
+    ns, col = demo
     home = settings.home_dir / "dagster"
     home.mkdir(parents=True)
     (home / "dagster.yaml").write_text(EARLIER_TEMPLATE)
@@ -136,6 +138,6 @@ def test_an_instance_made_from_an_earlier_template_still_runs_exports(
     assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
     assert type(instance.run_storage).__name__ == "SqliteRunStorage"
     run = execute(settings, ns.name, col.name, {"format": "csv"}, "cli", instance)
-    assert run.response.document_count == 10
+    assert run.response.document_count == DEMO_COUNT
     recorded = instance.get_run_by_id(run.run_id)
     assert recorded is not None and recorded.tags[tags.EXPORT_ID] == run.manifest["export_id"]

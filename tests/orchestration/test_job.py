@@ -39,12 +39,6 @@ SCIENCE = {"field": "metadata.category", "operator": "eq", "value": "science"}
 
 
 @pytest.fixture
-def demo(store: Store) -> tuple[Namespace, Collection]:
-    """60 demo documents with a dense and a sparse vector index."""
-    return make_collection(store, list(demo_documents(60)), DEMO_INDEXES, name="articles")
-
-
-@pytest.fixture
 def instance() -> dg.DagsterInstance:
     """A throwaway instance, so runs and their events can be read back."""
     return dg.DagsterInstance.ephemeral()
@@ -127,34 +121,29 @@ def test_job_reports_the_drawn_sample_seed_and_it_reproduces_the_sample(
     assert ids[0] == ids[1] and len(ids[0]) == 7
 
 
-def test_run_launched_without_a_trigger_tag_is_tagged_ui(
-    settings: Settings, demo: tuple[Namespace, Collection], instance: dg.DagsterInstance
+@pytest.mark.parametrize(
+    "run_tags",
+    [{}, {tags.TRIGGER: "cron-job-somewhere"}],
+    ids=["no trigger tag", "unknown trigger tag"],
+)
+def test_a_run_from_the_launchpad_is_tagged_ui(
+    settings: Settings,
+    demo: tuple[Namespace, Collection],
+    instance: dg.DagsterInstance,
+    run_tags: dict[str, str],
 ) -> None:
-    """What the launchpad sends: the config alone, no tags."""
+    """What the launchpad sends: the config alone, maybe with tags of the user's own (free
+    text, so an unknown trigger is not taken at its word)."""
     ns, col = demo
     result = export_collection.execute_in_process(
         run_config={"namespace": ns.name, "collection": col.name, "format": "csv"},
         instance=instance,
         resources=resources_from(settings),
+        tags=run_tags,
     )
     assert result.success
-    run_tags = instance.get_run_by_id(result.run_id).tags
-    assert run_tags[tags.TRIGGER] == "ui" and run_tags[tags.COLLECTION_ID] == col.id
-
-
-def test_run_launched_with_an_unknown_trigger_tag_runs_and_is_tagged_ui(
-    settings: Settings, demo: tuple[Namespace, Collection], instance: dg.DagsterInstance
-) -> None:
-    """Tags are free text in the launchpad: an unknown trigger is not taken at its word."""
-    ns, col = demo
-    result = export_collection.execute_in_process(
-        run_config={"namespace": ns.name, "collection": col.name, "format": "csv"},
-        instance=instance,
-        resources=resources_from(settings),
-        tags={tags.TRIGGER: "cron-job-somewhere"},
-    )
-    assert result.success
-    assert instance.get_run_by_id(result.run_id).tags[tags.TRIGGER] == "ui"
+    found = instance.get_run_by_id(result.run_id).tags
+    assert found[tags.TRIGGER] == "ui" and found[tags.COLLECTION_ID] == col.id
 
 
 # --- Invalid config and failures ------------------------------------------------------

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import make_collection
+from conftest import DEMO_COUNT
 
-from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.orchestration.launch import (
     discard_prepared_run,
     local_instance,
@@ -19,7 +18,7 @@ from export_pipeline.orchestration.launch import (
 )
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
-from export_pipeline.store import Store
+from export_pipeline.store import Collection, Namespace, Store
 
 pytestmark = pytest.mark.slow  # worker processes import Dagster
 
@@ -50,10 +49,13 @@ def test_a_prepared_run_id_has_its_event_log_and_is_discarded_unless_it_ran(
 
 
 def test_workers_run_exports_under_their_prepared_ids_and_clean_up_when_stopped(
-    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    store: Store,
+    demo: tuple[Namespace, Collection],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    ns, col = make_collection(store, list(demo_documents(20)), DEMO_INDEXES, name="articles")
+    ns, col = demo
     instance = local_instance(settings)
     launch = prepare(store, ns.name, col.name, {"format": "json"}, "api")
     pool = RunPool(settings, workers=1, per_collection=1)
@@ -62,7 +64,7 @@ def test_workers_run_exports_under_their_prepared_ids_and_clean_up_when_stopped(
         first = worker.next_run_id
         assert event_log_of(instance, first).is_file()
         done = pool.run(launch, timeout=120)
-        assert done.run_id == first and done.response.document_count == 20
+        assert done.run_id == first and done.response.document_count == DEMO_COUNT
         run = instance.get_run_by_id(first)
         assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
         following = worker.next_run_id

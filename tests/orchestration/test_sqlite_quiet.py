@@ -9,13 +9,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from conftest import make_collection
 
-from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.orchestration import sqlite_quiet, tags
 from export_pipeline.orchestration.launch import execute, local_instance
 from export_pipeline.settings import Settings
-from export_pipeline.store import Store
+from export_pipeline.store import Collection, Namespace
 
 FULL, NORMAL = 2, 1
 
@@ -115,10 +113,10 @@ def test_hold_keeps_another_wal_database_open_until_settle_and_skips_the_rest(
 
 
 def test_an_export_run_is_recorded_and_leaves_the_instance_checkpointed(
-    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, demo: tuple[Namespace, Collection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    ns, col = make_collection(store, list(demo_documents(20)), DEMO_INDEXES, name="articles")
+    ns, col = demo
     instance = local_instance(settings)
     run = execute(settings, ns.name, col.name, {"format": "json"}, "cli", instance)
     assert sqlite_quiet._holders == {} and sqlite_quiet._held == {}

@@ -17,17 +17,15 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import make_collection
 from dagster._core.instance.ref import InstanceRef  # here only: Dagster's default layout
 from sqlalchemy.pool import Pool
 
-from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.orchestration import sqlite_quiet, sqlite_storage
 from export_pipeline.orchestration.dagster_internals import SqliteEventLogStorage, SqliteRunStorage
 from export_pipeline.orchestration.launch import execute, instance_yaml, local_instance, prepare
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
-from export_pipeline.store import Store
+from export_pipeline.store import Collection, Namespace, Store
 
 
 @pytest.fixture
@@ -99,9 +97,12 @@ def test_the_template_takes_any_instance_path(tmp_path: Path) -> None:
 
 
 def test_a_run_uses_one_engine_per_sqlite_file_and_leaves_nothing_open(
-    settings: Settings, store: Store, instance: dg.DagsterInstance, engines: Counter[str]
+    settings: Settings,
+    demo: tuple[Namespace, Collection],
+    instance: dg.DagsterInstance,
+    engines: Counter[str],
 ) -> None:
-    ns, col = make_collection(store, list(demo_documents(20)), DEMO_INDEXES, name="articles")
+    ns, col = demo
     engines.clear()
     run = execute(settings, ns.name, col.name, {"format": "json"}, "cli", instance)
     root = Path(instance.root_directory)
@@ -154,9 +155,12 @@ def test_a_forked_child_makes_its_own_connections_and_leaves_the_parents_alone(
 
 @pytest.mark.slow
 def test_a_pooled_runs_events_are_all_readable_elsewhere_as_soon_as_it_answers(
-    settings: Settings, store: Store, instance: dg.DagsterInstance
+    settings: Settings,
+    store: Store,
+    demo: tuple[Namespace, Collection],
+    instance: dg.DagsterInstance,
 ) -> None:
-    ns, col = make_collection(store, list(demo_documents(20)), DEMO_INDEXES, name="articles")
+    ns, col = demo
     launch = prepare(store, ns.name, col.name, {"format": "json"}, "api")
     pool = RunPool(settings, workers=1, per_collection=1)
     try:
