@@ -110,9 +110,9 @@ def demo(store: Store) -> tuple[Namespace, Collection]:
 @pytest.fixture
 def people(store: Store) -> tuple[Namespace, Collection]:
     """40 documents with a dense index: p00..p39, their `n` and whether it is even."""
-    from helpers import DENSE, PEOPLE
+    from helpers import DENSE, NUMBERED
 
-    return make_collection(store, PEOPLE, [DENSE], name="people")
+    return make_collection(store, NUMBERED, [DENSE], name="people")
 
 
 @pytest.fixture
@@ -129,13 +129,14 @@ def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     publishing to the home's own exports folder; (exit code, its JSON output)."""
     from helpers import run_cli
 
-    env = {"EXPORT_PIPELINE_HOME": str(settings.home_dir)}
+    # for the whole test: what else it runs (a server, Settings()) sees the same home
+    monkeypatch.setenv("EXPORT_PIPELINE_HOME", str(settings.home_dir))
     if settings.catalog:
-        env["EXPORT_PIPELINE_CATALOG"] = settings.catalog
+        monkeypatch.setenv("EXPORT_PIPELINE_CATALOG", settings.catalog)
     monkeypatch.delenv("EXPORT_PIPELINE_STORAGE", raising=False)
 
     def run(*argv: str, stdin: str | bytes | None = None) -> tuple[int, dict[str, Any]]:
-        return run_cli(argv, env, stdin)
+        return run_cli(argv, stdin=stdin)
 
     return run
 

@@ -221,7 +221,7 @@ def quick_first(values: list[Any], keep: int = 1) -> list[Any]:
 # The end-to-end export tests' collections (tests/conftest.py: `people`, `vectored`).
 DENSE = VectorIndex(name="emb", dimensions=3)
 SPARSE = VectorIndex(name="bag", dimensions=1000, type="sparse")
-PEOPLE = [{"document_id": f"p{i:02d}", "n": i, "even": i % 2 == 0} for i in range(40)]
+NUMBERED = [{"document_id": f"p{i:02d}", "n": i, "even": i % 2 == 0} for i in range(40)]
 VECTOR_DOCS = [
     {
         "document_id": "both",

@@ -15,7 +15,7 @@ import pytest
 from conftest import export_job, make_collection
 from exports import FORMATS, export_dirs, run, scratch_leftovers
 from helpers import (
-    PEOPLE,
+    NUMBERED,
     SEED_REQUEST,
     SEED_RESPONSE_FIELDS,
     VECTOR_DOCS,
@@ -167,7 +167,7 @@ def test_W7_unwritable_storage_root_leaves_nothing(tmp_path: Path) -> None:
     blocker.write_text("a file where the storage root should be")
     settings = Settings(home=tmp_path / "home", storage=blocker.as_uri())
     store = Store(settings)
-    ns, col = make_collection(store, PEOPLE[:3])
+    ns, col = make_collection(store, NUMBERED[:3])
     with pytest.raises(EnvironmentProblem, match=r"^Not a directory at .*nothing was published$"):
         export_job(ns.id, col.id, {"format": "json"}, settings=settings)
     assert scratch_leftovers(settings) == []
@@ -236,7 +236,7 @@ def test_D2_A1_collection_addressed_by_id_or_name(
     for ns_key in (ns.id, ns.name):
         for col_key in (col.id, col.name):
             result = export_job(ns_key, col_key, {"format": "json"}, settings=store.settings)
-            assert result.response.document_count == len(PEOPLE)
+            assert result.response.document_count == len(NUMBERED)
             assert f"/{ns.id}/exports/{col.id}/" in result.response.s3_path
 
 

@@ -11,7 +11,7 @@ from conftest import make_collection, write_jsonl
 from exports import FORMATS, run
 from helpers import (
     DENSE,
-    PEOPLE,
+    NUMBERED,
     SPARSE,
     ids_of,
     local_path,
@@ -97,7 +97,7 @@ def test_O1_without_sample_every_match_exported(
 ) -> None:
     ns, col = people
     all_ids = ids_of(run(store, ns, col, {"format": "json"}).response.s3_path, "json")
-    assert all_ids == [d["document_id"] for d in PEOPLE]
+    assert all_ids == [d["document_id"] for d in NUMBERED]
     evens = run(store, ns, col, {"format": "json", "filters": {"even": True}})
     assert ids_of(evens.response.s3_path, "json") == [f"p{i:02d}" for i in range(0, 40, 2)]
     assert evens.response.document_count == 20
@@ -112,7 +112,7 @@ def test_O2_sample_exactly_n_reproducible_with_seed(
     first, second = run(store, ns, col, request), run(store, ns, col, request)
     ids = ids_of(first.response.s3_path, fmt)
     assert len(ids) == len(set(ids)) == 7 == first.response.document_count
-    assert set(ids) <= {d["document_id"] for d in PEOPLE}
+    assert set(ids) <= {d["document_id"] for d in NUMBERED}
     assert ids_of(second.response.s3_path, fmt) == ids
     assert first.manifest["sample_seed"] == 12345
 
@@ -170,7 +170,7 @@ def test_O2_sample_at_least_matches_returns_all(
 ) -> None:
     ns, col = people
     result = run(store, ns, col, {"format": "json", "sample_size": size, "sample_seed": 1})
-    assert ids_of(result.response.s3_path, "json") == [d["document_id"] for d in PEOPLE]
+    assert ids_of(result.response.s3_path, "json") == [d["document_id"] for d in NUMBERED]
 
 
 @pytest.mark.slow  # 15 exports
