@@ -5,40 +5,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import boto3
 import dagster as dg
-import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
-from helpers import cli_output, stop_group
+from deployment import INDEXES, doc, files_left, same_files, worker_env, workers
+from helpers import cli_output
 from kill_child import armed_environment
 from services import PostgresServer, RedisServer
 
 from export_pipeline.orchestration.launch import local_instance
 from export_pipeline.settings import Settings
-from export_pipeline.store import Collection, Store, VectorIndex
+from export_pipeline.store import Collection, Store
 from export_pipeline.store import segments as segments_module
-
-WORKTREE = Path(__file__).resolve().parents[1]
-INDEXES = [VectorIndex(name="v", dimensions=3)]
-
-
-def _doc(number: int) -> dict[str, Any]:
-    doc: dict[str, Any] = {"document_id": f"d{number:04d}", "n": number, "kind": "k"}
-    doc["_vectors"] = {"v": [number / 7, -1.5, 2.0**-20]}
-    if number % 3:
-        doc["extra"] = {"a": number, "text": f'"quoted", {number}'}
-    return doc
 
 
 @pytest.fixture
@@ -69,86 +52,11 @@ def three_segments(distributed: Settings, monkeypatch: pytest.MonkeyPatch) -> Co
     """90 documents in three segments of small row groups: something for three shards."""
     monkeypatch.setattr(segments_module, "ROW_GROUP_ROWS", 10)
     store = Store(distributed)
-    ns, col = make_collection(store, [_doc(n) for n in range(30)], INDEXES)
+    ns, col = make_collection(store, [doc(n) for n in range(30)], INDEXES)
     for start in (30, 60):
         folder = store.settings.home_dir.parent / "in"
-        store.ingest(
-            ns.id, col.id, write_jsonl(folder, [_doc(n) for n in range(start, start + 30)])
-        )
+        store.ingest(ns.id, col.id, write_jsonl(folder, [doc(n) for n in range(start, start + 30)]))
     return store.catalog.collection(ns, col.id)
-
-
-def _worker_env(settings: Settings, home: Path) -> dict[str, str]:
-    """A worker's environment: the deployment's shared services, a home of its own."""
-    shared = ("catalog", "segments", "storage", "celery_broker")
-    env = {f"EXPORT_PIPELINE_{name.upper()}": str(getattr(settings, name)) for name in shared}
-    return {**os.environ, **env, "EXPORT_PIPELINE_HOME": str(home), "PYTHONPATH": str(WORKTREE)}
-
-
-@contextmanager
-def workers(
-    count: int, settings: Settings, folder: Path, extra: dict[str, str] | None = None
-) -> Iterator[list[Path]]:
-    """`count` `export-pipeline worker --concurrency 1` processes, ready, each with a home of
-    its own (yielded) and `extra` in its environment; stopped afterwards."""
-    from celery import Celery
-
-    processes = []
-    homes = [folder / f"worker-{index}-home" for index in range(count)]
-    for index, home in enumerate(homes):
-        log = open(folder / f"worker-{index}.log", "wb")  # noqa: SIM115 - closed below
-        processes.append(
-            (
-                subprocess.Popen(
-                    [sys.executable, "-m", "export_pipeline.cli", "worker", "--concurrency", "1"],
-                    env={**_worker_env(settings, home), **(extra or {})},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                ),
-                log,
-            )
-        )
-    try:
-        app = Celery(broker=settings.celery_broker)  # only to ping the workers
-        deadline = time.monotonic() + 120
-        while len(app.control.ping(timeout=0.5)) < count:
-            for process, _ in processes:
-                assert process.poll() is None, (folder / "worker-0.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the workers did not come up"
-        yield homes
-    finally:
-        for process, _ in processes:  # all told at once: they stop side by side
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process, log in processes:
-            stop_group(process, timeout=60)
-            log.close()
-
-
-def _files_left(home: Path) -> list[Path]:
-    """Files a worker keeps in its home (its scratch, copies of segments, parts)."""
-    return [p for p in home.rglob("*") if p.is_file() and p.name != ".sweep.lock"]
-
-
-def _published(s3: Any, response: Any) -> list[Path]:
-    """The published files, downloaded."""
-    found = []
-    for uri in (response.s3_path, response.vectors_s3_path):
-        if uri:
-            bucket, _, key = uri.removeprefix("s3://").partition("/")
-            path = Path(tempfile.mkdtemp()) / key.rsplit("/", 1)[-1]
-            s3.download_file(bucket, key, str(path))
-            found.append(path)
-    return found
-
-
-def _same_files(one: Any, other: Any, fmt: str, s3: Any) -> None:
-    for mine, theirs in zip(_published(s3, one), _published(s3, other), strict=True):
-        if fmt == "parquet":
-            assert pq.read_table(mine).equals(pq.read_table(theirs))
-        else:
-            assert mine.read_bytes() == theirs.read_bytes(), fmt
 
 
 BODIES = [  # csv with vectors: the kill test below
@@ -178,13 +86,13 @@ def test_the_shards_of_an_export_run_on_workers_that_share_no_disk(
             alone = export_job(ns, col, body, settings=distributed)  # in this process
             assert run.manifest["document_count"] == alone.manifest["document_count"]
             assert [s["document_count"] for s in run.manifest["shards"]] != [0, 0, 0]
-            _same_files(run.response, alone.response, body["format"], s3)
+            same_files(run.response, alone.response, body["format"], s3)
             keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
             assert not [k for k in keys if "/.parts/" in k or ".dagster-io" in k]
             workers_of = {s["worker"].rsplit(":", 1)[-1] for s in run.manifest["shards"]}
             assert str(os.getpid()) not in workers_of
         for home in homes:  # nothing stays on a worker
-            assert _files_left(home) == []
+            assert files_left(home) == []
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert not list((distributed.home_dir / "collections").rglob("*.parquet"))
 
@@ -211,11 +119,11 @@ def test_a_worker_process_killed_mid_shard_gives_the_shard_to_another_and_leaves
         os.kill(int(marker.read_text()), signal.SIGKILL)
         run = running.result(timeout=300)
     alone = export_job(ns, col, body, settings=distributed)
-    _same_files(run.response, alone.response, "csv", s3)
+    same_files(run.response, alone.response, "csv", s3)
     # The killed process could not clean up: its worker's next gc reclaims its folder.
     for home in homes:
-        cli_output(["gc", "--grace-seconds", "0"], _worker_env(distributed, home))
-        assert _files_left(home) == []
+        cli_output(["gc", "--grace-seconds", "0"], worker_env(distributed, home))
+        assert files_left(home) == []
     events = local_instance(distributed).all_logs(run.run_id)
     started = [e.step_key for e in events if e.dagster_event_type == dg.DagsterEventType.STEP_START]
     # six steps (plan, three shards, publish, report), the killed shard's started twice
@@ -230,7 +138,7 @@ def test_celery_without_a_broker_or_s3_storage_is_refused_before_any_run(
 ) -> None:
     from export_pipeline.errors import InvalidInput
 
-    ns, col = make_collection(store, [_doc(n) for n in range(5)], INDEXES)
+    ns, col = make_collection(store, [doc(n) for n in range(5)], INDEXES)
     celery = store.settings.model_copy(update={"shards": "3", "executor": "celery"})
     with pytest.raises(InvalidInput, match="EXPORT_PIPELINE_CELERY_BROKER"):
         export_job(ns.id, col.id, {}, settings=celery, processes=True)

@@ -23,11 +23,11 @@ import dagster as dg
 import pytest
 from celery import Celery
 from conftest import LocalS3, export_job, make_collection, write_jsonl
+from deployment import INDEXES, WORKTREE, doc, same_files, worker_env, workers
 from fastapi.testclient import TestClient
 from helpers import SEED_RESPONSE_FIELDS, free_port, stop_group
 from kill_child import armed_environment
 from services import PostgresServer, RedisServer
-from test_celery import INDEXES, WORKTREE, _doc, _same_files, _worker_env, workers
 
 from export_pipeline.api.app import create_app
 from export_pipeline.contract import ExportResponse
@@ -123,9 +123,9 @@ def deployment(
 
         env.setattr(segments_module, "ROW_GROUP_ROWS", 10)  # three segments of small groups
         store = Store(settings)
-        ns, col = make_collection(store, [_doc(n) for n in range(30)], INDEXES)
+        ns, col = make_collection(store, [doc(n) for n in range(30)], INDEXES)
         for start in (30, 60):
-            docs = [_doc(n) for n in range(start, start + 30)]
+            docs = [doc(n) for n in range(start, start + 30)]
             store.ingest(ns.id, col.id, write_jsonl(folder / "in", docs))
         key, _ = store.keys.create([ns], "queue")
 
@@ -133,7 +133,7 @@ def deployment(
         marker.with_name("paused.claimed").touch()  # armed, but no shard pauses yet
         # Every process of the deployment gets the same environment (a home of its own).
         shared = {
-            **_worker_env(settings, folder / "dagster-processes-home"),
+            **worker_env(settings, folder / "dagster-processes-home"),
             "EXPORT_PIPELINE_EXECUTOR": "celery",
             "EXPORT_PIPELINE_SHARDS": "3",
         }
@@ -219,7 +219,7 @@ def test_an_export_is_queued_launched_by_the_daemon_and_sharded_on_the_workers(
     # The same files as the same export with every step in this process.
     col = deployment.collection
     alone = export_job(col.namespace_id, col.id, body, settings=deployment.settings)
-    _same_files(answer, alone.response, "csv", s3)
+    same_files(answer, alone.response, "csv", s3)
     assert not [key for key in keys_under(deployment) if "/.parts/" in key]
     print(f"queued export answered in {seconds:.1f} s")
 
