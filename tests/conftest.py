@@ -37,6 +37,7 @@ LONGEST_FIRST = [
     "tests/test_recovery.py",
     "tests/test_benchmarks.py",
     "tests/test_celery.py",
+    "tests/test_run_queue.py",
     "tests/test_shards.py",
     "tests/test_filters_large.py",
     "tests/test_parts.py",

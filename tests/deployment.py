@@ -32,6 +32,24 @@ def doc(number: int) -> dict[str, Any]:
     return doc
 
 
+def deployment_settings(
+    home: Path, catalog: str, bucket: str, broker: str, **extra: Any
+) -> Settings:
+    """The launcher's settings of a deployment whose machines share no disk: the catalog in
+    PostgreSQL, segments and exports on S3 in `bucket`, Redis as the broker, three shards on
+    Celery workers; `extra` settings besides."""
+    return Settings(
+        home=home,
+        catalog=catalog,
+        segments=f"s3://{bucket}/segments",
+        storage=f"s3://{bucket}/exports",
+        shards="3",
+        executor="celery",
+        celery_broker=broker,
+        **extra,
+    )
+
+
 def worker_env(settings: Settings, home: Path) -> dict[str, str]:
     """A worker's environment: the deployment's shared services, a home of its own."""
     shared = ("catalog", "segments", "storage", "celery_broker")

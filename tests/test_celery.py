@@ -13,7 +13,15 @@ import boto3
 import dagster as dg
 import pytest
 from conftest import export_job, make_collection, write_jsonl
-from deployment import INDEXES, doc, files_left, same_files, worker_env, workers
+from deployment import (
+    INDEXES,
+    deployment_settings,
+    doc,
+    files_left,
+    same_files,
+    worker_env,
+    workers,
+)
 from helpers import cli_output
 from kill_child import armed_environment
 from services import PostgresServer, RedisServer
@@ -36,15 +44,8 @@ def distributed(
     the Dagster instance in PostgreSQL, segments and exports on S3, Redis as the broker."""
     dagster_url = postgres.create_database().replace("postgresql://", "postgresql+psycopg2://")
     monkeypatch.setenv("DAGSTER_PG_URL", dagster_url)
-    return Settings(
-        home=tmp_path / "launcher-home",
-        catalog=postgres.create_database(),
-        segments=f"s3://{bucket}/segments",
-        storage=f"s3://{bucket}/exports",
-        shards="3",
-        executor="celery",
-        celery_broker=redis.url(),
-    )
+    home = tmp_path / "launcher-home"
+    return deployment_settings(home, postgres.create_database(), bucket, redis.url())
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import dagster as dg
 import pytest
 from celery import Celery
 from conftest import LocalS3, export_job, make_collection, write_jsonl
-from deployment import INDEXES, WORKTREE, doc, same_files, worker_env, workers
+from deployment import INDEXES, WORKTREE, deployment_settings, doc, same_files, worker_env, workers
 from fastapi.testclient import TestClient
 from helpers import SEED_RESPONSE_FIELDS, free_port, stop_group
 from kill_child import armed_environment
@@ -107,14 +107,11 @@ def deployment(
         bucket = f"queue-{os.getpid()}"
         boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
         port = free_port()
-        settings = Settings(
-            home=folder / "api-home",
-            catalog=postgres.create_database(),
-            segments=f"s3://{bucket}/segments",
-            storage=f"s3://{bucket}/exports",
-            shards="3",
-            executor="celery",
-            celery_broker=redis.url(),
+        settings = deployment_settings(
+            folder / "api-home",
+            postgres.create_database(),
+            bucket,
+            redis.url(),
             dagster_url=f"http://127.0.0.1:{port}",
             api_timeout_seconds=120,
         )

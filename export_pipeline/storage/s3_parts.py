@@ -50,6 +50,11 @@ class Staged:
     parts: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _copied(piece: Piece) -> bool:
+    """Whether the piece is a stored range large enough to be copied by the server."""
+    return isinstance(piece, StoredRange) and piece.length >= MIN_COPY
+
+
 def planned_parts(pieces: Iterable[Piece], part_size: int) -> list[PlannedPart]:
     """The parts of an upload, in order: runs of `part_size` bytes read from the pieces, and
     copies of the stored ranges of at least MIN_COPY bytes. No I/O; every part but the last
@@ -59,7 +64,7 @@ def planned_parts(pieces: Iterable[Piece], part_size: int) -> list[PlannedPart]:
     filled = 0
     for piece in pieces:
         length = size_of_pieces((piece,))
-        if isinstance(piece, StoredRange) and length >= MIN_COPY:
+        if isinstance(piece, StoredRange) and _copied(piece):
             start = 0
             if run:  # the run is topped up to a least part from the range's first bytes
                 start = max(0, MIN_PART - filled)
@@ -118,8 +123,7 @@ class PartUploads:
         size = size_of_pieces(pieces)
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         staged = Staged(key, pieces, args, part_size)
-        copies = any(isinstance(p, StoredRange) and p.length >= MIN_COPY for p in pieces)
-        if size > part_size or copies:
+        if size > part_size or any(_copied(piece) for piece in pieces):
             created = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, **args, **self.checksum
             )
