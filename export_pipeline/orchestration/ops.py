@@ -21,13 +21,7 @@ from export_pipeline.errors import PUBLISHED_NOTHING, ExportPipelineError, guard
 from export_pipeline.export import ExportLifecycle
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.config import ExportConfig
-from export_pipeline.orchestration.resources import (
-    DuckDBResource,
-    StorageResource,
-    StoreResource,
-    settings_of,
-)
-from export_pipeline.settings import Settings
+from export_pipeline.orchestration.resources import ExportResource
 from export_pipeline.storage import TransientStorageError
 from export_pipeline.store.operations import Owner
 
@@ -55,14 +49,6 @@ class ShardTask(BaseModel):
     plan: ExportPlan
     selection: Selection
     shard: Shard
-
-
-def _lifecycle(
-    store: StoreResource, storage: StorageResource, duckdb: DuckDBResource
-) -> ExportLifecycle:
-    """The export lifecycle over the resources' settings."""
-    settings: Settings = settings_of(store, storage, duckdb)
-    return ExportLifecycle(settings)
 
 
 def failure(exc: ExportPipelineError) -> dg.Failure:
@@ -126,14 +112,12 @@ def _step(
 def plan_export_op(
     context: dg.OpExecutionContext,
     config: ExportConfig,
-    store: StoreResource,
-    storage: StorageResource,
-    duckdb: DuckDBResource,
+    export: ExportResource,
 ) -> Iterator[dg.Output[Progress] | dg.DynamicOutput[ShardTask]]:
     """Step 1: the ExportPlan, a pass over the matches where the export needs one, and one
     task per shard."""
     started = time.perf_counter()
-    lifecycle = _lifecycle(store, storage, duckdb)
+    lifecycle = export.lifecycle()
     try:
         with guard(lifecycle.settings.home_dir, "home", PUBLISHED_NOTHING):
             lifecycle.sweep()
@@ -196,17 +180,13 @@ def _tag_run(context: dg.OpExecutionContext, plan: ExportPlan) -> None:
 def export_shard(
     context: dg.OpExecutionContext,
     task: ShardTask,
-    store: StoreResource,
-    storage: StorageResource,
-    duckdb: DuckDBResource,
+    export: ExportResource,
 ) -> ShardParts:
     """Step 2, once per shard (in parallel where the executor allows): the shard's parts."""
-    lifecycle = _lifecycle(store, storage, duckdb)
+    threads = None
     if len(task.plan.shards) > 1:  # shards running at once share the cores
-        threads = shard_threads(lifecycle.settings.duckdb_threads, len(task.plan.shards))
-        lifecycle = ExportLifecycle(
-            lifecycle.settings.model_copy(update={"duckdb_threads": threads})
-        )
+        threads = shard_threads(export.settings.duckdb_threads, len(task.plan.shards))
+    lifecycle = export.lifecycle(threads)
     with _step(context, lifecycle, task.plan, f"shard {task.shard.index}"):
         parts = lifecycle.write_shard(task.plan, task.selection, task.shard)
     written = parts.bytes
@@ -229,12 +209,10 @@ def publish_files(
     context: dg.OpExecutionContext,
     progress: Progress,
     parts: list[ShardParts],
-    store: StoreResource,
-    storage: StorageResource,
-    duckdb: DuckDBResource,
+    export: ExportResource,
 ) -> Progress:
     """Step 3: the files at their final keys; scratch space is removed afterwards."""
-    lifecycle = _lifecycle(store, storage, duckdb)
+    lifecycle = export.lifecycle()
     plan = progress.plan
     with _step(context, lifecycle, plan, "publish") as started:
         if _attempt(context) > 0:
@@ -273,12 +251,12 @@ def _check_parts_left(parts: list[ShardParts]) -> None:
 
 @dg.op(description="Record the export: run metadata and a materialization of its asset.")
 def report_export(
-    context: dg.OpExecutionContext, progress: Progress, storage: StorageResource
+    context: dg.OpExecutionContext, progress: Progress, export: ExportResource
 ) -> dict[str, Any]:
     """Step 4: the A1 response, with links, counts, checksums and a preview as metadata."""
     plan, response = progress.plan, progress.response
     assert response is not None and progress.outputs is not None
-    metadata = export_metadata(progress, storage.url_ttl_seconds)
+    metadata = export_metadata(progress, export.storage.url_ttl_seconds)
     context.log_event(
         dg.AssetMaterialization(
             asset_key=export_asset_key(plan),

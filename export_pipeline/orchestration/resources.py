@@ -1,10 +1,11 @@
-"""Dagster resources: the store, the storage target and DuckDB's limits, which together carry
-every setting an export's steps read.
+"""The export job's resource: what every step reads (the store, the storage target, DuckDB's
+limits), and the store and storage it hands out.
 
-Each resource field mirrors one `Settings` field (its default and description, as the
-launchpad shows them); `settings_of` rebuilds the core's Settings from them alone, never
-from the environment behind them, so a launch with settings made in code (the API, the
-tests) runs its steps with exactly those.
+Its three sections' fields each mirror one `Settings` field (its default and description, as
+the launchpad shows them); the resource rebuilds the core's Settings from them alone, never
+from the environment behind them, so a launch with settings made in code (the API, the tests)
+runs its steps with exactly those. It opens the store (a catalog connection) and the storage
+(an S3 client) once per process, for every step of the run that process executes.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
@@ -12,9 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
+from export_pipeline.export import ExportLifecycle
 from export_pipeline.settings import Settings
+from export_pipeline.storage import Storage, open_storage
+from export_pipeline.store import Store
 
 _FIELDS = Settings.model_fields
 
@@ -26,7 +30,7 @@ def _like(setting: str) -> Any:
     return Field(default, description=field.description)
 
 
-class StoreResource(dg.ConfigurableResource):
+class StoreConfig(dg.Config):
     """The embedded collection store (EXPORT_PIPELINE_HOME, its segments maybe in S3:
     EXPORT_PIPELINE_SEGMENTS) and how it keeps and reclaims files."""
 
@@ -40,7 +44,7 @@ class StoreResource(dg.ConfigurableResource):
     recovery_foreign_max_age_seconds: int = _like("recovery_foreign_max_age_seconds")
 
 
-class StorageResource(dg.ConfigurableResource):
+class StorageConfig(dg.Config):
     """Where exports are published, how (S3's options) and how long their links live
     (EXPORT_PIPELINE_STORAGE, EXPORT_PIPELINE_S3_*)."""
 
@@ -55,7 +59,7 @@ class StorageResource(dg.ConfigurableResource):
     s3_sse_kms_key_id: str | None = _like("s3_sse_kms_key_id")
 
 
-class DuckDBResource(dg.ConfigurableResource):
+class DuckDBConfig(dg.Config):
     """How hard DuckDB may work per export, and where it spills (EXPORT_PIPELINE_DUCKDB_*)."""
 
     memory_limit: str = _like("duckdb_memory_limit")
@@ -63,12 +67,12 @@ class DuckDBResource(dg.ConfigurableResource):
     temp_dir: str | None = _like("scratch")
 
 
-# resource -> {resource field: Settings field}
+# section -> {section field: Settings field}
 _CARRIED: dict[str, dict[str, str]] = {
-    "store": {name: name for name in StoreResource.model_fields},
+    "store": {name: name for name in StoreConfig.model_fields},
     "storage": {
         "uri": "storage",
-        **{name: name for name in StorageResource.model_fields if name != "uri"},
+        **{name: name for name in StorageConfig.model_fields if name != "uri"},
     },
     "duckdb": {
         "memory_limit": "duckdb_memory_limit",
@@ -94,12 +98,55 @@ LAUNCH_ONLY = frozenset(
 )
 
 
-def settings_of(store: StoreResource, storage: StorageResource, duckdb: DuckDBResource) -> Settings:
-    """The core's Settings, as the resources configure them (and nothing else)."""
-    values: dict[str, Any] = {name: _FIELDS[name].default for name in LAUNCH_ONLY}
-    for resource, carried in zip((store, storage, duckdb), _CARRIED.values(), strict=True):
-        values.update({setting: getattr(resource, field) for field, setting in carried.items()})
-    return Settings(**values)
+class ExportResource(dg.ConfigurableResource):
+    """Every setting an export's steps read, and the store and storage they work on."""
+
+    store: StoreConfig = Field(
+        default_factory=StoreConfig, description="The collection store and how it keeps files."
+    )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Where exports are published, and how."
+    )
+    duckdb: DuckDBConfig = Field(
+        default_factory=DuckDBConfig, description="DuckDB's limits per export."
+    )
+    _opened: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        """The core's Settings, as this resource configures them (and nothing else)."""
+        if "settings" not in self._opened:
+            values: dict[str, Any] = {name: _FIELDS[name].default for name in LAUNCH_ONLY}
+            for section, carried in _CARRIED.items():
+                given = getattr(self, section)
+                values.update(
+                    {setting: getattr(given, field) for field, setting in carried.items()}
+                )
+            self._opened["settings"] = Settings(**values)
+        settings: Settings = self._opened["settings"]
+        return settings
+
+    def open_store(self) -> Store:
+        """The collection store, opened on first use in this process."""
+        if "store" not in self._opened:
+            self._opened["store"] = Store(self.settings)
+        store: Store = self._opened["store"]
+        return store
+
+    def open_storage(self) -> Storage:
+        """The export storage, opened on first use in this process."""
+        if "storage" not in self._opened:
+            self._opened["storage"] = open_storage(self.settings)
+        storage: Storage = self._opened["storage"]
+        return storage
+
+    def lifecycle(self, duckdb_threads: int | None = None) -> ExportLifecycle:
+        """The export lifecycle over the store and storage; `duckdb_threads`: this step's share
+        of the cores, where it runs beside others."""
+        settings = self.settings
+        if duckdb_threads is not None:
+            settings = settings.model_copy(update={"duckdb_threads": duckdb_threads})
+        return ExportLifecycle(settings, self.open_store(), self.open_storage())
 
 
 def resources_from(
@@ -114,16 +161,18 @@ def resources_from(
         "scratch": str(settings.scratch_dir),
     }
 
-    def values(resource: str) -> dict[str, Any]:
+    def values(section: str) -> dict[str, Any]:
         return {
             field: resolved.get(setting, getattr(settings, setting))
-            for field, setting in _CARRIED[resource].items()
+            for field, setting in _CARRIED[section].items()
         }
 
     resources: dict[str, Any] = {
-        "store": StoreResource(**values("store")),
-        "storage": StorageResource(**values("storage")),
-        "duckdb": DuckDBResource(**values("duckdb")),
+        "export": ExportResource(
+            store=StoreConfig(**values("store")),
+            storage=StorageConfig(**values("storage")),
+            duckdb=DuckDBConfig(**values("duckdb")),
+        )
     }
     if step_outputs is not None:
         resources["io_manager"] = step_outputs_on_storage(step_outputs)

@@ -1,4 +1,5 @@
-"""The job's resources carry every setting its steps read, and only what they were given."""
+"""The job's resource carries every setting its steps read, and only what they were given, and
+hands out one store and one storage to every step a process runs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export_pipeline.orchestration.resources import LAUNCH_ONLY, resources_from, settings_of
+from export_pipeline.orchestration.resources import LAUNCH_ONLY, ExportResource, resources_from
 from export_pipeline.settings import Settings
 
 # A value other than the default for every setting a step reads.
@@ -44,7 +45,20 @@ def test_the_steps_get_exactly_the_launchers_settings_not_the_environment(
     given = Settings(**CHANGED)
     for name in CHANGED:  # the environment says otherwise about everything
         monkeypatch.setenv(f"EXPORT_PIPELINE_{name.upper()}", "99")
-    rebuilt = settings_of(**resources_from(given))  # type: ignore[arg-type]
+    export = resources_from(given)["export"]
+    assert isinstance(export, ExportResource)
+    rebuilt = export.settings
     for name in CHANGED:
         assert getattr(rebuilt, name) == getattr(given, name), name
     assert rebuilt.home_dir == Path("/tmp/elsewhere-home")
+
+
+def test_the_steps_of_a_process_share_one_store_and_one_storage(tmp_path: Path) -> None:
+    export = resources_from(Settings(home=tmp_path / "home", storage=str(tmp_path / "out")))
+    resource = export["export"]
+    assert isinstance(resource, ExportResource)
+    first, second = resource.lifecycle(), resource.lifecycle(duckdb_threads=1)
+    assert first.store is second.store and first.storage is second.storage
+    # a shard's share of the cores changes its own settings only
+    assert second.settings.duckdb_threads == 1
+    assert resource.settings.duckdb_threads == resource.duckdb.threads
