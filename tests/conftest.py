@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-from services import PostgresServer, RedisServer, postgres_server, redis_server
+from helpers import DEMO_COUNT, make_collection
+from services import LocalS3, PostgresServer, RedisServer, postgres_server, redis_server
 
-from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
-from export_pipeline.store import Collection, Namespace, Store, VectorIndex
-
-if TYPE_CHECKING:
-    from export_pipeline.orchestration.launch import ExportRun
+from export_pipeline.store import Collection, Namespace, Store
 
 _counter = itertools.count()
 
@@ -68,9 +64,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.loadscopereorder = False
 
 
+# Tests that start or talk to a server (moto's S3, PostgreSQL, Redis) are left out of the
+# quick subset: the whole suite runs them.
+SERVERS = {"s3_server", "postgres", "redis"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files in LONGEST_FIRST order, then the rest as collected; tests keep their order
-    within a file."""
+    """Tests using a server are `slow`; files in LONGEST_FIRST order, then the rest as
+    collected; tests keep their order within a file."""
+    for item in items:
+        if SERVERS.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
@@ -81,7 +85,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def catalog_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Settings whose home is a fresh temporary folder, the catalog a SQLite file there or a
     fresh PostgreSQL database (modules override `settings` with this to run on both)."""
@@ -95,9 +99,6 @@ def catalog_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
 def store(settings: Settings) -> Store:
     """A store under the temporary home."""
     return Store(settings)
-
-
-DEMO_COUNT = 60  # documents in the `demo` fixture's collection
 
 
 @pytest.fixture
@@ -140,87 +141,6 @@ def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
         return run_cli(argv, stdin=stdin)
 
     return run
-
-
-def write_jsonl(folder: Path, docs: list[Any]) -> Path:
-    """Write documents (dicts, or raw str lines) to a new JSONL file in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"ingest_{next(_counter)}.jsonl"
-    lines = [doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False) for doc in docs]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-def make_collection(
-    store: Store,
-    docs: list[Any],
-    indexes: list[VectorIndex] | None = None,
-    *,
-    namespace: str = "test-ns",
-    name: str = "things",
-) -> tuple[Namespace, Collection]:
-    """Create (or reuse) a namespace, create a collection, ingest `docs` into it."""
-    try:
-        ns = store.catalog.namespace(namespace)
-    except NotFoundError:
-        ns = store.catalog.create_namespace(namespace)
-    col = store.catalog.create_collection(ns, name, indexes or [])
-    if docs:
-        store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", docs))
-    return ns, store.catalog.collection(ns, col.id)
-
-
-def export_job(
-    namespace: str,
-    collection: str,
-    body: dict[str, Any] | None,
-    *,
-    settings: Settings,
-    processes: bool = False,
-) -> ExportRun:
-    """One export the way users run it: a run of the export_collection job, launched as the
-    CLI and the API launch it. Its shards run one after the other in this process (an
-    ephemeral instance), or with `processes` in processes of their own (the home's instance)."""
-    import dagster as dg
-
-    from export_pipeline.orchestration.launch import execute, local_instance
-
-    global _ephemeral
-    if processes:
-        return execute(settings, namespace, collection, body, "cli", local_instance(settings))
-    serial = settings.model_copy(update={"executor": "in_process"})
-    if _ephemeral is None:  # one per test process: its runs are not what these tests inspect
-        _ephemeral = dg.DagsterInstance.ephemeral()
-    return execute(serial, namespace, collection, body, "cli", _ephemeral)
-
-
-_ephemeral: Any = None
-
-
-class LocalS3:
-    """moto's S3 server on a loopback port; it can be stopped and started again on that port
-    (its buckets live in this process, so they survive a restart)."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.server: Any = None
-
-    @property
-    def endpoint(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Serve (again) on the same port."""
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-        self.port = self.server.get_host_and_port()[1]
-
-    def stop(self) -> None:
-        """Stop answering; connections are refused until start()."""
-        self.server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 from urllib.parse import unquote, urlparse
 
@@ -27,7 +28,12 @@ import pytest
 
 from export_pipeline.cli import main
 from export_pipeline.contract import SEED_REQUEST_EXAMPLE
-from export_pipeline.store import VectorIndex
+from export_pipeline.errors import NotFoundError
+from export_pipeline.settings import Settings
+from export_pipeline.store import Collection, Namespace, Store, VectorIndex
+
+if TYPE_CHECKING:
+    from export_pipeline.orchestration.launch import ExportRun
 
 # The seed's example request body (verbatim) and example response, kept in the repository.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -231,3 +237,62 @@ VECTOR_DOCS = [
     {"document_id": "none"},
     {"document_id": "sparse-empty", "_vectors": {"bag": {"indices": [], "values": []}}},
 ]
+
+
+_counter = itertools.count()
+DEMO_COUNT = 60  # documents in the `demo` fixture's collection
+
+
+def write_jsonl(folder: Path, docs: list[Any]) -> Path:
+    """Write documents (dicts, or raw str lines) to a new JSONL file in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ingest_{next(_counter)}.jsonl"
+    lines = [doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False) for doc in docs]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def make_collection(
+    store: Store,
+    docs: list[Any],
+    indexes: list[VectorIndex] | None = None,
+    *,
+    namespace: str = "test-ns",
+    name: str = "things",
+) -> tuple[Namespace, Collection]:
+    """Create (or reuse) a namespace, create a collection, ingest `docs` into it."""
+    try:
+        ns = store.catalog.namespace(namespace)
+    except NotFoundError:
+        ns = store.catalog.create_namespace(namespace)
+    col = store.catalog.create_collection(ns, name, indexes or [])
+    if docs:
+        store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "in", docs))
+    return ns, store.catalog.collection(ns, col.id)
+
+
+def export_job(
+    namespace: str,
+    collection: str,
+    body: dict[str, Any] | None,
+    *,
+    settings: Settings,
+    processes: bool = False,
+) -> ExportRun:
+    """One export the way users run it: a run of the export_collection job, launched as the
+    CLI and the API launch it. Its shards run one after the other in this process (an
+    ephemeral instance), or with `processes` in processes of their own (the home's instance)."""
+    import dagster as dg
+
+    from export_pipeline.orchestration.launch import execute, local_instance
+
+    global _ephemeral
+    if processes:
+        return execute(settings, namespace, collection, body, "cli", local_instance(settings))
+    serial = settings.model_copy(update={"executor": "in_process"})
+    if _ephemeral is None:  # one per test process: its runs are not what these tests inspect
+        _ephemeral = dg.DagsterInstance.ephemeral()
+    return execute(serial, namespace, collection, body, "cli", _ephemeral)
+
+
+_ephemeral: Any = None

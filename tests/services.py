@@ -202,3 +202,29 @@ def redis_server() -> Iterator[RedisServer]:
     folder = Path(tempfile.mkdtemp(prefix="redis-"))
     with _running(RedisServer(binary, folder), folder) as server:
         yield server
+
+
+class LocalS3:
+    """moto's S3 server on a loopback port; it can be stopped and started again on that port
+    (its buckets live in this process, so they survive a restart)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.server: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Serve (again) on the same port."""
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.port = self.server.get_host_and_port()[1]
+
+    def stop(self) -> None:
+        """Stop answering; connections are refused until start()."""
+        self.server.stop()

@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 from export_pipeline.orchestration import tags
 

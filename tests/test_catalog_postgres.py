@@ -13,8 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import free_port, read_json_lines
+from helpers import export_job, free_port, make_collection, read_json_lines, write_jsonl
 from services import PostgresServer
 
 from export_pipeline.cli import main

@@ -12,7 +12,6 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import pytest
-from conftest import export_job, make_collection, write_jsonl
 from deployment import (
     INDEXES,
     deployment_settings,
@@ -22,7 +21,7 @@ from deployment import (
     worker_env,
     workers,
 )
-from helpers import cli_output
+from helpers import cli_output, export_job, make_collection, write_jsonl
 from kill_child import armed_environment
 from services import PostgresServer, RedisServer
 

@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from conftest import export_job
+from helpers import export_job
 
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store

@@ -20,9 +20,8 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from conftest import make_collection
 from fastapi.testclient import TestClient
-from helpers import files_under
+from helpers import files_under, make_collection
 
 from export_pipeline.api.app import create_app
 from export_pipeline.errors import (

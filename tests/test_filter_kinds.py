@@ -14,8 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import quick_first, read_csv, read_json_lines, read_parquet
+from helpers import (
+    export_job,
+    make_collection,
+    quick_first,
+    read_csv,
+    read_json_lines,
+    read_parquet,
+    write_jsonl,
+)
 
 from export_pipeline.engine import kinds, plan
 from export_pipeline.engine.kinds import field_kinds, scalar_kinds

@@ -13,8 +13,17 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import files_under, local_path, read_csv, read_json_lines, read_parquet, same_json
+from helpers import (
+    export_job,
+    files_under,
+    local_path,
+    make_collection,
+    read_csv,
+    read_json_lines,
+    read_parquet,
+    same_json,
+    write_jsonl,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -20,8 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection
-from helpers import ids_of, local_path, quick_first, read_csv
+from helpers import export_job, ids_of, local_path, make_collection, quick_first, read_csv
 
 from export_pipeline.contract import MIN_FILE_SIZE_BYTES
 from export_pipeline.engine.plan import parse_request

@@ -18,8 +18,7 @@ from typing import Any
 import boto3
 import dagster as dg
 import pytest
-from conftest import make_collection, write_jsonl
-from helpers import files_under, run_cli
+from helpers import files_under, make_collection, run_cli, write_jsonl
 from kill_child import armed_environment
 
 from export_pipeline.orchestration.launch import local_instance

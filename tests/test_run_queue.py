@@ -22,12 +22,18 @@ import boto3
 import dagster as dg
 import pytest
 from celery import Celery
-from conftest import LocalS3, export_job, make_collection, write_jsonl
 from deployment import INDEXES, WORKTREE, deployment_settings, doc, same_files, worker_env, workers
 from fastapi.testclient import TestClient
-from helpers import SEED_RESPONSE_FIELDS, free_port, stop_group
+from helpers import (
+    SEED_RESPONSE_FIELDS,
+    export_job,
+    free_port,
+    make_collection,
+    stop_group,
+    write_jsonl,
+)
 from kill_child import armed_environment
-from services import PostgresServer, RedisServer
+from services import LocalS3, PostgresServer, RedisServer
 
 from export_pipeline.api.app import create_app
 from export_pipeline.contract import ExportResponse

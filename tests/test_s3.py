@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from conftest import DEMO_COUNT, LocalS3, export_job, make_collection
-from helpers import files_under, free_port, quick_first
+from helpers import DEMO_COUNT, export_job, files_under, free_port, make_collection, quick_first
+from services import LocalS3
 
 from export_pipeline.demo import DEMO_INDEXES, demo_documents
 from export_pipeline.errors import ExportPipelineError

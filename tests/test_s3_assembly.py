@@ -10,8 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import make_collection
-from helpers import quick_first
+from helpers import make_collection, quick_first
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st

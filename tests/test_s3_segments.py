@@ -16,8 +16,7 @@ from typing import Any
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import quick_first
+from helpers import export_job, make_collection, quick_first, write_jsonl
 
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration.launch import ExportRun

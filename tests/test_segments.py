@@ -9,8 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import files_under, read_csv, read_json_lines
+from helpers import export_job, files_under, make_collection, read_csv, read_json_lines, write_jsonl
 
 from export_pipeline.store import Store, VectorIndex
 from export_pipeline.store.batches import byte_chunks, merge_sorted

@@ -15,8 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import quick_first
+from helpers import export_job, make_collection, quick_first, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

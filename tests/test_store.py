@@ -8,8 +8,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import files_under, read_json_lines
+from helpers import export_job, files_under, make_collection, read_json_lines, write_jsonl
 
 from export_pipeline.errors import ConflictError, InvalidInput, NotFoundError
 from export_pipeline.settings import Settings

@@ -11,8 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import ids_of, local_path
+from helpers import export_job, ids_of, local_path, make_collection, write_jsonl
 
 from export_pipeline import duck
 from export_pipeline.engine import parts as parts_module

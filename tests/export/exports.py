@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import export_job
+from helpers import export_job
 
 from export_pipeline.orchestration.launch import ExportRun
 from export_pipeline.settings import Settings

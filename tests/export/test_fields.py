@@ -6,11 +6,11 @@ import json
 
 import pyarrow as pa
 import pytest
-from conftest import make_collection
 from exports import FORMATS, run
 from helpers import (
     DENSE,
     local_path,
+    make_collection,
     read_csv,
     read_json_lines,
     read_parquet,

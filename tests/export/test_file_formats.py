@@ -8,11 +8,11 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import make_collection
 from exports import FORMATS, run
 from helpers import (
     DENSE,
     local_path,
+    make_collection,
     read_csv,
     read_json_lines,
     read_parquet,

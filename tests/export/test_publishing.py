@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import export_job, make_collection
 from exports import FORMATS, export_dirs, run, scratch_leftovers
 from helpers import (
     NUMBERED,
     SEED_REQUEST,
     SEED_RESPONSE_FIELDS,
     VECTOR_DOCS,
+    export_job,
     local_path,
+    make_collection,
     read_json_lines,
     read_parquet,
 )

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from conftest import make_collection, write_jsonl
 from exports import FORMATS, run
 from helpers import (
     DENSE,
@@ -15,11 +14,13 @@ from helpers import (
     SPARSE,
     ids_of,
     local_path,
+    make_collection,
     quick_first,
     read_csv,
     read_json_lines,
     read_parquet,
     same_json,
+    write_jsonl,
 )
 
 from export_pipeline.store import Collection, Namespace, Store, VectorIndex

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_COUNT
 from dagster import QueuedRunCoordinator
+from helpers import DEMO_COUNT
 
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.launch import (

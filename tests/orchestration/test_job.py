@@ -10,8 +10,14 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from conftest import make_collection
-from helpers import cli_output, files_under, read_csv, read_json_lines, read_parquet
+from helpers import (
+    cli_output,
+    files_under,
+    make_collection,
+    read_csv,
+    read_json_lines,
+    read_parquet,
+)
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.demo import DEMO_INDEXES, demo_documents

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import DEMO_COUNT
+from helpers import DEMO_COUNT
 
 from export_pipeline.orchestration.launch import (
     discard_prepared_run,

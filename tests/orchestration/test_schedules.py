@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import make_collection
+from helpers import make_collection
 
 from export_pipeline.definitions import build_definitions
 from export_pipeline.errors import InvalidInput

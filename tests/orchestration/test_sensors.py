@@ -16,8 +16,7 @@ from typing import Any
 import boto3
 import dagster as dg
 import pytest
-from conftest import make_collection, write_jsonl
-from helpers import free_port, quick_first
+from helpers import free_port, make_collection, quick_first, write_jsonl
 
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.drops import (
