@@ -52,7 +52,9 @@ from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.storage.pieces import sha256_of_pieces, size_of_pieces
 from export_pipeline.store import PublishedExport, Store
-from export_pipeline.store.operations import Owner
+from export_pipeline.store.operations import Owner, StaleSnapshot
+
+_PLAN_ATTEMPTS = 3  # plans whose snapshot lost a segment before it was pinned (D5)
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,9 @@ class ExportLifecycle:
     def begin(self, plan: ExportPlan, owner: Owner | None = None) -> None:
         """Record what the export is about to create (its scratch folder, its final prefix)
         before anything is: a killed export leaves a record for the sweep, not only debris.
-        `owner`: the process the export lives and dies with (default: this one)."""
+        The record pins the snapshot's segments until it ends (D5); StaleSnapshot if one is
+        gone already. `owner`: the process the export lives and dies with (default: this
+        one; the pins count as long as it runs)."""
         prefix = export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)
         self.store.operations.begin(
             "export",
@@ -286,8 +290,32 @@ class ExportLifecycle:
             paths=[plan.scratch_dir],
             storage=self.settings.storage_uri,
             storage_prefixes=[prefix, *([plan.parts_prefix] if plan.parts_prefix else [])],
+            pins=self.store.documents.segment_paths(plan.collection),
             owner=owner,
         )
+
+    def start(
+        self,
+        namespace: str,
+        collection: str,
+        request: ExportRequest | dict[str, Any] | None,
+        shards: int | None = None,
+        stage_parts: bool = False,
+        owner: Owner | None = None,
+    ) -> ExportPlan:
+        """`plan`, then `begin`: planned again (a newer snapshot) where the one planned lost
+        a segment before it was pinned, which only a retention shorter than planning allows."""
+        for attempt in range(_PLAN_ATTEMPTS):
+            plan = self.plan(namespace, collection, request, shards, stage_parts)
+            try:
+                self.begin(plan, owner)
+            except StaleSnapshot:
+                shutil.rmtree(plan.scratch_dir, ignore_errors=True)
+                if attempt == _PLAN_ATTEMPTS - 1:
+                    raise
+                continue
+            return plan
+        raise AssertionError("unreachable")
 
     def cleanup(self, plan: ExportPlan) -> None:
         """Remove the export's scratch space, whether it succeeded or failed, and forget its
@@ -311,8 +339,7 @@ class ExportLifecycle:
         """Every step in this process, the shards one after the other; nothing is left
         behind on failure."""
         self.sweep()
-        plan = self.plan(namespace, collection, request)
-        self.begin(plan)
+        plan = self.start(namespace, collection, request)
         try:
             selection = self.select(plan)
             parts = [self.write_shard(plan, selection, shard) for shard in plan.shards]
