@@ -44,6 +44,7 @@ from export_pipeline.engine.selection import (
 )
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS
+from export_pipeline.engine.start import record_export, start_export
 from export_pipeline.engine.tally import summed_counts
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
 from export_pipeline.links import export_response
@@ -52,9 +53,7 @@ from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalFile, Storage, export_prefix, open_storage
 from export_pipeline.storage.pieces import sha256_of_pieces, size_of_pieces
 from export_pipeline.store import PublishedExport, Store
-from export_pipeline.store.operations import Owner, StaleSnapshot
-
-_PLAN_ATTEMPTS = 3  # plans whose snapshot lost a segment before it was pinned (D5)
+from export_pipeline.store.operations import Owner
 
 
 @dataclass(frozen=True)
@@ -283,16 +282,7 @@ class ExportLifecycle:
         The record pins the snapshot's segments until it ends (D5); StaleSnapshot if one is
         gone already. `owner`: the process the export lives and dies with (default: this
         one; the pins count as long as it runs)."""
-        prefix = export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)
-        self.store.operations.begin(
-            "export",
-            plan.export_id,
-            paths=[plan.scratch_dir],
-            storage=self.settings.storage_uri,
-            storage_prefixes=[prefix, *([plan.parts_prefix] if plan.parts_prefix else [])],
-            pins=self.store.documents.segment_paths(plan.collection),
-            owner=owner,
-        )
+        record_export(self.store, plan.export_id, plan.collection, plan.parts_prefix, owner)
 
     def start(
         self,
@@ -303,19 +293,11 @@ class ExportLifecycle:
         stage_parts: bool = False,
         owner: Owner | None = None,
     ) -> ExportPlan:
-        """`plan`, then `begin`: planned again (a newer snapshot) where the one planned lost
-        a segment before it was pinned, which only a retention shorter than planning allows."""
-        for attempt in range(_PLAN_ATTEMPTS):
-            plan = self.plan(namespace, collection, request, shards, stage_parts)
-            try:
-                self.begin(plan, owner)
-            except StaleSnapshot:
-                shutil.rmtree(plan.scratch_dir, ignore_errors=True)
-                if attempt == _PLAN_ATTEMPTS - 1:
-                    raise
-                continue
-            return plan
-        raise AssertionError("unreachable")
+        """`plan` and `begin`, the snapshot pinned before the plan reads any of its segments
+        (D5): what an export that runs to its end starts with."""
+        return start_export(
+            self.store, namespace, collection, request, shards, stage_parts, owner=owner
+        )
 
     def cleanup(self, plan: ExportPlan) -> None:
         """Remove the export's scratch space, whether it succeeded or failed, and forget its

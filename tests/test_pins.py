@@ -15,6 +15,7 @@ import pytest
 from conftest import make_collection, write_jsonl
 from helpers import read_json_lines
 
+from export_pipeline.errors import InvalidInput
 from export_pipeline.export import ExportLifecycle
 from export_pipeline.recovery import sweep
 from export_pipeline.settings import Settings
@@ -109,7 +110,12 @@ def test_D5_a_snapshot_that_lost_a_segment_before_its_pin_is_planned_again(
     assert store.operations.records() == []  # nothing pinned, nothing to reclaim
     plan = lifecycle.start(ns.id, col.id, None)
     assert plan.collection.version == stale.collection.version + 2
+    (record,) = store.operations.records()
+    assert record.pins == store.documents.segment_paths(plan.collection)
     lifecycle.cleanup(plan)
+    with pytest.raises(InvalidInput):  # refused before anything is recorded
+        lifecycle.start(ns.id, col.id, {"format": "xml"})
+    assert store.operations.records() == []
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
@@ -126,6 +132,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
 _BEGIN_AND_WAIT = """
 import sys, time
 from pathlib import Path
+from export_pipeline.errors import InvalidInput
 from export_pipeline.export import ExportLifecycle
 lifecycle = ExportLifecycle()
 plan = lifecycle.start("test-ns", "things", None)

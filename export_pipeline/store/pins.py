@@ -64,13 +64,19 @@ def expire_retired(
     """Remove the retired segments retired before `now` minus the retention that no live
     export pins; how many were removed. S3 ones that fail to go are kept for the next try."""
     now = time.time() if now is None else now
+    before = now - settings.segment_retention_seconds
+    with catalog.connect() as db:  # most calls: nothing past retention, and no write lock
+        found = db.execute(
+            "SELECT 1 FROM retired_segments WHERE retired_at < ? LIMIT 1", (before,)
+        ).fetchone()
+    if found is None:
+        return 0
     removal_id = f"rm_{uuid.uuid4().hex}"
     removal = Operation(Operations(catalog), "removal", removal_id, Owner.current(), now)
     with catalog.transaction() as db:
         pinned = live_pins(db, settings)
         rows = db.execute(
-            "SELECT path, retired_at FROM retired_segments WHERE retired_at < ?",
-            (now - settings.segment_retention_seconds,),
+            "SELECT path, retired_at FROM retired_segments WHERE retired_at < ?", (before,)
         ).fetchall()
         expired = [(row[0], row[1]) for row in rows if row[0] not in pinned]
         if not expired:
