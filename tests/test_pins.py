@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 from conftest import make_collection, write_jsonl
 from helpers import read_json_lines
@@ -22,6 +23,7 @@ from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 from export_pipeline.store.catalog import catalog_path
 from export_pipeline.store.operations import StaleSnapshot
+from export_pipeline.store.segment_files import SegmentFiles, is_remote
 
 WORKTREE = Path(__file__).resolve().parents[1]
 DOCS = [{"document_id": f"d{i:04d}", "n": i} for i in range(40)]
@@ -193,3 +195,65 @@ def test_D5_a_home_made_before_pins_gains_them(tmp_path: Path) -> None:
     assert existing(read) == read
     lifecycle.cleanup(plan)
     assert Store(settings).operations.records()[0].id == "stg_old"
+
+
+def _keys(bucket: str) -> set[str]:
+    client = boto3.session.Session().client("s3")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+@pytest.fixture
+def s3_store(tmp_path: Path, bucket: str) -> Store:
+    """Segments in the test's bucket, replaced ones kept no time at all."""
+    return Store(
+        Settings(
+            home=tmp_path / "s3home", segments=f"s3://{bucket}/segs/", segment_retention_seconds=0
+        )
+    )
+
+
+def test_D5_pinned_s3_segments_stay_in_the_bucket_until_the_export_ends(
+    s3_store: Store, bucket: str
+) -> None:
+    store = s3_store
+    ns, col = make_collection(store, DOCS)
+    first = _keys(bucket)
+    lifecycle = ExportLifecycle(store.settings, store)
+    plan = lifecycle.start(ns.id, col.id, {"format": "json"})
+    replace_everything(store, ns.id, col.id)
+    sweep(store.settings, store, grace_seconds=0)
+    assert first <= _keys(bucket)
+    selection = lifecycle.select(plan)
+    parts = [lifecycle.write_shard(plan, selection, shard) for shard in plan.shards]
+    result = lifecycle.publish(plan, lifecycle.assemble(plan, selection, parts))
+    lifecycle.cleanup(plan)
+    lines = read_json_lines(result.response.s3_path)
+    assert [line["n"] for line in lines] == [doc["n"] for doc in DOCS]
+    read = set(store.documents.segment_paths(plan.collection))
+    replace_everything(store, ns.id, col.id, times=1)
+    assert not first & _keys(bucket)
+    assert not read & retired(store) and store.operations.records() == []
+
+
+def test_D5_s3_segments_that_fail_to_go_stay_retired(
+    s3_store: Store, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = s3_store
+    ns, col = make_collection(store, DOCS)
+    first = _keys(bucket)
+    replace_everything(store, ns.id, col.id, times=1)
+    original = SegmentFiles.remove
+
+    def s3_down(self: SegmentFiles, segments: list[str]) -> int:
+        if any(is_remote(s) for s in segments):
+            raise OSError("S3 is down")
+        return original(self, segments)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SegmentFiles, "remove", s3_down)
+        replace_everything(store, ns.id, col.id, times=1)  # succeeds; its removal does not
+    assert first <= _keys(bucket)
+    assert len(retired(store)) == 2 and store.operations.records() == []
+    replace_everything(store, ns.id, col.id, times=1)
+    assert not first & _keys(bucket) and len(retired(store)) == 1
