@@ -15,6 +15,7 @@ import boto3
 import pytest
 from conftest import make_collection, write_jsonl
 from helpers import read_json_lines
+from kill_child import armed_environment
 
 from export_pipeline.errors import InvalidInput
 from export_pipeline.export import ExportLifecycle
@@ -257,3 +258,48 @@ def test_D5_s3_segments_that_fail_to_go_stay_retired(
     assert len(retired(store)) == 2 and store.operations.records() == []
     replace_everything(store, ns.id, col.id, times=1)
     assert not first & _keys(bucket) and len(retired(store)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("catalog_settings", ["sqlite"], indirect=True)
+def test_D5_a_jobs_pins_last_as_long_as_its_launcher_not_its_plan_step(
+    store: Store, tmp_path: Path
+) -> None:
+    """Two shards in processes of their own: the plan step's process has ended while a shard
+    writes, and the export's pins still hold; the export failing ends them."""
+    ns, col = make_collection(store, DOCS[:20])
+    store.ingest(ns.id, col.id, write_jsonl(store.settings.home_dir.parent / "more", DOCS[20:]))
+    read = store.documents.segment_paths(store.catalog.collection(ns, col.id))
+    marker = tmp_path / "export-writing.reached"
+    env = {**_child_env(store.settings), "EXPORT_PIPELINE_SHARDS": "2"}
+    env.update(armed_environment(tmp_path, "export-writing", marker))
+    argv = ["export", "things", "-n", "test-ns", "--format", "json"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "export_pipeline.cli", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():  # a shard's process, paused mid-write
+            assert launcher.poll() is None, launcher.stdout.read() if launcher.stdout else ""
+            assert time.monotonic() < deadline, "no shard reached its write"
+            time.sleep(0.05)
+        step = int(marker.read_text())
+        assert step != launcher.pid
+        (record,) = store.operations.records()
+        assert record.owner.pid == launcher.pid and record.pins == read
+        replace_everything(store, ns.id, col.id)
+        sweep(store.settings, store, grace_seconds=0)
+        assert existing(read) == read
+        os.kill(step, signal.SIGKILL)  # the export fails; its launcher cleans up after it
+        launcher.communicate(timeout=120)
+        assert launcher.returncode != 0
+    finally:
+        if launcher.poll() is None:
+            os.kill(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert store.operations.records() == []
+    replace_everything(store, ns.id, col.id, times=1)
+    assert existing(read) == []
