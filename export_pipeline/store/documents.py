@@ -275,8 +275,8 @@ class DocumentStore:
         count = collection.document_count - change.replaced + staged.count
         retired_at = self._swap(collection, change.keep, count, change.retired)
         change.uploaded = []  # listed now: nothing after this may remove them
-        # Those this change retired are older than `retired_at` only by the retention: with
-        # none, the next change (or sweep) removes them, not this one.
+        # Those this change retired carry `retired_at` itself: even with no retention, the
+        # next change (or sweep) removes them, not this one.
         self._expire(retired_at)
         return IngestResult(staged.count, change.replaced, count, collection.version + 1)
 
