@@ -44,6 +44,7 @@ from export_pipeline.engine.selection import (
 )
 from export_pipeline.engine.shards import Shard
 from export_pipeline.engine.sinks import PREVIEW_ROWS
+from export_pipeline.engine.start import record_export, start_export
 from export_pipeline.engine.tally import summed_counts
 from export_pipeline.engine.writers import CONTENT_TYPES, json_columns
 from export_pipeline.links import export_response
@@ -278,15 +279,24 @@ class ExportLifecycle:
     def begin(self, plan: ExportPlan, owner: Owner | None = None) -> None:
         """Record what the export is about to create (its scratch folder, its final prefix)
         before anything is: a killed export leaves a record for the sweep, not only debris.
-        `owner`: the process the export lives and dies with (default: this one)."""
-        prefix = export_prefix(plan.namespace.id, plan.collection.id, plan.export_id)
-        self.store.operations.begin(
-            "export",
-            plan.export_id,
-            paths=[plan.scratch_dir],
-            storage=self.settings.storage_uri,
-            storage_prefixes=[prefix, *([plan.parts_prefix] if plan.parts_prefix else [])],
-            owner=owner,
+        The record pins the snapshot's segments until it ends (D5); StaleSnapshot if one is
+        gone already. `owner`: the process the export lives and dies with (default: this
+        one; the pins count as long as it runs)."""
+        record_export(self.store, plan.export_id, plan.collection, plan.parts_prefix, owner)
+
+    def start(
+        self,
+        namespace: str,
+        collection: str,
+        request: ExportRequest | dict[str, Any] | None,
+        shards: int | None = None,
+        stage_parts: bool = False,
+        owner: Owner | None = None,
+    ) -> ExportPlan:
+        """`plan` and `begin`, the snapshot pinned before the plan reads any of its segments
+        (D5): what an export that runs to its end starts with."""
+        return start_export(
+            self.store, namespace, collection, request, shards, stage_parts, owner=owner
         )
 
     def cleanup(self, plan: ExportPlan) -> None:
@@ -311,8 +321,7 @@ class ExportLifecycle:
         """Every step in this process, the shards one after the other; nothing is left
         behind on failure."""
         self.sweep()
-        plan = self.plan(namespace, collection, request)
-        self.begin(plan)
+        plan = self.start(namespace, collection, request)
         try:
             selection = self.select(plan)
             parts = [self.write_shard(plan, selection, shard) for shard in plan.shards]

@@ -6,7 +6,9 @@ multipart uploads under them; a prefix holding a manifest is a complete export a
 its segments no collection version lists, then the record. It also removes debris no record
 accounts for once nothing touched it for EXPORT_PIPELINE_RECOVERY_GRACE_SECONDS (default one
 hour): `<scratch>/exp_*`, `<exports>/.staging/*`, `collections/*/*/staging/stg_*`, and segment
-files no collection lists and no retention keeps. Live records protect what they list.
+files no collection lists and no retention keeps. Live records protect what they list. It
+also removes retired segments past EXPORT_PIPELINE_SEGMENT_RETENTION_SECONDS that no running
+export pins (store/pins.py, docs/contract.md D5), as every change to a collection does.
 
 It is safe beside live exports and ingests of other processes (their records are live, their
 fresh files younger than the grace period) and beside another sweep (one at a time per home,
@@ -32,7 +34,8 @@ from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalStorage, Storage, open_storage
 from export_pipeline.store import Store
 from export_pipeline.store.catalog import catalog_path
-from export_pipeline.store.operations import Operation
+from export_pipeline.store.operations import Operation, owner_gone
+from export_pipeline.store.pins import expire_retired
 from export_pipeline.store.segment_files import SHAPES_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,12 @@ def sweep(
             else:
                 live.append(record)
         report.kept = len(live)
+        try:
+            report.segments += expire_retired(
+                store.catalog, store.documents.files, settings, time.time()
+            )
+        except Exception as exc:  # the next change or sweep tries again
+            report.errors.append(f"retired segments: {type(exc).__name__}: {exc}")
         _orphans(settings, store, storages, live, time.time() - grace, report)
     return report
 
@@ -147,10 +156,7 @@ def _exclusive(path: Path) -> Iterator[bool]:
 
 
 def _dead(record: Operation, settings: Settings) -> bool:
-    alive = record.owner.alive()
-    if alive is None:  # another host's: only age can tell
-        return time.time() - record.started_at > settings.recovery_foreign_max_age_seconds
-    return not alive
+    return owner_gone(record.owner, record.started_at, settings)
 
 
 def _reclaim(record: Operation, store: Store, storages: _Storages, report: SweepReport) -> None:

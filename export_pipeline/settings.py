@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     segment_retention_seconds: int = Field(
         3600,
         ge=0,
-        description="Seconds replaced segments stay on disk for exports still reading them.",
+        description="Seconds replaced segments stay on disk at least; past it they are removed"
+        " once no running export pins them (an export reads its snapshot to the end, D5).",
     )
     recovery_grace_seconds: int = Field(
         3600,

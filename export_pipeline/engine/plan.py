@@ -73,14 +73,18 @@ def plan_export(
     request: ExportRequest | dict[str, Any],
     shards: int | None = None,
     stage_parts: bool = False,
+    *,
+    snapshot: tuple[Namespace, Collection] | None = None,
+    export_id: str | None = None,
 ) -> ExportPlan:
     """Validate the request, resolve namespace and collection, fix the snapshot to read and
     cut it into `shards` (default: EXPORT_PIPELINE_SHARDS for the snapshot's size);
-    `stage_parts`: the shards' parts go through the export storage."""
+    `stage_parts`: the shards' parts go through the export storage. `snapshot`, `export_id`:
+    already resolved and recorded (an export that pinned its snapshot first, D5)."""
     if not isinstance(request, ExportRequest):
         request = parse_request(request)
-    found_ns, found = store.resolve(namespace, collection)
-    export_id = new_id("exp_", 16)
+    found_ns, found = snapshot or store.resolve(namespace, collection)
+    export_id = export_id or new_id("exp_", 16)
     scratch = store.settings.scratch_dir / export_id
     try:
         plan = _planned(store, request, found_ns, found, export_id, scratch, shards)
@@ -88,8 +92,13 @@ def plan_export(
         shutil.rmtree(scratch, ignore_errors=True)  # copies of S3 segments, if any
         raise
     if stage_parts:
-        return plan.model_copy(update={"parts_prefix": f"{PARTS_ROOT}/{export_id}"})
+        return plan.model_copy(update={"parts_prefix": parts_prefix(export_id)})
     return plan
+
+
+def parts_prefix(export_id: str) -> str:
+    """Where an export's shards stage their parts on the export storage (`stage_parts`)."""
+    return f"{PARTS_ROOT}/{export_id}"
 
 
 def _planned(

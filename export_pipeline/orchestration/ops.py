@@ -122,17 +122,18 @@ def plan_export_op(
         with guard(lifecycle.settings.home_dir, "home", PUBLISHED_NOTHING):
             lifecycle.sweep()
             shards = config.shards or 1
-            plan = lifecycle.plan(
+            plan = lifecycle.start(
                 config.namespace,
                 config.collection,
                 config.request(),
                 shards,
                 # steps on Celery workers share no disk: the parts go through the storage
                 stage_parts=config.executor == "celery" and shards > 1,
+                # The run's launcher, where it says: the steps' own processes end before the
+                # export does when the shards run in processes of their own, and the record
+                # (and its pins, D5) must last as long as the export.
+                owner=_launcher(context, config),
             )
-            # The run's launcher, where it says: the steps' own processes end before the
-            # export does when the shards run in processes of their own.
-            lifecycle.begin(plan, owner=_launcher(context, config))
     except ExportPipelineError as exc:
         raise failure(exc) from None
     _tag_run(context, plan)

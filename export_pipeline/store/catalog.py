@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS operations (
     storage TEXT,
     paths TEXT NOT NULL DEFAULT '[]',
     storage_prefixes TEXT NOT NULL DEFAULT '[]',
-    segments TEXT NOT NULL DEFAULT '[]');
+    segments TEXT NOT NULL DEFAULT '[]',
+    pins TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT,
@@ -76,6 +77,9 @@ CREATE TABLE IF NOT EXISTS api_key_namespaces (
     position INTEGER NOT NULL,
     PRIMARY KEY (key_id, namespace_id));
 """
+# Columns added since a table was first created: a home made before gets them on opening
+# (in PostgreSQL, MIGRATIONS adds them).
+_ADDED_COLUMNS = [("operations", "pins", "TEXT NOT NULL DEFAULT '[]'")]
 
 
 def new_id(prefix: str, length: int) -> str:
@@ -135,7 +139,7 @@ class Catalog:
     def __init__(self, home: Path, url: str | None = None) -> None:
         self.home = home
         self.path = catalog_path(home)  # the SQLite file (unused with a PostgreSQL catalog)
-        self.database: Database = open_database(home, url, _SCHEMA)
+        self.database: Database = open_database(home, url, _SCHEMA, _ADDED_COLUMNS)
 
     def connect(self) -> AbstractContextManager[Connection]:
         """A connection whose statements each commit on their own (no write lock)."""

@@ -11,7 +11,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +38,9 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor: ...
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
+Column = tuple[str, str, str]  # a column added to a table since: (table, name, declaration)
 
 
 class IntegrityError(Exception):
@@ -68,10 +71,13 @@ class Database(Protocol):
         ...
 
 
-def open_database(home: Path, url: str | None, sqlite_schema: str) -> Database:
-    """The SQLite file under `home` when `url` is None, else the PostgreSQL database."""
+def open_database(
+    home: Path, url: str | None, sqlite_schema: str, sqlite_added: Sequence[Column] = ()
+) -> Database:
+    """The SQLite file under `home` when `url` is None, else the PostgreSQL database;
+    `sqlite_added`: columns an older SQLite file lacks (table, name, declaration)."""
     if url is None:
-        return SqliteDatabase(home, sqlite_schema)
+        return SqliteDatabase(home, sqlite_schema, sqlite_added)
     if not url.startswith(("postgresql://", "postgres://")):
         raise InvalidInput(
             "EXPORT_PIPELINE_CATALOG takes a postgresql://user:password@host:port/db URL,"
@@ -108,7 +114,7 @@ _SCHEMA_LOCK = threading.Lock()
 class SqliteDatabase:
     """The catalog in one SQLite file under home; SQLite serialises concurrent writers."""
 
-    def __init__(self, home: Path, schema: str) -> None:
+    def __init__(self, home: Path, schema: str, added: Sequence[Column] = ()) -> None:
         self.path = catalog_path(home)
         if self._file_id() in _SCHEMA_READY:
             return
@@ -117,6 +123,13 @@ class SqliteDatabase:
         with self.connect() as db:
             # One transaction: a catalog whose tables all exist costs no write.
             db.executescript(f"BEGIN;{schema}COMMIT;")
+            if any(_missing(db, column) for column in added):
+                db.execute("BEGIN IMMEDIATE")  # another process may be adding them too
+                for column in added:
+                    if _missing(db, column):
+                        table, name, declaration = column
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                db.execute("COMMIT")
         ready = self._file_id()
         if ready[1] != -1:
             with _SCHEMA_LOCK:
@@ -172,3 +185,8 @@ class SqliteDatabase:
     def collection_lock(self, collection_id: str) -> AbstractContextManager[None]:
         """Nothing more: the collection folder's flock already serialises a home's ingests."""
         return nullcontext()
+
+
+def _missing(db: sqlite3.Connection, column: Column) -> bool:
+    table, name, _ = column
+    return name not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}

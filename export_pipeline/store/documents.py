@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import logging
 import shutil
 import time
 import uuid
@@ -24,6 +25,7 @@ from export_pipeline import duck
 from export_pipeline.errors import ConflictError
 from export_pipeline.settings import Settings
 from export_pipeline.store import ingest as steps
+from export_pipeline.store import pins
 from export_pipeline.store.batches import (
     BATCH_BYTES,
     BATCH_ROWS,
@@ -37,6 +39,8 @@ from export_pipeline.store.catalog import Catalog, Collection, utc_now
 from export_pipeline.store.operations import Operations
 from export_pipeline.store.segment_files import SegmentFiles, is_remote
 from export_pipeline.store.segments import SHAPE_ID, numbered, shapes_file
+
+log = logging.getLogger(__name__)
 
 
 def _sidecar_rows(segment: Path) -> int:
@@ -269,9 +273,11 @@ class DocumentStore:
         if self.files.remote:
             steps.upload(self.files, collection, folder, change)
         count = collection.document_count - change.replaced + staged.count
-        expired = self._swap(collection, change.keep, count, change.retired)
+        retired_at = self._swap(collection, change.keep, count, change.retired)
         change.uploaded = []  # listed now: nothing after this may remove them
-        self._expire(expired)
+        # Those this change retired carry `retired_at` itself: even with no retention, the
+        # next change (or sweep) removes them, not this one.
+        self._expire(retired_at)
         return IngestResult(staged.count, change.replaced, count, collection.version + 1)
 
     @contextmanager
@@ -298,23 +304,14 @@ class DocumentStore:
 
     def listed_segments(self) -> tuple[set[str], set[str]]:
         """The segment files every collection's current version lists, and the replaced ones
-        retention still keeps, as absolute paths (read in one snapshot of the catalog)."""
-        listed: set[str] = set()
+        still kept (retention, pins), as absolute paths (read in one snapshot of the catalog)."""
         with self.catalog.reading() as db:
-            rows = db.execute("SELECT id, namespace_id, segments FROM collections").fetchall()
-            retired = {row[0] for row in db.execute("SELECT path FROM retired_segments")}
-        for row in rows:
-            folder = self.catalog.home / "collections" / row["namespace_id"] / row["id"]
-            listed.update(
-                s if is_remote(s) else str(folder / "segments" / s) for s in orjson.loads(row[2])
-            )
-        return listed, retired
+            return pins.listed(db, self.catalog.home), pins.retired(db)
 
     def _swap(
         self, collection: Collection, segments: list[str], count: int, retired: list[str]
-    ) -> list[str]:
-        """List the new segments; remove local retired ones past retention, and return the
-        S3 ones (`_expire`)."""
+    ) -> float:
+        """List the new segments and retire the replaced ones; when they were retired."""
         folder = self.collection_dir(collection) / "segments"
         now = time.time()
         with self.catalog.transaction() as db:
@@ -336,29 +333,12 @@ class DocumentStore:
                 " ON CONFLICT (path) DO UPDATE SET retired_at = excluded.retired_at",
                 [(s if is_remote(s) else str(folder / s), now) for s in retired],
             )
-            expired = [
-                row[0]
-                for row in db.execute(
-                    "SELECT path FROM retired_segments WHERE retired_at < ?",
-                    (now - self.settings.segment_retention_seconds,),
-                ).fetchall()
-            ]
-            local = [(path,) for path in expired if not is_remote(path)]
-            db.executemany("DELETE FROM retired_segments WHERE path = ?", local)
-        for (path,) in local:
-            # Exports reading an older snapshot had the retention period to finish.
-            Path(path).unlink(missing_ok=True)
-            shapes_file(Path(path)).unlink(missing_ok=True)
-        return [path for path in expired if is_remote(path)]
+        return now
 
-    def _expire(self, uris: list[str]) -> None:
-        """Remove retired S3 segments, then forget them; where S3 fails, the next ingest of
-        any collection tries again (the ingest that retired them has succeeded)."""
-        if not uris:
-            return
+    def _expire(self, now: float) -> None:
+        """Remove retired segments past retention that no running export pins (D5); never
+        raises: the ingest that retired them has succeeded, and the next change tries again."""
         try:
-            self.files.remove(uris)
-        except Exception:
-            return
-        with self.catalog.transaction() as db:
-            db.executemany("DELETE FROM retired_segments WHERE path = ?", [(u,) for u in uris])
+            pins.expire_retired(self.catalog, self.files, self.settings, now)
+        except Exception as exc:
+            log.warning("retired segments were not removed: %s", exc)

@@ -13,7 +13,9 @@ A crash (SIGKILL, a lost machine) then leaves a record beside its debris, and
 What a record may hold: `paths` (local folders or files: scratch, staging), `storage_prefixes`
 (prefixes under the storage target `storage`, a URI as EXPORT_PIPELINE_STORAGE takes it) and
 `segments` (absolute paths of segment files, or s3:// URIs of segments in S3, removed only
-while no collection version lists them). Its owner is (host name, pid, process start): the
+while no collection version lists them) and, for an export, `pins`: the segments of the
+snapshot it reads, which no removal of retired segments takes while its owner lives
+(store/pins.py, docs/contract.md D5). Its owner is (host name, pid, process start): the
 start (the boot id and the start tick of /proc/<pid>/stat) keeps a reused pid from passing
 for the owner. Records of another host cannot be checked: the sweep leaves them alone until
 they are older than EXPORT_PIPELINE_RECOVERY_FOREIGN_MAX_AGE_SECONDS.
@@ -32,9 +34,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from export_pipeline.errors import ConflictError
+from export_pipeline.settings import Settings
 from export_pipeline.store.catalog import Catalog
+from export_pipeline.store.database import Connection
 
-Kind = Literal["export", "ingest"]
+# "removal": retired S3 segments forgotten by the catalog and not yet removed (store/pins.py)
+Kind = Literal["export", "ingest", "removal"]
+
+
+class StaleSnapshot(ConflictError):
+    """A segment an export was about to pin was removed after it was planned (D5)."""
 
 
 @functools.cache
@@ -95,6 +105,15 @@ class Owner:
         return True
 
 
+def owner_gone(owner: Owner, started_at: float, settings: Settings) -> bool:
+    """Whether a record's owner has ended: another host's only once the record is older than
+    EXPORT_PIPELINE_RECOVERY_FOREIGN_MAX_AGE_SECONDS (it cannot be asked)."""
+    alive = owner.alive()
+    if alive is None:
+        return time.time() - started_at > settings.recovery_foreign_max_age_seconds
+    return not alive
+
+
 @dataclass
 class Operation:
     """One export's or ingest's record; `add` before creating more, `end` when done."""
@@ -108,6 +127,7 @@ class Operation:
     paths: list[str] = field(default_factory=list)
     storage_prefixes: list[str] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
+    pins: list[str] = field(default_factory=list)
 
     def add(
         self,
@@ -154,11 +174,13 @@ class Operations:
         paths: Iterable[Path | str] = (),
         storage_prefixes: Iterable[str] = (),
         segments: Iterable[Path | str] = (),
+        pins: Iterable[str] = (),
         owner: Owner | None = None,
     ) -> Operation:
         """Record (committed) what an operation is about to create; `owner`: the process whose
         death makes it debris (default this one; a run's launcher when its steps run in
-        processes of their own that end before the export does)."""
+        processes of their own that end before the export does). `pins`: the segments (paths,
+        URIs) an export reads; StaleSnapshot if one was removed already."""
         record = Operation(
             self,
             kind,
@@ -169,23 +191,37 @@ class Operations:
             [str(p) for p in paths],
             list(storage_prefixes),
             [str(s) for s in segments],
+            list(pins),
         )
+        from export_pipeline.store.pins import unavailable  # it imports this module
+
         with self.catalog.transaction() as db:
-            db.execute(
-                "INSERT INTO operations (id, kind, host, pid, pid_started, started_at, storage,"
-                " paths, storage_prefixes, segments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    op_id,
-                    kind,
-                    record.owner.host,
-                    record.owner.pid,
-                    record.owner.started,
-                    record.started_at,
-                    storage,
-                    *_lists(record),
-                ),
-            )
+            self.insert(db, record)
+            # Removers forget a segment in a write transaction before removing its file, and
+            # skip what live records pin: checked in the transaction that pins, either they
+            # saw the pin, or the segment is no longer listed nor retired here. Never both.
+            gone = unavailable(db, self.catalog.home, record.pins)
+            if gone:
+                raise StaleSnapshot(f"segments removed after the export was planned: {gone}")
         return record
+
+    def insert(self, db: Connection, record: Operation) -> None:
+        """Write a new record in the caller's write transaction."""
+        db.execute(
+            "INSERT INTO operations (id, kind, host, pid, pid_started, started_at, storage,"
+            " paths, storage_prefixes, segments, pins) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.kind,
+                record.owner.host,
+                record.owner.pid,
+                record.owner.started,
+                record.started_at,
+                record.storage,
+                *_lists(record),
+                json.dumps(record.pins),
+            ),
+        )
 
     def save(self, record: Operation) -> None:
         """Write a record's lists (Operation.add)."""
@@ -215,6 +251,7 @@ class Operations:
                 json.loads(row["paths"]),
                 json.loads(row["storage_prefixes"]),
                 json.loads(row["segments"]),
+                json.loads(row["pins"]),
             )
             for row in rows
         ]

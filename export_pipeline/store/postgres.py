@@ -81,6 +81,8 @@ CREATE TABLE api_key_namespaces (
     position BIGINT NOT NULL,
     PRIMARY KEY (key_id, namespace_id));
 """,
+    # the segments a running export reads (store/pins.py, docs/contract.md D5)
+    "ALTER TABLE operations ADD COLUMN pins TEXT NOT NULL DEFAULT '[]';",
 ]
 
 # Databases (by URL) this process has found or brought up to date: a Catalog is made for
