@@ -13,8 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import make_collection, write_jsonl
-from helpers import read_json_lines
+from helpers import make_collection, read_json_lines, write_jsonl
 from kill_child import armed_environment
 
 from export_pipeline.errors import InvalidInput
