@@ -66,14 +66,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Tests that start or talk to a server (moto's S3, PostgreSQL, Redis) are left out of the
 # quick subset: the whole suite runs them.
-SERVERS = {"s3_server", "postgres", "redis"}
+SERVERS = {"s3_server", "strict_s3", "postgres", "redis"}
+
+
+def _uses_a_server(item: pytest.Item) -> bool:
+    if SERVERS.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)  # PostgreSQL asked for by a parameter
+    return callspec is not None and callspec.params.get("catalog_settings") == "postgres"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests using a server are `slow`; files in LONGEST_FIRST order, then the rest as
     collected; tests keep their order within a file."""
     for item in items:
-        if SERVERS.intersection(getattr(item, "fixturenames", ())):
+        if _uses_a_server(item):
             item.add_marker(pytest.mark.slow)
     rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
@@ -85,7 +92,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", "postgres"])
 def catalog_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Settings whose home is a fresh temporary folder, the catalog a SQLite file there or a
     fresh PostgreSQL database (modules override `settings` with this to run on both)."""

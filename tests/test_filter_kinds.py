@@ -89,6 +89,7 @@ def test_plan_compares_scalar_fields_directly(store: Store) -> None:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
 @pytest.mark.parametrize("filters", quick_first(FILTERS))
 def test_specialised_exports_equal_the_general_form(
@@ -212,6 +213,7 @@ def _file_rows(path: Any, fmt: str) -> Any:
     return read_json_lines(path.as_uri())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_a_filter_is_read_filtered_and_written_in_one_pass(store: Store, fmt: str) -> None:
     ns, col = make_collection(store, DOCS)
@@ -234,6 +236,7 @@ MIXED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
 @pytest.mark.parametrize("kind", ["obj", "str", "none"])
 def test_matches_lacking_some_structures_get_their_own_columns_and_types(

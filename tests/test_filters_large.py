@@ -133,6 +133,7 @@ def test_or_of_300_eq_on_1000_documents(con: duckdb.DuckDBPyConnection) -> None:
     assert len(chosen) >= 150
 
 
+@pytest.mark.slow
 def test_every_field_its_own_condition(con: duckdb.DuckDBPyConnection) -> None:
     docs = documents(300)
     for i, doc in enumerate(docs):  # five fields each; those of the even documents match

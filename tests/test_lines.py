@@ -53,6 +53,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=6), VALUES, max_size=5), VECTORS | st.none() | SCALARS)
 def test_D4_fast_and_exact_readings_agree(document: dict[str, Any], vectors: Any) -> None:

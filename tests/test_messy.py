@@ -54,6 +54,7 @@ def export(store: Store, collection: str, **request: Any) -> Any:
 # --- depth ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["object", "array", "mixed"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_D3_deepest_accepted_document_exports_in_every_format(
@@ -340,6 +341,7 @@ _plain_values = st.recursive(
 _CON = duckdb.connect()
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     docs=st.lists(st.dictionaries(st.sampled_from("abcd"), _plain_values), min_size=1, max_size=5)

@@ -90,6 +90,7 @@ BODIES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shards", quick_first([1, 3]))
 @pytest.mark.parametrize("body", quick_first(BODIES))
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
@@ -212,6 +213,7 @@ def test_a_limit_above_the_export_gives_one_part_of_the_one_file(
     assert one.response.s3_path.endswith("/documents.csv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
 def test_no_matches_give_one_empty_part(big: tuple[Store, Collection], fmt: str) -> None:
     store, col = big

@@ -61,6 +61,7 @@ def test_O3_upserts_across_segments_merge_in_id_order(store: Store) -> None:
     assert [row[0] for row in rows] == [f"a{n:02d}" for n in range(40)]
 
 
+@pytest.mark.slow
 def test_segment_row_groups_are_bounded_in_bytes(store: Store) -> None:
     docs = [{"document_id": f"d{n:03d}", "text": "x" * 1_000_000} for n in range(100)]
     _, col = make_collection(store, docs)
@@ -141,6 +142,7 @@ def _exported(store: Store, ns: Any, col: Any, body: dict[str, Any]) -> tuple[An
     return rows, header
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 @pytest.mark.parametrize("body", _SELECTIONS)
 def test_selections_of_old_and_new_segments_export_the_same(
@@ -189,6 +191,7 @@ def test_segment_numbers_each_documents_structure(store: Store) -> None:
         assert set(json.loads(shapes[number])) == set(json.loads(doc))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
 def test_a_snapshot_of_older_and_newer_segments_exports_its_chosen_shapes(
     store: Store, fmt: str

@@ -119,6 +119,7 @@ BODIES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
 @pytest.mark.parametrize("body", quick_first(BODIES))
 def test_files_are_the_same_whatever_the_shard_count(

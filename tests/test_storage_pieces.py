@@ -334,6 +334,7 @@ def test_s3_publish_of_a_part_shorter_than_planned_sends_nothing(
     assert left_in(bucket) == ([], [])
 
 
+@pytest.mark.slow
 def test_local_publish_takes_the_first_part_as_the_start_of_the_file(tmp_path: Path) -> None:
     """Several shards: the first part becomes the file (renamed, not copied) and the others
     are copied after it."""

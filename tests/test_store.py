@@ -8,7 +8,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import export_job, files_under, make_collection, read_json_lines, write_jsonl
+from helpers import (
+    export_job,
+    files_under,
+    make_collection,
+    quick_first,
+    read_json_lines,
+    write_jsonl,
+)
 
 from export_pipeline.errors import ConflictError, InvalidInput, NotFoundError
 from export_pipeline.settings import Settings
@@ -276,7 +283,7 @@ def assert_refused(
 # the catalog is touched, whichever it is.
 @pytest.mark.parametrize(
     ("catalog_settings", "case"),
-    [("sqlite", case) for case in sorted(BAD_LINES)]
+    quick_first([("sqlite", case) for case in sorted(BAD_LINES)])
     + [("postgres", case) for case in sorted(BAD_LINES)[:3]],
     indirect=["catalog_settings"],
 )

@@ -91,6 +91,7 @@ def _same_file(a: ExportRun, b: ExportRun, fmt: str) -> None:
     assert a.manifest["files"][0]["columns"] == b.manifest["files"][0]["columns"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("select", [None, ["nested.t", "mixed", "name", "Name", "n"]])
 def test_O3_whole_export_reads_segments_in_id_order_and_writes_the_same_file(

@@ -24,6 +24,7 @@ from helpers import (
     SEED_RESPONSE_FIELDS,
     ids_of,
     local_path,
+    quick_first,
     read_csv,
 )
 
@@ -94,7 +95,7 @@ def error_of(response: Any, status: int, type_name: str) -> dict[str, Any]:
 # --- A1, R1-R8: the seed's request over HTTP ------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", quick_first(["json", "csv", "parquet"]))
 def test_A1_seed_body_verbatim_returns_the_seed_response(world: World, fmt: str) -> None:
     body = {**SEED_REQUEST, "format": fmt, "include_vectors": True}
     response = world.post("people", body, key=world.key_a)
@@ -377,6 +378,7 @@ def test_health_and_readiness(world: World) -> None:
     assert world.client.get("/readyz").json() == {"status": "ready"}
 
 
+@pytest.mark.slow
 def test_openapi_documents_the_seed_request_errors_and_bearer(world: World) -> None:
     document = world.client.get("/openapi.json").json()
     operation = document["paths"]["/v1/collections/{collection_identifier}/export"]["post"]

@@ -120,6 +120,7 @@ def test_W2_strings_with_newlines_stay_on_one_line(store: Store) -> None:
         assert rows[0]["document_id"] == "a\nb"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "value",
     [1.0, 0.1, 1e300, -0.0, 2**63 - 1, -(2**63), "ünï 😀", True, None, [1.0, {"a": []}], {}],
@@ -293,6 +294,7 @@ def test_W4_S2_parquet_keys_differing_in_case_keep_their_names(store: Store) -> 
     assert table.to_pylist() == [{"document_id": "a", "Name": "x", "name": "y"}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["empty-collection", "no-match"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_W5_zero_documents(store: Store, fmt: str, source: str) -> None:

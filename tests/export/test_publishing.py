@@ -182,13 +182,14 @@ def test_W7_existing_export_folder_is_not_overwritten(
     first = run(store, ns, col, {"format": "json"})
     folder = local_path(first.response.s3_path).parent
     original = {p.name: p.read_bytes() for p in folder.iterdir()}
-    monkeypatch.setattr("export_pipeline.engine.plan.new_id", lambda prefix, n: folder.name)
+    monkeypatch.setattr("export_pipeline.engine.start.new_id", lambda prefix, n: folder.name)
     with pytest.raises(ExportPipelineError, match="already exists"):
         run(store, ns, col, {"format": "json", "sample_size": 1})
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == original
     assert scratch_leftovers(store.settings) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("include_vectors", [False, True])
 def test_A1_response_fields(

@@ -104,6 +104,7 @@ def test_O1_without_sample_every_match_exported(
     assert evens.response.document_count == 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_O2_sample_exactly_n_reproducible_with_seed(
     store: Store, people: tuple[Namespace, Collection], fmt: str

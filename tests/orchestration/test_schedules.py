@@ -160,6 +160,7 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, fragments", BAD_FILES.values(), ids=BAD_FILES.keys())
 def test_a_malformed_file_fails_with_one_message_naming_file_entry_and_problem(
     tmp_path: Path, text: str, fragments: list[str]

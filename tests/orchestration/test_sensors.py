@@ -229,6 +229,7 @@ BAD_REQUESTS: dict[str, tuple[bytes | dict[str, Any], list[str]]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, fragments", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
 def test_a_bad_file_is_rejected_with_its_error_note_and_never_retried(
     settings: Settings,
@@ -481,6 +482,7 @@ def test_an_s3_drop_dir_is_kept_as_text_and_watched_as_a_prefix(
     assert drop_source(local) == LocalDropFolder((tmp_path / "inbox").resolve())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefix", quick_first(["inbox", "team-a/inbox", ""]))
 def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
     settings: Settings, things: tuple[Namespace, Collection], bucket: str, prefix: str
@@ -511,6 +513,7 @@ def test_a_valid_object_launches_one_run_keyed_by_its_sha256_and_is_accepted(
     assert again.skip_message == f"no request files in s3://{bucket}/{prefix}".rstrip("/")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["invalid JSON", "not UTF-8", "missing keys", "invalid request", "unknown collection"]
 )
