@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from export_pipeline.engine.assembly import assembled
 from export_pipeline.engine.parquet_assembly import FOOTER_SHAPE, read_part
-from export_pipeline.engine.parquet_footer import decode_struct, encode_struct
 from export_pipeline.engine.sinks import LineSink, csv_header, csv_sink, parquet_sink
+from export_pipeline.engine.thrift import encode_struct
+from export_pipeline.engine.thrift_decode import decode_struct
 from export_pipeline.storage.base import FileRange, Piece
 
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ writer made; only offsets change. The offset index (the page index's page locati
 absolute offsets inside the part) is re-encoded with the moved offsets; everything else is
 copied.
 
-The footer is Thrift compact protocol, read and written by `parquet_footer`. The work is
+The footer is Thrift compact protocol, read by `thrift_decode` and written by `thrift`. The work is
 proportional to the footers (and offset indexes), never to the data; a part on the export
 storage is read by ranges (its footer, its offset indexes), never whole.
 """
@@ -19,19 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from export_pipeline.engine.parquet_footer import (
-    I16,
-    I64,
-    LIST,
-    STRUCT,
-    Seq,
-    Shape,
-    Struct,
-    decode_struct,
-    decode_structs,
-    encode_struct,
-    paused_gc,
-)
+from export_pipeline.engine.thrift import I16, I64, LIST, STRUCT, Seq, Shape, Struct, encode_struct
+from export_pipeline.engine.thrift_decode import decode_struct, decode_structs, paused_gc
 from export_pipeline.storage.base import FileRange, Piece, StoredRange
 from export_pipeline.storage.pieces import ReadStored, cut_piece, read_piece
 
