@@ -123,7 +123,8 @@ def workers(count: int, home: Path, env: dict[str, str], folder: Path) -> Iterat
 
 def timed_export(settings: Any, collection: str, body: dict[str, Any]) -> tuple[float, int]:
     """Seconds and documents of one export launched as the CLI launches it."""
-    from export_pipeline.orchestration.launch import execute, local_instance
+    from export_pipeline.orchestration.instance import local_instance
+    from export_pipeline.orchestration.launch import execute
 
     instance = local_instance(settings)
     started = time.perf_counter()

@@ -90,7 +90,8 @@ def ours(spec: dict[str, Any]) -> dict[str, Any]:
 def dagster(spec: dict[str, Any]) -> dict[str, Any]:
     """One run of the export_collection job as the CLI launches it: one shard in process,
     several in parallel processes (`spec["shards"]`, default EXPORT_PIPELINE_SHARDS)."""
-    from export_pipeline.orchestration.launch import execute, local_instance
+    from export_pipeline.orchestration.instance import local_instance
+    from export_pipeline.orchestration.launch import execute
     from export_pipeline.settings import Settings
 
     settings = Settings(home=Path(spec["home"]), storage=Path(spec["out_dir"]).as_uri())

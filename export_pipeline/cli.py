@@ -247,7 +247,8 @@ def demo(store: Store, settings: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         source = write_jsonl(demo_documents(1000), Path(folder) / "articles.jsonl")
         store.documents.ingest(collection, source, upsert=True)
-    from export_pipeline.orchestration.launch import dagster_home, execute
+    from export_pipeline.orchestration.instance import dagster_home
+    from export_pipeline.orchestration.launch import execute
 
     run = execute(settings, "demo", "articles", DEMO_REQUEST, trigger="cli")
     return {

@@ -284,7 +284,8 @@ def export_job(
     ephemeral instance), or with `processes` in processes of their own (the home's instance)."""
     import dagster as dg
 
-    from export_pipeline.orchestration.launch import execute, local_instance
+    from export_pipeline.orchestration.instance import local_instance
+    from export_pipeline.orchestration.launch import execute
 
     global _ephemeral
     if processes:

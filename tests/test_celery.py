@@ -25,7 +25,7 @@ from helpers import cli_output, export_job, make_collection, write_jsonl
 from kill_child import armed_environment
 from services import PostgresServer, RedisServer
 
-from export_pipeline.orchestration.launch import local_instance
+from export_pipeline.orchestration.instance import local_instance
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Store
 from export_pipeline.store import segments as segments_module

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from services import PostgresServer
 
-from export_pipeline.orchestration.launch import write_instance_yaml
+from export_pipeline.orchestration.instance import write_instance_yaml
 from export_pipeline.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -21,7 +21,7 @@ import pytest
 from helpers import files_under, make_collection, run_cli, write_jsonl
 from kill_child import armed_environment
 
-from export_pipeline.orchestration.launch import local_instance
+from export_pipeline.orchestration.instance import local_instance
 from export_pipeline.recovery import sweep, sweep_quietly
 from export_pipeline.settings import Settings
 from export_pipeline.storage import LocalStorage

@@ -38,7 +38,7 @@ from services import LocalS3, PostgresServer, RedisServer
 from export_pipeline.api.app import create_app
 from export_pipeline.contract import ExportResponse
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.launch import local_instance
+from export_pipeline.orchestration.instance import local_instance
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Store
 from export_pipeline.store import segments as segments_module

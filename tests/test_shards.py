@@ -210,7 +210,7 @@ def test_the_job_runs_several_shards_in_parallel_processes(
     store: Store, sharded: Collection
 ) -> None:
     """The path users run: the export_collection job, its shards in processes of their own."""
-    from export_pipeline.orchestration.launch import local_instance
+    from export_pipeline.orchestration.instance import local_instance
 
     body = {"format": "csv", "include_vectors": True}
     settings = store.settings.model_copy(update={"shards": "3"})

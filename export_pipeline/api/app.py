@@ -28,7 +28,8 @@ from export_pipeline.jsontext import load_json
 from export_pipeline.links import ExportLinks, fresh_links
 from export_pipeline.orchestration import tags
 from export_pipeline.orchestration.dead_runs import collect
-from export_pipeline.orchestration.launch import local_instance, prepare
+from export_pipeline.orchestration.instance import local_instance
+from export_pipeline.orchestration.launch import prepare
 from export_pipeline.orchestration.pool import RunPool, instance_limits
 from export_pipeline.orchestration.run_queue import RunQueue
 from export_pipeline.settings import Settings

@@ -39,7 +39,7 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 def collect(settings: Settings, grace_seconds: float | None = None) -> SweepReport:
     """`export-pipeline gc` and the API's start: the recovery sweep, then dead runs failed
     (in the instance the settings point at, if it was ever made)."""
-    from export_pipeline.orchestration.launch import dagster_home, local_instance
+    from export_pipeline.orchestration.instance import dagster_home, local_instance
 
     report = sweep(settings, grace_seconds=grace_seconds)
     if (dagster_home(settings) / "dagster.yaml").exists():

@@ -24,14 +24,12 @@ from typing import TYPE_CHECKING
 from export_pipeline.contract import ExportResponse
 from export_pipeline.errors import ExportPipelineError, RunTimedOut, from_dict
 from export_pipeline.orchestration import sqlite_quiet, tags
-from export_pipeline.orchestration.launch import (
-    ExportLaunch,
-    ExportRun,
+from export_pipeline.orchestration.instance import (
     discard_prepared_run,
     local_instance,
     prepared_run_id,
-    run_launch,
 )
+from export_pipeline.orchestration.launch import ExportLaunch, ExportRun, run_launch
 from export_pipeline.recovery import sweep_quietly
 from export_pipeline.settings import Settings
 

@@ -20,13 +20,13 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from export_pipeline.errors import ExportPipelineError, RunTimedOut, ServiceUnavailable
 from export_pipeline.links import export_response, published_manifest
 from export_pipeline.orchestration import tags
+from export_pipeline.orchestration.instance import local_instance
 from export_pipeline.orchestration.job import JOB_NAME
 from export_pipeline.orchestration.launch import (
     ExportLaunch,
     ExportRun,
     abandon_run,
     error_of_events,
-    local_instance,
 )
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store

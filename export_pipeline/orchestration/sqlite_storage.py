@@ -45,7 +45,7 @@ def _base_dir(config_value: dict[str, Any]) -> str:
     if not os.path.isabs(base_dir):
         raise ValueError(
             f"{__name__}: base_dir must be an absolute path, not {base_dir!r}"
-            " (the template's INSTANCE_DIR is replaced when launch.local_instance copies it)"
+            " (the template's INSTANCE_DIR is replaced when instance.local_instance copies it)"
         )
     return base_dir
 

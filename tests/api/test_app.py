@@ -31,7 +31,8 @@ from helpers import (
 from export_pipeline.api.app import create_app
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.launch import local_instance, prepare
+from export_pipeline.orchestration.instance import local_instance
+from export_pipeline.orchestration.launch import prepare
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store

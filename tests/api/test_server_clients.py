@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import pytest
 from helpers import PEOPLE, files_under, running_server
 
-from export_pipeline.orchestration.launch import local_instance
+from export_pipeline.orchestration.instance import local_instance
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 

@@ -9,12 +9,8 @@ from dagster import QueuedRunCoordinator
 from helpers import DEMO_COUNT
 
 from export_pipeline.orchestration import tags
-from export_pipeline.orchestration.launch import (
-    INSTANCE_TEMPLATE,
-    dagster_home,
-    execute,
-    local_instance,
-)
+from export_pipeline.orchestration.instance import INSTANCE_TEMPLATE, dagster_home, local_instance
+from export_pipeline.orchestration.launch import execute
 from export_pipeline.orchestration.pool import instance_limits
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace

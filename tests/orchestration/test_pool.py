@@ -10,12 +10,12 @@ import dagster as dg
 import pytest
 from helpers import DEMO_COUNT
 
-from export_pipeline.orchestration.launch import (
+from export_pipeline.orchestration.instance import (
     discard_prepared_run,
     local_instance,
-    prepare,
     prepared_run_id,
 )
+from export_pipeline.orchestration.launch import prepare
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store

@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from export_pipeline.orchestration import sqlite_quiet, tags
-from export_pipeline.orchestration.launch import execute, local_instance
+from export_pipeline.orchestration.instance import local_instance
+from export_pipeline.orchestration.launch import execute
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace
 

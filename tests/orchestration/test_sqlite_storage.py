@@ -22,7 +22,8 @@ from sqlalchemy.pool import Pool
 
 from export_pipeline.orchestration import sqlite_quiet, sqlite_storage
 from export_pipeline.orchestration.dagster_internals import SqliteEventLogStorage, SqliteRunStorage
-from export_pipeline.orchestration.launch import execute, instance_yaml, local_instance, prepare
+from export_pipeline.orchestration.instance import instance_yaml, local_instance
+from export_pipeline.orchestration.launch import execute, prepare
 from export_pipeline.orchestration.pool import RunPool
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store
