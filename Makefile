@@ -42,6 +42,11 @@ validate: $(STAMP) instance
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile -p no:cacheprovider
 
+# Quick feedback: no servers (moto, PostgreSQL, Redis), no case of about a second or more.
+# Tests spread one by one (--dist load): the few module fixtures are cheap here.
+test-quick: $(STAMP)
+	$(BIN)/pytest -n 2 -m "not slow" -p no:cacheprovider
+
 # Only that browser test: `dagster dev` over a fresh demo, driven in headless Chromium.
 test-ui: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider -m ui tests/ui

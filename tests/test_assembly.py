@@ -386,6 +386,7 @@ NAMES = st.lists(
 CSV_VALUES = st.none() | st.text(max_size=10) | st.sampled_from(['"', '""', "a\nb", ",", "\r\n"])
 
 
+@pytest.mark.slow
 @given(names=NAMES, data=st.data())
 @settings(max_examples=100, deadline=None)
 def test_csv_header_and_headerless_parts_are_the_single_writer_file(

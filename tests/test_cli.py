@@ -78,6 +78,7 @@ def test_seed_request_body_runs_verbatim(cli, people: Path, tmp_path: Path) -> N
     ]
 
 
+@pytest.mark.slow
 def test_request_from_stdin_with_flags_on_top(cli, people: Path) -> None:
     body = json.dumps({"format": "json", "filters": {"status": "ACTIVE"}})
     code, out = cli(
@@ -189,6 +190,7 @@ def test_an_unreadable_request_file_is_named_with_exit_2(
     assert nothing_exported(tmp_path / "home")
 
 
+@pytest.mark.slow
 def test_ingest_error_names_the_line_and_changes_nothing(cli, people: Path, tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"document_id": "n1"}\n{"document_id": "n2", "x": }\n')

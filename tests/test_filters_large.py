@@ -155,6 +155,7 @@ def test_thousand_conditions_of_one_operator(con: duckdb.DuckDBPyConnection, op:
     check(con, docs, paired(conditions[half:], docs))
 
 
+@pytest.mark.slow
 def test_thousand_regexes(con: duckdb.DuckDBPyConnection) -> None:
     # a connection per pattern and a parse per condition took minutes, then ran out of memory
     rng = random.Random(7)

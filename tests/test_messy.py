@@ -218,6 +218,7 @@ def test_top_level_too_wide_becomes_document_id_and_document(narrow_settings: Se
         assert [json.loads(text) for text in texts] == json_lines  # as json writes each line
 
 
+@pytest.mark.slow
 def test_width_limit_collapses_the_widest_object_first_then_the_whole_document(
     tmp_path: Any,
 ) -> None:

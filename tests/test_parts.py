@@ -171,6 +171,7 @@ def test_parts_are_bounded_whole_files_aligned_and_make_the_one_file_export(
             assert first_line + b"".join(rows) == expected.read_bytes()
 
 
+@pytest.mark.slow
 def test_the_vectors_cut_parts_too(big: tuple[Store, Collection]) -> None:
     """json vectors of 12,288 floats pass 5 MiB while the documents are a few bytes."""
     store, col = big

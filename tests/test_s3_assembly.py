@@ -72,6 +72,7 @@ def _cells(pieces: list[Piece]) -> list[tuple[Any, ...]]:
     return out
 
 
+@pytest.mark.slow
 @hypothesis_settings(max_examples=300, deadline=None)
 @given(pieces_strategy, st.sampled_from([MIN_PART, 8 * MIB, 64 * MIB]))
 def test_planned_parts_tile_the_file_and_copy_every_large_stored_range(

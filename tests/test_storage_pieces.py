@@ -55,6 +55,7 @@ def expected_bytes(contents: list[bytes], spec: list[Any]) -> bytes:
     return b"".join(p if isinstance(p, bytes) else contents[p[0]][p[1] : p[1] + p[2]] for p in spec)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(files_and_pieces(), st.integers(1, 70))
 def test_pieces_read_hash_and_write_as_their_concatenation(

@@ -119,6 +119,7 @@ def test_O2_sample_exactly_n_reproducible_with_seed(
     assert first.manifest["sample_seed"] == 12345
 
 
+@pytest.mark.slow
 def test_O2_different_seeds_choose_differently(
     store: Store, people: tuple[Namespace, Collection]
 ) -> None:

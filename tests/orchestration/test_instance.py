@@ -120,6 +120,7 @@ telemetry:
 """
 
 
+@pytest.mark.slow
 def test_an_instance_made_from_an_earlier_template_still_runs_exports(
     settings: Settings, demo: tuple[Namespace, Collection], monkeypatch: pytest.MonkeyPatch
 ) -> None:

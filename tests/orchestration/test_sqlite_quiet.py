@@ -113,6 +113,7 @@ def test_hold_keeps_another_wal_database_open_until_settle_and_skips_the_rest(
     assert not (tmp_path / "catalog.sqlite-wal").exists()
 
 
+@pytest.mark.slow
 def test_an_export_run_is_recorded_and_leaves_the_instance_checkpointed(
     settings: Settings, demo: tuple[Namespace, Collection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
