@@ -10,7 +10,7 @@ EXPORT_PIPELINE_HOME ?= .export_pipeline
 DAGSTER_HOME ?= $(abspath $(EXPORT_PIPELINE_HOME))/dagster
 DEV_PORT ?= 3000
 
-.PHONY: install instance demo dev validate test test-ui bench lint format clean
+.PHONY: install instance demo dev validate test test-quick test-ui bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
