@@ -24,6 +24,8 @@ Format = Literal["json", "csv", "parquet"]
 
 MAX_SAMPLE_SIZE = 1_000_000  # R6
 MIN_FILE_SIZE_BYTES = 5 * 1024 * 1024  # the smallest max_file_size_bytes (S3's smallest part)
+# Response fields beyond the seed's (A1), each left out where it is None.
+RESPONSE_EXTENSIONS = ("parts", "version")
 
 
 class ExportRequest(BaseModel):
@@ -130,13 +132,25 @@ class ExportResponse(BaseModel):
         ),
     )
 
+    version: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Extension: the collection version the export reflects (its snapshot); pass it, "
+            "or the export id, as a later request's changed_since."
+        ),
+    )
+
     # No return annotation: one would replace the response's schema in the OpenAPI document.
     @model_serializer(mode="wrap")
     def _seed_fields_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
-        # Without max_file_size_bytes the response is the seed's: no `parts` key at all.
+        # The seed's fields always; an extension only where it says something: no `parts`
+        # key without max_file_size_bytes, no `version` for an export published before it.
         data = handler(self)
-        if isinstance(data, dict) and self.parts is None:
-            data.pop("parts", None)
+        if isinstance(data, dict):
+            for name in RESPONSE_EXTENSIONS:
+                if getattr(self, name) is None:
+                    data.pop(name, None)
         return data
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
-from export_pipeline.contract import ExportPart, ExportResponse
+from export_pipeline.contract import RESPONSE_EXTENSIONS, ExportPart, ExportResponse
 from export_pipeline.engine.manifest import MANIFEST_NAME
 from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
@@ -30,14 +30,18 @@ class ExportLinks(BaseModel):
     vectors_s3_path: str | None
     urls_expire_at: datetime | None  # None where links do not expire (local files)
     parts: list[ExportPart] | None = None  # every part, for an export with max_file_size_bytes
+    version: int | None = None  # the collection version exported (None: published before it)
 
     # No return annotation: one would replace the model's schema in the OpenAPI document.
     @model_serializer(mode="wrap")
     def _parts_if_any(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
-        # An export of one file each is shown as before: no `parts` key.
+        # An export of one file each is shown as before: no `parts` key (nor other
+        # extensions the export does not have).
         data = handler(self)
-        if isinstance(data, dict) and self.parts is None:
-            data.pop("parts", None)
+        if isinstance(data, dict):
+            for name in RESPONSE_EXTENSIONS:
+                if getattr(self, name, None) is None:
+                    data.pop(name, None)
         return data
 
 
@@ -71,6 +75,7 @@ def export_response(manifest: dict[str, Any], storage: Storage, ttl_seconds: int
         vectors_download_url=storage.download_url(vectors["key"], ttl_seconds) if vectors else None,
         vectors_s3_path=storage.uri_of(vectors["key"]) if vectors else None,
         parts=parts,
+        version=manifest.get("version"),
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from helpers import SEED_REQUEST, SEED_RESPONSE_FIELDS, seed_example
 
-from export_pipeline.contract import ExportRequest, ExportResponse
+from export_pipeline.contract import RESPONSE_EXTENSIONS, ExportRequest, ExportResponse
 from export_pipeline.engine.plan import parse_request
 from export_pipeline.errors import InvalidInput
 from export_pipeline.paths import validate_path
@@ -423,9 +423,9 @@ def test_F3_case_sensitive_must_be_bool(value: Any) -> None:
 # --- A1 --------------------------------------------------------------------------------
 
 
-def test_A1_response_has_the_seed_fields_plus_the_optional_parts() -> None:
-    assert set(ExportResponse.model_fields) - {"parts"} == SEED_RESPONSE_FIELDS
-    assert not ExportResponse.model_fields["parts"].is_required()
+def test_A1_response_has_the_seed_fields_plus_the_optional_extensions() -> None:
+    assert set(ExportResponse.model_fields) - set(RESPONSE_EXTENSIONS) == SEED_RESPONSE_FIELDS
+    assert not any(ExportResponse.model_fields[name].is_required() for name in RESPONSE_EXTENSIONS)
 
 
 def test_A1_vectors_fields_optional_and_null_by_default() -> None:

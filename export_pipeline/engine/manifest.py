@@ -60,6 +60,7 @@ def build_manifest(
             "name": plan.collection.name,
             "version": plan.collection.version,
         },
+        "version": plan.collection.version,  # the snapshot's: an incremental export's watermark
         "request": plan.request.model_dump(mode="json", exclude_unset=True),
         "format": plan.request.format,
         "document_count": outputs.document_count,

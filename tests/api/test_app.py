@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import (
     PEOPLE,
+    RESPONSE_FIELDS,
     SEED_MATCHES,
     SEED_REQUEST,
-    SEED_RESPONSE_FIELDS,
     ids_of,
     local_path,
     read_csv,
@@ -100,7 +100,7 @@ def test_A1_seed_body_verbatim_returns_the_seed_response(world: World, fmt: str)
     response = world.post("people", body, key=world.key_a)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == SEED_RESPONSE_FIELDS
+    assert set(result) == RESPONSE_FIELDS
     assert result["format"] == fmt and result["document_count"] == len(SEED_MATCHES)
     assert ids_of(result["download_url"], fmt) == SEED_MATCHES
     assert local_path(result["s3_path"]).stat().st_size == result["file_size_bytes"]
@@ -213,7 +213,7 @@ def test_max_file_size_bytes_gives_parts_and_fresh_links_for_each(world: World) 
     response = world.post("people", body, key=world.key_a)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == SEED_RESPONSE_FIELDS | {"parts"}
+    assert set(result) == RESPONSE_FIELDS | {"parts"}
     names = [(part["role"], part["name"]) for part in result["parts"]]
     assert names == [("documents", "documents-00000.csv"), ("vectors", "people_vectors-00000.csv")]
     assert result["s3_path"] == result["parts"][0]["s3_path"]
