@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds replaced segments stay on disk for exports still reading them.",
     )
+    history_retention_seconds: int = Field(
+        604800,
+        ge=0,
+        description="Seconds a collection's change history is kept: an incremental export"
+        " (changed_since) may start from any version at most this old (M4).",
+    )
     recovery_grace_seconds: int = Field(
         3600,
         ge=0,

@@ -28,6 +28,10 @@ NAMESPACE_ID = re.compile(r"ns_[a-z0-9]{12}")
 COLLECTION_ID = re.compile(r"col_[a-z0-9]{10}")
 MAX_DIMENSIONS = 65_536
 
+# Columns added after a catalog's tables were first made: (table, column, declaration).
+# SQLite adds each where it is missing; PostgreSQL by a migration (store/postgres.py).
+SQLITE_ADDED_COLUMNS = [("collections", "history_from", "INTEGER")]
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS namespaces (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
@@ -41,7 +45,14 @@ CREATE TABLE IF NOT EXISTS collections (
     document_count INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    history_from INTEGER,
     UNIQUE (namespace_id, name));
+CREATE TABLE IF NOT EXISTS history (
+    collection_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    written_at REAL NOT NULL,
+    PRIMARY KEY (collection_id, version));
 CREATE TABLE IF NOT EXISTS retired_segments (path TEXT PRIMARY KEY, retired_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS exports (
     id TEXT PRIMARY KEY,
@@ -127,6 +138,8 @@ class Collection(BaseModel):
     version: int
     segments: list[str]
     document_count: int
+    # M4: the oldest version changed_since may name (history covers every later one)
+    history_from: int = 0
 
 
 class Catalog:
@@ -135,7 +148,7 @@ class Catalog:
     def __init__(self, home: Path, url: str | None = None) -> None:
         self.home = home
         self.path = catalog_path(home)  # the SQLite file (unused with a PostgreSQL catalog)
-        self.database: Database = open_database(home, url, _SCHEMA)
+        self.database: Database = open_database(home, url, _SCHEMA, SQLITE_ADDED_COLUMNS)
 
     def connect(self) -> AbstractContextManager[Connection]:
         """A connection whose statements each commit on their own (no write lock)."""
@@ -194,7 +207,7 @@ class Catalog:
             with self.transaction() as db:
                 db.execute(
                     "INSERT INTO collections (id, namespace_id, name, vector_indexes,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    " created_at, updated_at, history_from) VALUES (?, ?, ?, ?, ?, ?, 0)",
                     (collection_id, namespace.id, name, indexes_json, now, now),
                 )
         except INTEGRITY_ERRORS:
@@ -235,6 +248,8 @@ def _collection(row: Any) -> Collection:
         version=row["version"],
         segments=json.loads(row["segments"]),
         document_count=row["document_count"],
+        # None: a collection made before history was kept, covered from its next change
+        history_from=row["version"] if row["history_from"] is None else row["history_from"],
     )
 
 

@@ -11,7 +11,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,10 +68,16 @@ class Database(Protocol):
         ...
 
 
-def open_database(home: Path, url: str | None, sqlite_schema: str) -> Database:
-    """The SQLite file under `home` when `url` is None, else the PostgreSQL database."""
+def open_database(
+    home: Path,
+    url: str | None,
+    sqlite_schema: str,
+    sqlite_added: Sequence[tuple[str, str, str]] = (),
+) -> Database:
+    """The SQLite file under `home` when `url` is None, else the PostgreSQL database;
+    `sqlite_added`: (table, column, declaration) added to an older SQLite file."""
     if url is None:
-        return SqliteDatabase(home, sqlite_schema)
+        return SqliteDatabase(home, sqlite_schema, sqlite_added)
     if not url.startswith(("postgresql://", "postgres://")):
         raise InvalidInput(
             "EXPORT_PIPELINE_CATALOG takes a postgresql://user:password@host:port/db URL,"
@@ -108,7 +114,7 @@ _SCHEMA_LOCK = threading.Lock()
 class SqliteDatabase:
     """The catalog in one SQLite file under home; SQLite serialises concurrent writers."""
 
-    def __init__(self, home: Path, schema: str) -> None:
+    def __init__(self, home: Path, schema: str, added: Sequence[tuple[str, str, str]] = ()) -> None:
         self.path = catalog_path(home)
         if self._file_id() in _SCHEMA_READY:
             return
@@ -117,6 +123,7 @@ class SqliteDatabase:
         with self.connect() as db:
             # One transaction: a catalog whose tables all exist costs no write.
             db.executescript(f"BEGIN;{schema}COMMIT;")
+            _add_columns(db, added)
         ready = self._file_id()
         if ready[1] != -1:
             with _SCHEMA_LOCK:
@@ -172,3 +179,19 @@ class SqliteDatabase:
     def collection_lock(self, collection_id: str) -> AbstractContextManager[None]:
         """Nothing more: the collection folder's flock already serialises a home's ingests."""
         return nullcontext()
+
+
+def _add_columns(db: sqlite3.Connection, added: Sequence[tuple[str, str, str]]) -> None:
+    """Columns newer than a catalog file, added where missing (SQLite has no ADD COLUMN IF
+    NOT EXISTS; a concurrent opener may add it first, so the check is under the write lock)."""
+    for table, column, declaration in added:
+        if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

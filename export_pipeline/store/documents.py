@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import itertools
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,13 +14,11 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from export_pipeline import duck
-from export_pipeline.errors import ConflictError
 from export_pipeline.settings import Settings
 from export_pipeline.store import ingest as steps
 from export_pipeline.store.batches import (
@@ -33,10 +30,12 @@ from export_pipeline.store.batches import (
     read_run,
     rebatch,
 )
-from export_pipeline.store.catalog import Catalog, Collection, utc_now
+from export_pipeline.store.catalog import Catalog, Collection
+from export_pipeline.store.history import UPSERT, write_history
 from export_pipeline.store.operations import Operations
 from export_pipeline.store.segment_files import SegmentFiles, is_remote
 from export_pipeline.store.segments import SHAPE_ID, numbered, shapes_file
+from export_pipeline.store.versions import expire, listed_files, swap
 
 
 def _sidecar_rows(segment: Path) -> int:
@@ -57,6 +56,10 @@ def _utf8(value: str | bytes) -> bytes:
     """An id bound as bytes: ids are ordered by their UTF-8 bytes (O3)."""
     return value.encode() if isinstance(value, str) else bytes(value)
 
+
+# What a change works with: the collection's current version, its staging folder, its
+# segments kept, added and retired, and its DuckDB connection.
+Changing = tuple[Collection, Path, steps.Change, duckdb.DuckDBPyConnection]
 
 _NO_REPLACED = pa.schema([("document_id", pa.string()), ("created_at", pa.string())])
 
@@ -218,6 +221,14 @@ class DocumentStore:
 
     def ingest(self, collection: Collection, source: Path, *, upsert: bool = False) -> IngestResult:
         """Add (or with `upsert`, replace) the documents of a JSONL file, all or nothing."""
+        with self.changing(collection) as (fresh, work, change, con):
+            return self._ingest(con, fresh, source, work, upsert, change)
+
+    @contextmanager
+    def changing(self, collection: Collection) -> Iterator[Changing]:
+        """One change of the collection (an ingest, a delete) under its lock, over its current
+        version: a staging folder, the change's record, a DuckDB connection; whatever the
+        change created is removed if it fails."""
         with self._locked(collection):
             current = self.catalog.namespace(collection.namespace_id)
             fresh = self.catalog.collection(current, collection.id)
@@ -230,7 +241,7 @@ class DocumentStore:
             try:
                 work.mkdir(parents=True)
                 with self._duckdb(work) as con:
-                    return self._ingest(con, fresh, source, work, upsert, change)
+                    yield fresh, work, change, con
             except BaseException:
                 for path in change.created:  # a failed ingest changes nothing
                     path.unlink(missing_ok=True)
@@ -265,14 +276,50 @@ class DocumentStore:
         if upsert and stored:
             files = dict(zip(collection.segments, stored, strict=True))
             replaced = steps.replace_stored(con, collection, files, folder, staged, change)
+        # every staged id is inserted or replaced (before add_segment may move the file)
+        upserted = f"read_parquet({duck.literal(str(staged.path))})"
+        history = self.write_history(con, collection, work, upserted, UPSERT, change)
         steps.add_segment(con, collection, folder, staged, replaced, change)
         if self.files.remote:
             steps.upload(self.files, collection, folder, change)
         count = collection.document_count - change.replaced + staged.count
-        expired = self._swap(collection, change.keep, count, change.retired)
-        change.uploaded = []  # listed now: nothing after this may remove them
-        self._expire(expired)
+        self.commit(collection, change, count, history)
         return IngestResult(staged.count, change.replaced, count, collection.version + 1)
+
+    def write_history(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        collection: Collection,
+        work: Path,
+        ids_sql: str,
+        kind: str,
+        change: steps.Change,
+    ) -> str:
+        """The history file of the version `change` makes (M1), beside the segments."""
+        folder = work / "history" if self.files.remote else self.collection_dir(collection)
+        if not self.files.remote:
+            folder = folder / "history"
+        return write_history(con, self.files, collection, folder, ids_sql, kind, change)
+
+    def commit(
+        self, collection: Collection, change: steps.Change, count: int, history: str
+    ) -> None:
+        """List the change's segments and history file as the collection's next version."""
+        expired = self._swap(collection, change, count, history)
+        change.uploaded = []  # listed now: nothing after this may remove them
+        expire(self.catalog, self.files, expired)
+
+    def _swap(
+        self, collection: Collection, change: steps.Change, count: int, history: str
+    ) -> list[str]:
+        """The catalog swap (`versions.swap`): the last step a failure can undo."""
+        folder = self.collection_dir(collection) / "segments"
+        return swap(self.catalog, self.settings, folder, collection, change, count, history)
+
+    def listed_segments(self) -> tuple[set[str], set[str]]:
+        """The segment (and history) files every collection's current version lists, and the
+        replaced ones retention still keeps, as absolute paths (one snapshot of the catalog)."""
+        return listed_files(self.catalog)
 
     @contextmanager
     def _locked(self, collection: Collection) -> Iterator[None]:
@@ -295,70 +342,3 @@ class DocumentStore:
             yield con
         finally:
             con.close()
-
-    def listed_segments(self) -> tuple[set[str], set[str]]:
-        """The segment files every collection's current version lists, and the replaced ones
-        retention still keeps, as absolute paths (read in one snapshot of the catalog)."""
-        listed: set[str] = set()
-        with self.catalog.reading() as db:
-            rows = db.execute("SELECT id, namespace_id, segments FROM collections").fetchall()
-            retired = {row[0] for row in db.execute("SELECT path FROM retired_segments")}
-        for row in rows:
-            folder = self.catalog.home / "collections" / row["namespace_id"] / row["id"]
-            listed.update(
-                s if is_remote(s) else str(folder / "segments" / s) for s in orjson.loads(row[2])
-            )
-        return listed, retired
-
-    def _swap(
-        self, collection: Collection, segments: list[str], count: int, retired: list[str]
-    ) -> list[str]:
-        """List the new segments; remove local retired ones past retention, and return the
-        S3 ones (`_expire`)."""
-        folder = self.collection_dir(collection) / "segments"
-        now = time.time()
-        with self.catalog.transaction() as db:
-            changed = db.execute(
-                "UPDATE collections SET version = version + 1, segments = ?,"
-                " document_count = ?, updated_at = ? WHERE id = ? AND version = ?",
-                (
-                    orjson.dumps(segments).decode(),
-                    count,
-                    utc_now(),
-                    collection.id,
-                    collection.version,
-                ),
-            ).rowcount
-            if changed != 1:
-                raise ConflictError(f"collection {collection.name!r} changed during the ingest")
-            db.executemany(
-                "INSERT INTO retired_segments VALUES (?, ?)"
-                " ON CONFLICT (path) DO UPDATE SET retired_at = excluded.retired_at",
-                [(s if is_remote(s) else str(folder / s), now) for s in retired],
-            )
-            expired = [
-                row[0]
-                for row in db.execute(
-                    "SELECT path FROM retired_segments WHERE retired_at < ?",
-                    (now - self.settings.segment_retention_seconds,),
-                ).fetchall()
-            ]
-            local = [(path,) for path in expired if not is_remote(path)]
-            db.executemany("DELETE FROM retired_segments WHERE path = ?", local)
-        for (path,) in local:
-            # Exports reading an older snapshot had the retention period to finish.
-            Path(path).unlink(missing_ok=True)
-            shapes_file(Path(path)).unlink(missing_ok=True)
-        return [path for path in expired if is_remote(path)]
-
-    def _expire(self, uris: list[str]) -> None:
-        """Remove retired S3 segments, then forget them; where S3 fails, the next ingest of
-        any collection tries again (the ingest that retired them has succeeded)."""
-        if not uris:
-            return
-        try:
-            self.files.remove(uris)
-        except Exception:
-            return
-        with self.catalog.transaction() as db:
-            db.executemany("DELETE FROM retired_segments WHERE path = ?", [(u,) for u in uris])

@@ -81,6 +81,17 @@ CREATE TABLE api_key_namespaces (
     position BIGINT NOT NULL,
     PRIMARY KEY (key_id, namespace_id));
 """,
+    # 2: change history (M1-M6): the versions an incremental export may start from, and
+    # each version's history file.
+    f"""
+ALTER TABLE collections ADD COLUMN history_from BIGINT;
+CREATE TABLE history (
+    collection_id {_C} NOT NULL,
+    version BIGINT NOT NULL,
+    path TEXT NOT NULL,
+    written_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (collection_id, version));
+""",
 ]
 
 # Databases (by URL) this process has found or brought up to date: a Catalog is made for
