@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write numbered parts of at most BYTES each (at least 5 MiB)",
     )
     export.add_argument("--include-vectors", action="store_true", default=None)
+    export.add_argument(
+        "--changed-since",
+        metavar="EXPORT_ID|VERSION",
+        help="an incremental export: what changed after that export or collection version",
+    )
 
     url = commands.add_parser("url", help="sign fresh download links for an earlier export")
     url.add_argument("export_id")
@@ -155,8 +160,14 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         "sample_seed": args.sample_seed,
         "max_file_size_bytes": args.max_file_size,
         "include_vectors": args.include_vectors,
+        "changed_since": _watermark(args.changed_since),
     }
     return body | {key: value for key, value in flags.items() if value is not None}
+
+
+def _watermark(text: str | None) -> int | str | None:
+    """--changed-since: a collection version (digits) or an export id."""
+    return int(text) if text is not None and text.isdigit() else text
 
 
 def _read_input(source: str, what: str, option: str) -> bytes:

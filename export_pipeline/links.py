@@ -31,6 +31,9 @@ class ExportLinks(BaseModel):
     urls_expire_at: datetime | None  # None where links do not expire (local files)
     parts: list[ExportPart] | None = None  # every part, for an export with max_file_size_bytes
     version: int | None = None  # the collection version exported (None: published before it)
+    deletes_download_url: str | None = None  # M6: an incremental export's deletes file
+    deletes_s3_path: str | None = None
+    deleted_count: int | None = None
 
     # No return annotation: one would replace the model's schema in the OpenAPI document.
     @model_serializer(mode="wrap")
@@ -51,6 +54,7 @@ def export_response(manifest: dict[str, Any], storage: Storage, ttl_seconds: int
     # The first file of each role: the only one, or the first part.
     documents = next(entry for entry in manifest["files"] if entry["role"] == "documents")
     vectors = next((entry for entry in manifest["files"] if entry["role"] == "vectors"), None)
+    deletes = next((entry for entry in manifest["files"] if entry["role"] == "deletes"), None)
     parts = None
     if manifest["request"].get("max_file_size_bytes") is not None:
         parts = [
@@ -76,6 +80,9 @@ def export_response(manifest: dict[str, Any], storage: Storage, ttl_seconds: int
         vectors_s3_path=storage.uri_of(vectors["key"]) if vectors else None,
         parts=parts,
         version=manifest.get("version"),
+        deletes_download_url=storage.download_url(deletes["key"], ttl_seconds) if deletes else None,
+        deletes_s3_path=storage.uri_of(deletes["key"]) if deletes else None,
+        deleted_count=manifest.get("deleted_count"),
     )
 
 

@@ -444,6 +444,14 @@ def test_A1_vectors_fields_optional_and_null_by_default() -> None:
 
 
 def test_A1_R_request_model_has_seed_fields_plus_optional_extensions() -> None:
-    extensions = {"sample_seed", "max_file_size_bytes"}
+    extensions = {"sample_seed", "max_file_size_bytes", "changed_since"}
     assert set(ExportRequest.model_fields) - extensions == set(SEED_REQUEST)
     assert not any(ExportRequest.model_fields[name].is_required() for name in extensions)
+
+
+@pytest.mark.parametrize("value", [-1, "exp_short", "1", 1.0, True, "EXP_AAAAAAAAAAAAAAAA"])
+def test_M5_changed_since_is_a_version_or_an_export_id(value: Any) -> None:
+    with pytest.raises(InvalidInput):
+        parse_request({"changed_since": value})
+    assert parse_request({"changed_since": 0}).changed_since == 0
+    assert parse_request({"changed_since": "exp_" + "a1" * 8}).changed_since == "exp_" + "a1" * 8

@@ -17,7 +17,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from conftest import export_job, make_collection, write_jsonl
-from helpers import quick_first
+from helpers import quick_first, read_json_lines
 
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration.launch import ExportRun
@@ -301,4 +301,23 @@ def test_M1_history_lives_beside_s3_segments_and_a_failed_ingest_leaves_none(
     with pytest.raises(ZeroDivisionError):
         store.ingest(ns.id, col.id, write_jsonl(s3_settings.home / "in", [_doc(50)]))
     assert _keys(bucket) == before
+    assert _parquet_under(s3_settings.home_dir / "collections") == []
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_M6_an_incremental_export_reads_the_history_in_s3(
+    s3_settings: Settings, bucket: str, shards: int
+) -> None:
+    store = Store(s3_settings)
+    ns, col = make_collection(store, [_doc(n) for n in range(20)], INDEXES)
+    first = _export(store, col, {"format": "json"}, shards)
+    source = write_jsonl(s3_settings.home / "in", [_doc(3, kind="new"), _doc(50)])
+    store.ingest(ns.id, col.id, source, upsert=True)
+    assert store.delete(ns.id, col.id, ids=["d0007", "d0011"]).deleted == 2
+    body = {"format": "json", "changed_since": first.manifest["export_id"]}
+    delta = _export(store, store.catalog.collection(ns, col.id), body, shards)
+    changed = [doc["document_id"] for doc in read_json_lines(delta.response.s3_path)]
+    assert changed == ["d0003", "d0050"]
+    deleted = read_json_lines(delta.response.deletes_s3_path)
+    assert deleted == [{"document_id": "d0007"}, {"document_id": "d0011"}]
     assert _parquet_under(s3_settings.home_dir / "collections") == []

@@ -107,14 +107,12 @@ def check_since(collection: Collection, since: int) -> None:
         )
 
 
-def changed_files(
-    catalog: Catalog, files: SegmentFiles, collection: Collection, since: int, copies: Path
-) -> list[Path]:
-    """Local files of the history of the versions after `since` up to the snapshot's."""
+def changed_paths(catalog: Catalog, collection: Collection, since: int) -> list[str]:
+    """The history files (paths, URIs) of the versions after `since` up to the snapshot's."""
     with catalog.reading() as db:
         rows = db.execute(
             "SELECT path FROM history WHERE collection_id = ? AND version > ? AND version <= ?"
             " ORDER BY version",
             (collection.id, since, collection.version),
         ).fetchall()
-    return files.local_copies([row[0] for row in rows], copies)
+    return [row[0] for row in rows]
