@@ -73,13 +73,17 @@ def write_deletes(
     """M6: the deletes file: the changed ids (`history`) not among the snapshot's matches of
     `where` (the export's filter, before sampling), in id order, in the export's format."""
     segments = store.documents.segment_files(collection, copies)
-    matches = "SELECT NULL::VARCHAR AS document_id WHERE FALSE"
-    if segments:
-        listing = ", ".join(duck.literal(str(p)) for p in segments)
-        matches = f"SELECT document_id FROM read_parquet([{listing}]) WHERE {where[0]}"
-    changed = "SELECT NULL::VARCHAR AS document_id WHERE FALSE"
+    nothing = "SELECT NULL::VARCHAR AS document_id WHERE FALSE"
+    changed = matches = nothing
     if history:
         changed = f"SELECT document_id FROM read_parquet([{', '.join(map(duck.literal, history))}])"
+    if history and segments:
+        # only the changed documents are tested (a set: no order is relied on here)
+        listing = ", ".join(duck.literal(str(p)) for p in segments)
+        matches = (
+            f"SELECT document_id FROM read_parquet([{listing}])"
+            f" WHERE document_id IN ({changed}) AND ({where[0]})"
+        )
     ids = f"SELECT DISTINCT document_id FROM ({changed}) ANTI JOIN ({matches}) USING (document_id)"
     column = "document_id"
     if fmt == "json":  # one JSON object a line (W2)

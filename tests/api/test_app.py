@@ -401,3 +401,19 @@ def test_readiness_names_what_is_unreachable(world: World, tmp_path: Path) -> No
         assert client.get("/healthz").status_code == 200  # up, but not ready
     error = error_of(response, 503, "ServiceUnavailableError")
     assert set(error["details"]) == {"storage"}
+
+
+def test_M5_changed_since_over_http(world: World) -> None:
+    response = world.post("people", {"format": "json", "changed_since": 1}, key=world.key_a)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == RESPONSE_FIELDS | {"deletes_download_url", "deletes_s3_path",
+                                             "deleted_count"}  # fmt: skip
+    assert result["document_count"] == 0 and result["deleted_count"] == 0
+    assert local_path(result["deletes_s3_path"]).name == "deletes.json"
+    elsewhere = world.post("people", {"format": "json"}, key=world.key_b, namespace="team-b")
+    other_id = local_path(elsewhere.json()["s3_path"]).parent.name
+    for watermark in (99, other_id):
+        refused = world.post("people", {"changed_since": watermark}, key=world.key_ab)
+        error = error_of(refused, 422, "ValidationError")
+        assert "run a full export" in error["message"]
