@@ -179,3 +179,17 @@ def test_M6_a_sample_is_drawn_from_the_changed_matches(store: Store) -> None:
     sampled = list(rows(delta.response.s3_path, "parquet"))
     assert len(sampled) == 2 and set(sampled) <= {"d01", "d02", "d04", "d05"}
     assert list(rows(delta.response.deletes_s3_path, "parquet")) == ["d07"]  # before sampling
+
+
+def test_M6_with_parts_the_deletes_file_is_one_part_of_its_own(store: Store) -> None:
+    ns, col = make_collection(store, FIRST, [DENSE], name="chain")
+    change(store, ns, col, [doc(30)], ["d02"])
+    body = {"format": "csv", "changed_since": 1, "max_file_size_bytes": 5 * 1024 * 1024}
+    delta = export_job(ns.id, col.id, body, settings=store.settings)
+    parts = delta.response.parts
+    assert parts is not None
+    assert [(p.role, p.name, p.document_count) for p in parts] == [
+        ("documents", "documents-00000.csv", 1),
+        ("deletes", "deletes.csv", 1),
+    ]
+    assert read_csv(delta.response.deletes_s3_path) == [["document_id"], ["d02"]]
