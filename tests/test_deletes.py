@@ -118,6 +118,8 @@ def test_M2_delete_by_filter(cli: Any, store: Store, numbers: tuple[Namespace, C
         {"AND": [{"field": "bad path!", "operator": "eq", "value": 1}]},  # P1
         {"AND": [{"field": "n", "operator": "in", "value": []}]},  # F4
         [1, 2],
+        {},  # no condition: would delete everything
+        {"AND": [], "case_sensitive": False},
     ],
 )
 def test_M2_a_refused_filter_changes_nothing(

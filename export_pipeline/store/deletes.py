@@ -48,7 +48,13 @@ def delete_filter(filters: dict[str, Any] | None) -> CompiledFilter:
         raise from_pydantic(exc) from None
     if request.filters is None:
         raise InvalidInput("--filter must be a LogicalOperator object (AND, OR, NOT)")
-    return compile_filter(request.filters)
+    compiled = compile_filter(request.filters)
+    if compiled.sql == "TRUE":  # M2: deleting everything is never said by saying nothing
+        raise InvalidInput(
+            "--filter has no condition, so it would delete every document; give a condition",
+            [{"loc": "filter", "msg": "no condition"}],
+        )
+    return compiled
 
 
 def target_ids(ids: pa.Array | list[str]) -> pa.Array:
