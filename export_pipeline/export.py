@@ -21,8 +21,7 @@ import numpy as np
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.assembly import assembled
-from export_pipeline.engine.changed_ids import history_copies
-from export_pipeline.engine.changes import write_deletes
+from export_pipeline.engine.changes import deletes_file
 from export_pipeline.engine.export_shape import counted_shape, same_shape
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
@@ -180,7 +179,7 @@ class ExportLifecycle:
                 files.append(self._file(plan, "vectors", plan.vectors_name, vectors))
         deleted_count = None
         if plan.changed_since is not None:  # M6: one file, never cut into parts
-            files.append(self._deletes(plan))
+            files.append(deletes_file(plan, self.store, self.settings))
             deleted_count = files[-1].rows
         preview = [row for p in parts for row in p.preview][:PREVIEW_ROWS]
         return Outputs(
@@ -199,20 +198,6 @@ class ExportLifecycle:
                 for p in parts
             ],
         )
-
-    def _deletes(self, plan: ExportPlan) -> OutputFile:
-        """M6: the changed ids the export's predicate (before sampling) does not take."""
-        with open_scratch(plan, self.settings) as con:
-            return write_deletes(
-                con,
-                self.store,
-                plan.collection,
-                (plan.filter_sql, list(plan.filter_params)),
-                history_copies(plan, self.store),
-                plan.request.format,
-                scratch_files(plan) / plan.deletes_name,
-                plan.segment_copies,
-            )
 
     def _reshaped(
         self, plan: ExportPlan, selection: Selection, parts: list[ShardParts]

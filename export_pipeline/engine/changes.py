@@ -18,10 +18,14 @@ import duckdb
 import pyarrow as pa
 
 from export_pipeline import duck
+from export_pipeline.engine.changed_ids import history_copies
 from export_pipeline.engine.manifest import MANIFEST_NAME, OutputFile, sha256_of
+from export_pipeline.engine.plan import ExportPlan
+from export_pipeline.engine.selection import open_scratch, scratch_files
 from export_pipeline.engine.sinks import TableWriter, line_sink, sink_of
 from export_pipeline.engine.writers import CONTENT_TYPES
 from export_pipeline.errors import InvalidInput, NotFoundError
+from export_pipeline.settings import Settings
 from export_pipeline.storage import open_storage
 from export_pipeline.store import Collection, Namespace, Store
 from export_pipeline.store.history import FULL_EXPORT, check_since
@@ -58,6 +62,21 @@ def _refused(message: str) -> InvalidInput:
     return InvalidInput(
         f"{message}; {FULL_EXPORT}", [{"loc": "changed_since", "msg": "not a usable watermark"}]
     )
+
+
+def deletes_file(plan: ExportPlan, store: Store, settings: Settings) -> OutputFile:
+    """M6: an incremental export's deletes file, in its scratch space (the assembly's step)."""
+    with open_scratch(plan, settings) as con:
+        return write_deletes(
+            con,
+            store,
+            plan.collection,
+            (plan.filter_sql, list(plan.filter_params)),
+            history_copies(plan, store),
+            plan.request.format,
+            scratch_files(plan) / plan.deletes_name,
+            plan.segment_copies,
+        )
 
 
 def write_deletes(
