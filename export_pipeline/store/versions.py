@@ -42,7 +42,9 @@ def swap(
             ),
         ).rowcount
         if changed != 1:
-            raise ConflictError(f"collection {collection.name!r} changed during the change")
+            raise ConflictError(
+                f"collection {collection.name!r} changed during this ingest or delete"
+            )
         list_history(db, collection, history, now, settings.history_retention_seconds)
         db.executemany(
             "INSERT INTO retired_segments VALUES (?, ?)"
