@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("-n", "--namespace", required=True)
     ingest.add_argument("--upsert", action="store_true", help="replace documents with the same id")
 
+    delete = commands.add_parser(
+        "delete", help="delete documents by id or by filter, as one new version (all or nothing)"
+    )
+    delete.add_argument("collection")
+    delete.add_argument("-n", "--namespace", required=True)
+    chosen = delete.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--ids", metavar="FILE", help="one document_id a line, or - for stdin")
+    chosen.add_argument("--filter", metavar="JSON", help="a LogicalOperator, as in `filters`")
+
     export = commands.add_parser("export", help="export a collection")
     export.add_argument("collection")
     export.add_argument("-n", "--namespace", required=True)
@@ -88,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write numbered parts of at most BYTES each (at least 5 MiB)",
     )
     export.add_argument("--include-vectors", action="store_true", default=None)
+    export.add_argument(
+        "--changed-since",
+        metavar="EXPORT_ID|VERSION",
+        help="an incremental export: what changed after that export or collection version",
+    )
 
     url = commands.add_parser("url", help="sign fresh download links for an earlier export")
     url.add_argument("export_id")
@@ -135,7 +149,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     body: Any = {}
     if args.request:
         what = "--request (stdin)" if args.request == "-" else f"--request {args.request}"
-        raw = _read_request(args.request, what)
+        raw = _read_input(args.request, what, "--request")
         body = load_json(raw, what) if raw.strip() else {}
         if not isinstance(body, dict):
             raise InvalidInput(f"{what} must hold a JSON object")
@@ -146,13 +160,19 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         "sample_seed": args.sample_seed,
         "max_file_size_bytes": args.max_file_size,
         "include_vectors": args.include_vectors,
+        "changed_since": _watermark(args.changed_since),
     }
     return body | {key: value for key, value in flags.items() if value is not None}
 
 
-def _read_request(source: str, what: str) -> bytes:
-    """The bytes of --request: stdin for `-`, else the file. One that cannot be read is the
-    user's to fix (exit 2), named with the reason."""
+def _watermark(text: str | None) -> int | str | None:
+    """--changed-since: a collection version (digits) or an export id."""
+    return int(text) if text is not None and text.isdigit() else text
+
+
+def _read_input(source: str, what: str, option: str) -> bytes:
+    """The bytes of --request or --ids: stdin for `-`, else the file. One that cannot be read
+    is the user's to fix (exit 2), named with the reason."""
     try:
         if source != "-":
             return Path(source).read_bytes()
@@ -162,7 +182,7 @@ def _read_request(source: str, what: str) -> bytes:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise InvalidInput(
-            f"{what}: cannot read it: {reason}", [{"loc": "--request", "msg": reason}]
+            f"{what}: cannot read it: {reason}", [{"loc": option, "msg": reason}]
         ) from None
 
 
@@ -198,6 +218,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "document_count": result.document_count,
             "version": result.version,
         }
+    if args.command == "delete":
+        return delete_documents(args, store)
     if args.command == "export":
         from export_pipeline.orchestration.launch import execute  # Dagster: ~0.9 s to import
 
@@ -212,6 +234,30 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if args.command == "key":
         return keys(args, store)
     return demo(store, settings)
+
+
+def delete_documents(args: argparse.Namespace, store: Store) -> dict[str, Any]:
+    """`delete`: the ids of --ids (a file, or stdin) or the --filter's matches (M2, M3)."""
+    from export_pipeline.jsontext import load_json
+
+    if args.ids is not None:
+        what = "--ids (stdin)" if args.ids == "-" else f"--ids {args.ids}"
+        try:
+            text = _read_input(args.ids, what, "--ids").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{what} is not UTF-8 text: {exc.reason}") from None
+        result = store.delete(args.namespace, args.collection, ids=text.splitlines())
+    else:
+        condition = load_json(args.filter, "--filter")
+        if not isinstance(condition, dict):
+            raise InvalidInput("--filter must hold a JSON object (a LogicalOperator)")
+        result = store.delete(args.namespace, args.collection, filter=condition)
+    return {
+        "deleted": result.deleted,
+        "not_found": result.not_found,
+        "document_count": result.document_count,
+        "version": result.version,
+    }
 
 
 def keys(args: argparse.Namespace, store: Store) -> dict[str, Any]:

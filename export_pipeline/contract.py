@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,9 +21,18 @@ from export_pipeline.filter_models import INT64, LogicalOperator, check_filter_s
 from export_pipeline.paths import FieldPath
 
 Format = Literal["json", "csv", "parquet"]
+ExportId = Annotated[str, Field(pattern=r"^exp_[a-z0-9]{16}$")]
 
 MAX_SAMPLE_SIZE = 1_000_000  # R6
 MIN_FILE_SIZE_BYTES = 5 * 1024 * 1024  # the smallest max_file_size_bytes (S3's smallest part)
+# Response fields beyond the seed's (A1), each left out where it is None.
+RESPONSE_EXTENSIONS = (
+    "parts",
+    "version",
+    "deletes_download_url",
+    "deletes_s3_path",
+    "deleted_count",
+)
 
 
 class ExportRequest(BaseModel):
@@ -90,6 +99,17 @@ class ExportRequest(BaseModel):
         ),
     )
 
+    changed_since: Annotated[StrictInt, Field(ge=0)] | ExportId | None = Field(
+        None,
+        description=(
+            "Extension: an incremental export. An export id of the same collection, or a "
+            "collection version: the documents file then holds the documents inserted or "
+            "updated since that match, and deletes.{format} the ids to remove (deleted "
+            "since, or updated and no longer matching). Refused (422) where the history "
+            "kept no longer reaches back so far."
+        ),
+    )
+
     @field_validator("filters", mode="before")
     @classmethod
     def _filter_size(cls, value: Any) -> Any:
@@ -130,13 +150,34 @@ class ExportResponse(BaseModel):
         ),
     )
 
+    deletes_download_url: str | None = Field(
+        None, description="Extension, only with changed_since: the deletes file's link."
+    )
+    deletes_s3_path: str | None = Field(
+        None, description="Extension, only with changed_since: the deletes file's path."
+    )
+    deleted_count: int | None = Field(
+        None, ge=0, description="Extension, only with changed_since: ids in the deletes file."
+    )
+    version: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Extension: the collection version the export reflects (its snapshot); pass it, "
+            "or the export id, as a later request's changed_since."
+        ),
+    )
+
     # No return annotation: one would replace the response's schema in the OpenAPI document.
     @model_serializer(mode="wrap")
     def _seed_fields_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
-        # Without max_file_size_bytes the response is the seed's: no `parts` key at all.
+        # The seed's fields always; an extension only where it says something: no `parts`
+        # key without max_file_size_bytes, no `version` for an export published before it.
         data = handler(self)
-        if isinstance(data, dict) and self.parts is None:
-            data.pop("parts", None)
+        if isinstance(data, dict):
+            for name in RESPONSE_EXTENSIONS:
+                if getattr(self, name) is None:
+                    data.pop(name, None)
         return data
 
 
@@ -145,7 +186,9 @@ class ExportPart(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["documents", "vectors"] = Field(description="Which file this is a part of.")
+    role: Literal["documents", "vectors", "deletes"] = Field(
+        description="Which file this is a part of (deletes: never cut, one part)."
+    )
     name: str = Field(description="The part's file name, e.g. documents-00000.parquet.")
     download_url: str = Field(description="Presigned URL for downloading the part.")
     s3_path: str = Field(description="Full S3 path of the part.")

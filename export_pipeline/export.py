@@ -21,6 +21,7 @@ import numpy as np
 
 from export_pipeline.contract import ExportRequest, ExportResponse
 from export_pipeline.engine.assembly import assembled
+from export_pipeline.engine.changes import deletes_file
 from export_pipeline.engine.export_shape import counted_shape, same_shape
 from export_pipeline.engine.manifest import (
     MANIFEST_NAME,
@@ -177,8 +178,13 @@ class ExportLifecycle:
             if plan.request.include_vectors:
                 vectors = [p.vectors for p in parts if p.vectors is not None]
                 files.append(self._file(plan, "vectors", plan.vectors_name, vectors))
+        deleted_count = None
+        if plan.changed_since is not None:  # M6: one file, never cut into parts
+            files.append(deletes_file(plan, self.store, self.settings))
+            deleted_count = files[-1].rows
         preview = [row for p in parts for row in p.preview][:PREVIEW_ROWS]
         return Outputs(
+            deleted_count=deleted_count,
             document_count=sum(p.documents.rows for p in parts),
             files=files,
             warnings=warnings,

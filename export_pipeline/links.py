@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
-from export_pipeline.contract import ExportPart, ExportResponse
+from export_pipeline.contract import RESPONSE_EXTENSIONS, ExportPart, ExportResponse
 from export_pipeline.engine.manifest import MANIFEST_NAME
 from export_pipeline.errors import NotFoundError
 from export_pipeline.settings import Settings
@@ -30,14 +30,21 @@ class ExportLinks(BaseModel):
     vectors_s3_path: str | None
     urls_expire_at: datetime | None  # None where links do not expire (local files)
     parts: list[ExportPart] | None = None  # every part, for an export with max_file_size_bytes
+    version: int | None = None  # the collection version exported (None: published before it)
+    deletes_download_url: str | None = None  # M6: an incremental export's deletes file
+    deletes_s3_path: str | None = None
+    deleted_count: int | None = None
 
     # No return annotation: one would replace the model's schema in the OpenAPI document.
     @model_serializer(mode="wrap")
     def _parts_if_any(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
-        # An export of one file each is shown as before: no `parts` key.
+        # An export of one file each is shown as before: no `parts` key (nor other
+        # extensions the export does not have).
         data = handler(self)
-        if isinstance(data, dict) and self.parts is None:
-            data.pop("parts", None)
+        if isinstance(data, dict):
+            for name in RESPONSE_EXTENSIONS:
+                if getattr(self, name, None) is None:
+                    data.pop(name, None)
         return data
 
 
@@ -47,6 +54,7 @@ def export_response(manifest: dict[str, Any], storage: Storage, ttl_seconds: int
     # The first file of each role: the only one, or the first part.
     documents = next(entry for entry in manifest["files"] if entry["role"] == "documents")
     vectors = next((entry for entry in manifest["files"] if entry["role"] == "vectors"), None)
+    deletes = next((entry for entry in manifest["files"] if entry["role"] == "deletes"), None)
     parts = None
     if manifest["request"].get("max_file_size_bytes") is not None:
         parts = [
@@ -71,6 +79,10 @@ def export_response(manifest: dict[str, Any], storage: Storage, ttl_seconds: int
         vectors_download_url=storage.download_url(vectors["key"], ttl_seconds) if vectors else None,
         vectors_s3_path=storage.uri_of(vectors["key"]) if vectors else None,
         parts=parts,
+        version=manifest.get("version"),
+        deletes_download_url=storage.download_url(deletes["key"], ttl_seconds) if deletes else None,
+        deletes_s3_path=storage.uri_of(deletes["key"]) if deletes else None,
+        deleted_count=manifest.get("deleted_count"),
     )
 
 

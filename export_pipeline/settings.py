@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         description="Seconds replaced segments stay on disk at least; past it they are removed"
         " once no running export pins them (an export reads its snapshot to the end, D5).",
     )
+    history_retention_seconds: int = Field(
+        604800,
+        ge=0,
+        description="Seconds a collection's change history is kept: an incremental export"
+        " (changed_since) may start from any version at most this old (M4).",
+    )
     recovery_grace_seconds: int = Field(
         3600,
         ge=0,

@@ -67,6 +67,8 @@ SEED_RESPONSE_FIELDS = {
     "vectors_download_url",
     "vectors_s3_path",
 }
+# What every export answers: the seed's fields plus the collection version it reflects.
+RESPONSE_FIELDS = SEED_RESPONSE_FIELDS | {"version"}
 
 
 def seed_example() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import SEED_REQUEST_FILE, files_under
+from helpers import RESPONSE_FIELDS, SEED_REQUEST_FILE, files_under
 
 from export_pipeline.contract import ExportResponse
 from export_pipeline.jsontext import MAX_REQUEST_DEPTH
@@ -67,7 +67,8 @@ def test_seed_request_body_runs_verbatim(cli, people: Path, tmp_path: Path) -> N
     code, out = cli("export", "people", "-n", "hr-team", "--request", str(request))
     assert code == 0
     response = ExportResponse.model_validate(out)
-    assert set(out) == set(ExportResponse.model_fields) - {"parts"}  # no parts asked for
+    assert set(out) == RESPONSE_FIELDS  # no parts asked for
+    assert out["version"] == 1  # one ingest
     table = pq.read_table(response.s3_path.removeprefix("file://"))
     # AND name == John (case-sensitive) and age >= 30; OR active/admin; NOT HR/remote.
     assert table.column("document_id").to_pylist() == ["p1", "p2"]

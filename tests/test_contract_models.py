@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from helpers import SEED_REQUEST, SEED_RESPONSE_FIELDS, seed_example
 
-from export_pipeline.contract import ExportRequest, ExportResponse
+from export_pipeline.contract import RESPONSE_EXTENSIONS, ExportRequest, ExportResponse
 from export_pipeline.engine.plan import parse_request
 from export_pipeline.errors import InvalidInput
 from export_pipeline.paths import validate_path
@@ -423,9 +423,9 @@ def test_F3_case_sensitive_must_be_bool(value: Any) -> None:
 # --- A1 --------------------------------------------------------------------------------
 
 
-def test_A1_response_has_the_seed_fields_plus_the_optional_parts() -> None:
-    assert set(ExportResponse.model_fields) - {"parts"} == SEED_RESPONSE_FIELDS
-    assert not ExportResponse.model_fields["parts"].is_required()
+def test_A1_response_has_the_seed_fields_plus_the_optional_extensions() -> None:
+    assert set(ExportResponse.model_fields) - set(RESPONSE_EXTENSIONS) == SEED_RESPONSE_FIELDS
+    assert not any(ExportResponse.model_fields[name].is_required() for name in RESPONSE_EXTENSIONS)
 
 
 def test_A1_vectors_fields_optional_and_null_by_default() -> None:
@@ -444,6 +444,14 @@ def test_A1_vectors_fields_optional_and_null_by_default() -> None:
 
 
 def test_A1_R_request_model_has_seed_fields_plus_optional_extensions() -> None:
-    extensions = {"sample_seed", "max_file_size_bytes"}
+    extensions = {"sample_seed", "max_file_size_bytes", "changed_since"}
     assert set(ExportRequest.model_fields) - extensions == set(SEED_REQUEST)
     assert not any(ExportRequest.model_fields[name].is_required() for name in extensions)
+
+
+@pytest.mark.parametrize("value", [-1, "exp_short", "1", 1.0, True, "EXP_AAAAAAAAAAAAAAAA"])
+def test_M5_changed_since_is_a_version_or_an_export_id(value: Any) -> None:
+    with pytest.raises(InvalidInput):
+        parse_request({"changed_since": value})
+    assert parse_request({"changed_since": 0}).changed_since == 0
+    assert parse_request({"changed_since": "exp_" + "a1" * 8}).changed_since == "exp_" + "a1" * 8

@@ -91,7 +91,8 @@ def cli(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 
 def debris(store: Store) -> list[str]:
-    """Scratch, staging and segment files no collection lists: what a crash may leave."""
+    """Scratch, staging, segment and history files no collection lists: what a crash may
+    leave."""
     home = store.settings.home_dir
     found = files_under(store.settings.scratch_dir) + files_under(home / "exports" / ".staging")
     found += [p for p in files_under(home / "collections") if "staging" in p.parts]
@@ -101,6 +102,8 @@ def debris(store: Store) -> list[str]:
             segment = str(path).replace(".shapes.parquet", ".parquet")
             if segment not in listed and segment not in retired:
                 found.append(path)
+        if path.parent.name == "history" and str(path) not in listed:  # M1
+            found.append(path)
     return [str(p.relative_to(home)) for p in found if not p.name.startswith("s3-cleanup")]
 
 
@@ -304,6 +307,26 @@ def test_a_killed_ingest_changes_nothing_and_gc_reclaims_it(
     assert shape(store) == before
     done = cli(["ingest", "things", str(source), "-n", "test-ns"], env)
     assert done["document_count"] == len(DOCS) + len(more)
+
+
+@pytest.mark.slow
+def test_M2_a_killed_delete_changes_nothing_and_gc_reclaims_it(
+    store: Store, tmp_path: Path
+) -> None:
+    make_collection(store, DOCS)
+    before = shape(store)
+    env = env_of(store.settings)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("d00003\nd00040\n")
+    # at the swap: the rewritten segment and the history file written, not yet listed
+    kill_at("ingest-swap", ["delete", "things", "-n", "test-ns", "--ids", str(ids)], env, tmp_path)
+    assert shape(store) == before
+    assert any("/history/" in f"/{path}" for path in debris(store))
+    assert cli(["gc"], env)["records"] == 1
+    assert debris(store) == []
+    assert shape(store) == before
+    done = cli(["delete", "things", "-n", "test-ns", "--ids", str(ids)], env)
+    assert (done["deleted"], done["document_count"]) == (2, len(DOCS) - 2)
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from celery import Celery
 from deployment import INDEXES, WORKTREE, deployment_settings, doc, same_files, worker_env, workers
 from fastapi.testclient import TestClient
 from helpers import (
-    SEED_RESPONSE_FIELDS,
+    RESPONSE_FIELDS,
     export_job,
     free_port,
     make_collection,
@@ -196,7 +196,7 @@ def test_an_export_is_queued_launched_by_the_daemon_and_sharded_on_the_workers(
         response = export(client, body)
         seconds = time.monotonic() - started
     assert response.status_code == 200, response.text
-    assert set(response.json()) == SEED_RESPONSE_FIELDS
+    assert set(response.json()) == RESPONSE_FIELDS
     answer = ExportResponse.model_validate(response.json())
     assert answer.document_count == 90
     instance = local_instance(deployment.settings)

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from helpers import export_job, make_collection, quick_first, write_jsonl
+from helpers import export_job, make_collection, quick_first, read_json_lines, write_jsonl
 
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration.launch import ExportRun
@@ -54,9 +54,12 @@ def _keys(bucket: str) -> set[str]:
 
 
 def _listed_keys(store: Store, col: Collection, bucket: str) -> set[str]:
-    """The objects a collection's current version lists: segments and sidecars."""
+    """The objects a collection's current version lists: segments and sidecars, and the
+    history files retention keeps (beside the segments, M1)."""
     found = store.catalog.collection(store.catalog.namespace(col.namespace_id), col.id)
     uris = [u for s in found.segments for u in (s, sidecar_of(s))]
+    with store.catalog.reading() as db:
+        uris += [row[0] for row in db.execute("SELECT path FROM history")]
     assert all(uri.startswith(f"s3://{bucket}/") for uri in uris)
     return {uri.removeprefix(f"s3://{bucket}/") for uri in uris}
 
@@ -214,7 +217,7 @@ def test_replaced_segments_leave_the_bucket_after_retention(
     settings = s3_settings.model_copy(update={"segment_retention_seconds": 0})
     store = Store(settings)
     ns, col = make_collection(store, [_doc(n) for n in range(20)], INDEXES)
-    first = _keys(bucket)
+    first = {k for k in _keys(bucket) if "/history/" not in k}  # history: its own retention
     folder = settings.home_dir.parent / "in"
     store.ingest(ns.id, col.id, write_jsonl(folder, [_doc(3, kind="new")]), upsert=True)
     # retired now: an export of the older snapshot may still read it
@@ -283,3 +286,37 @@ def test_local_segments_are_read_where_they_are(store: Store) -> None:
 def test_segments_go_to_s3_only(target: str) -> None:
     with pytest.raises(ValueError, match="s3://bucket"):
         Settings(segments=target)
+
+
+def test_M1_history_lives_beside_s3_segments_and_a_failed_ingest_leaves_none(
+    s3_settings: Settings, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(s3_settings)
+    ns, col = make_collection(store, [_doc(n) for n in range(5)], INDEXES)
+    history = [k for k in _keys(bucket) if "/history/" in k]
+    assert len(history) == 1 and history[0].startswith(f"segs/{ns.id}/{col.id}/history/v")
+    before = _keys(bucket)
+    monkeypatch.setattr(DocumentStore, "_swap", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        store.ingest(ns.id, col.id, write_jsonl(s3_settings.home / "in", [_doc(50)]))
+    assert _keys(bucket) == before
+    assert _parquet_under(s3_settings.home_dir / "collections") == []
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_M6_an_incremental_export_reads_the_history_in_s3(
+    s3_settings: Settings, bucket: str, shards: int
+) -> None:
+    store = Store(s3_settings)
+    ns, col = make_collection(store, [_doc(n) for n in range(20)], INDEXES)
+    first = _export(store, col, {"format": "json"}, shards)
+    source = write_jsonl(s3_settings.home / "in", [_doc(3, kind="new"), _doc(50)])
+    store.ingest(ns.id, col.id, source, upsert=True)
+    assert store.delete(ns.id, col.id, ids=["d0007", "d0011"]).deleted == 2
+    body = {"format": "json", "changed_since": first.manifest["export_id"]}
+    delta = _export(store, store.catalog.collection(ns, col.id), body, shards)
+    changed = [doc["document_id"] for doc in read_json_lines(delta.response.s3_path)]
+    assert changed == ["d0003", "d0050"]
+    deleted = read_json_lines(delta.response.deletes_s3_path)
+    assert deleted == [{"document_id": "d0007"}, {"document_id": "d0011"}]
+    assert _parquet_under(s3_settings.home_dir / "collections") == []

@@ -40,6 +40,7 @@ class Outputs(BaseModel):
     warnings: list[str]
     preview: str = ""  # the first rows as a markdown table, for the run's metadata
     shards: list[dict[str, Any]] = []  # index, document_count, worker, seconds of each shard
+    deleted_count: int | None = None  # M6: rows of the deletes file (changed_since only)
 
 
 def sha256_of(path: Path) -> str:
@@ -60,6 +61,7 @@ def build_manifest(
             "name": plan.collection.name,
             "version": plan.collection.version,
         },
+        "version": plan.collection.version,  # the snapshot's: an incremental export's watermark
         "request": plan.request.model_dump(mode="json", exclude_unset=True),
         "format": plan.request.format,
         "document_count": outputs.document_count,
@@ -77,6 +79,11 @@ def build_manifest(
             }
             for f in outputs.files
         ],
+        **(
+            {}
+            if plan.changed_since is None
+            else {"changed_since": plan.changed_since, "deleted_count": outputs.deleted_count}
+        ),
         "warnings": outputs.warnings,
         "shards": [
             {key: shard[key] for key in ("index", "document_count", "worker")}

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from export_pipeline import duck
 from export_pipeline.engine import width
+from export_pipeline.engine.changed_ids import only_changed
 from export_pipeline.engine.export_shape import export_shape
 from export_pipeline.engine.plan import ExportPlan
 from export_pipeline.engine.preview import preview_rows
@@ -169,7 +170,7 @@ class _ShardWrite:
         # Without vectors, DuckDB reads, filters and converts the rows in one streaming query
         # where the segments let it (`scan_files`); otherwise Arrow reads them in batches.
         files = None
-        if vectors is None:
+        if vectors is None and plan.changed_since is None:  # changed rows: only_changed
             files = self.store.documents.scan_files(
                 plan.collection, self.max_bytes, copies=plan.segment_copies
             )
@@ -272,8 +273,10 @@ class _ShardWrite:
         # Row groups, and the few rows a selection keeps of each, are gathered into
         # batches as large as the bounds allow: each query has a cost of its own.
         rows = gathered(rows, self.max_bytes, self.max_rows)
+        if plan.changed_since is not None:
+            rows = (only_changed(plan, store, batch) for batch in rows)
         if self.where[0] == "TRUE":
-            return rows
+            return gathered(rows, self.max_bytes, self.max_rows)
         kept = (keep(self.con, batch, *self.where) for batch in rows)
         return gathered(kept, self.max_bytes, self.max_rows)
 

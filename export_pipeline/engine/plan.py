@@ -19,6 +19,7 @@ from export_pipeline.filters import compile_filter, filter_fields
 from export_pipeline.paths import drop_covered
 from export_pipeline.store import Collection, Namespace, Store
 from export_pipeline.store.catalog import new_id
+from export_pipeline.store.history import changed_paths
 
 
 class ExportPlan(BaseModel):
@@ -35,6 +36,9 @@ class ExportPlan(BaseModel):
     scratch_dir: Path
     planned_at: datetime
     shards: list[Shard] = [Shard(index=0)]  # in id order; written in parallel
+    # M5: the version changed_since names, and the history files (paths, S3 URIs) after it
+    changed_since: int | None = None
+    changed_files: list[str] = []
     # Where the shards' parts wait on the export storage for the step that assembles them,
     # when the steps share no disk (Celery workers); None: in the scratch folder.
     parts_prefix: str | None = None
@@ -48,6 +52,11 @@ class ExportPlan(BaseModel):
     def documents_name(self) -> str:
         """W1: the documents file name."""
         return f"documents.{self.request.format}"
+
+    @property
+    def deletes_name(self) -> str:
+        """M6: the deletes file of an incremental export."""
+        return f"deletes.{self.request.format}"
 
     @property
     def vectors_name(self) -> str:
@@ -113,6 +122,13 @@ def _planned(
     copies = scratch / "segments"  # ExportPlan.segment_copies
     # the snapshot's structures say which fields are only ever scalars: their conditions
     # compile to direct comparisons (the plan reads exactly this snapshot)
+    since, history = None, list[str]()
+    if request.changed_since is not None:  # M5: checked before any document is read
+        # here, not at the top: engine.changes reads manifests, which import this module
+        from export_pipeline.engine.changes import resolve_since
+
+        since = resolve_since(store, found_ns, found, request.changed_since)
+        history = changed_paths(store.catalog, found, since)
     kinds = field_kinds(store, found, filter_fields(request.filters), copies)
     compiled = compile_filter(request.filters, kinds=kinds)
     seed = request.sample_seed
@@ -137,6 +153,8 @@ def _planned(
         scratch_dir=scratch,
         planned_at=datetime.now(UTC),
         shards=plan_shards(store.documents.segment_files(found, copies), shards),
+        changed_since=since,
+        changed_files=history,
     )
 
 

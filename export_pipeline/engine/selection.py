@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from export_pipeline import duck
+from export_pipeline.engine.changed_ids import only_changed
 from export_pipeline.engine.plan import ExportPlan
 from export_pipeline.engine.tally import Tally
 from export_pipeline.filters import install_macros, uses_macros
@@ -69,8 +70,13 @@ def open_scratch(plan: ExportPlan, settings: Settings) -> duckdb.DuckDBPyConnect
 
 
 def selects_all(plan: ExportPlan) -> bool:
-    """Whether the export takes every document of its snapshot (no filter, no sample)."""
-    return plan.filter_sql == "TRUE" and plan.request.sample_size is None
+    """Whether the export takes every document of its snapshot (no filter, no sample, not
+    only what changed)."""
+    return (
+        plan.filter_sql == "TRUE"
+        and plan.request.sample_size is None
+        and plan.changed_since is None
+    )
 
 
 def needs_survey(plan: ExportPlan) -> bool:
@@ -87,6 +93,7 @@ def streams_matches(plan: ExportPlan) -> bool:
     writers need the shape (csv, parquet, listed fields), if DuckDB may read the snapshot."""
     return (
         plan.request.sample_size is None
+        and plan.changed_since is None  # its rows are restricted in Arrow (only_changed)
         and not plan.request.include_vectors
         and (plan.request.format != "json" or plan.select_paths is not None)
     )
@@ -117,6 +124,7 @@ def survey(con: duckdb.DuckDBPyConnection, plan: ExportPlan, store: Store) -> Se
     known: dict[str, int] = {}  # derived structures -> their numbers
     tally = Tally(plan.request.sample_size)
     for batch in rows:
+        batch = only_changed(plan, store, batch)
         keep, rank, derived = _judge(con, plan, batch, derive)
         if numbered:
             number = batch.column(SHAPE_ID).to_numpy()

@@ -42,6 +42,10 @@ class ExportConfig(dg.Config):
     sample_size: int | None = Field(None, description=_described("sample_size"))
     sample_seed: int | None = Field(None, description=_described("sample_seed"))
     max_file_size_bytes: int | None = Field(None, description=_described("max_file_size_bytes"))
+    # Dagster's config has no int-or-string type: a version is written as its digits.
+    changed_since: str | None = Field(
+        None, description=_described("changed_since") + " A version is written as its digits."
+    )
     shards: int | None = Field(
         None,
         ge=1,
@@ -62,10 +66,18 @@ class ExportConfig(dg.Config):
         description="The Celery broker of the celery executor (EXPORT_PIPELINE_CELERY_BROKER).",
     )
 
-    def request_body(self) -> dict[str, Any]:
-        """The HTTP request body this config stands for (fields left unset are omitted)."""
+    def config_fields(self) -> dict[str, Any]:
+        """The request's fields as run config (fields left unset are omitted)."""
         body = self.model_dump(exclude=LAUNCH_FIELDS)
         return {key: value for key, value in body.items() if value is not None}
+
+    def request_body(self) -> dict[str, Any]:
+        """The HTTP request body this config stands for (fields left unset are omitted)."""
+        body = self.config_fields()
+        since = body.get("changed_since")
+        if since is not None and since.isdigit():
+            body["changed_since"] = int(since)
+        return body
 
     def request(self) -> ExportRequest:
         """The validated request; a InvalidInput with the CLI's message otherwise."""
@@ -75,7 +87,10 @@ class ExportConfig(dg.Config):
     def of(cls, namespace: str, collection: str, body: dict[str, Any] | None) -> "ExportConfig":
         """The run config for a request body (validated first, so a bad body names its field)."""
         parse_request(body)  # the contract's messages, not the config schema's
-        return cls(namespace=namespace, collection=collection, **(body or {}))
+        body = dict(body or {})
+        if isinstance(body.get("changed_since"), int):
+            body["changed_since"] = str(body["changed_since"])
+        return cls(namespace=namespace, collection=collection, **body)
 
 
 @dg.config_mapping

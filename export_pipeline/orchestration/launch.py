@@ -69,7 +69,7 @@ def prepare(
     run_config = {
         "namespace": namespace,
         "collection": collection,
-        **config.request_body(),
+        **config.config_fields(),
         "shards": shards,
         "executor": store.settings.executor,
         "celery_broker": store.settings.celery_broker,

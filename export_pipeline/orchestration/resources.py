@@ -40,6 +40,7 @@ class StoreConfig(dg.Config):
     max_columns: int = _like("max_columns")
     ingest_memory_limit: str = _like("ingest_memory_limit")
     segment_retention_seconds: int = _like("segment_retention_seconds")
+    history_retention_seconds: int = _like("history_retention_seconds")
     recovery_grace_seconds: int = _like("recovery_grace_seconds")
     recovery_foreign_max_age_seconds: int = _like("recovery_foreign_max_age_seconds")
 

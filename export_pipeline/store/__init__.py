@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from export_pipeline.errors import INGESTED_NOTHING, guard
+import pyarrow as pa
+
+from export_pipeline.errors import CHANGED_NOTHING, INGESTED_NOTHING, InvalidInput, guard
 from export_pipeline.settings import Settings
 from export_pipeline.store.catalog import Catalog, Collection, Namespace, VectorIndex
+from export_pipeline.store.deletes import DeleteResult, delete, delete_filter, target_ids
 from export_pipeline.store.documents import DocumentStore, IngestResult
 from export_pipeline.store.exports import ExportRegistry, PublishedExport
 from export_pipeline.store.keys import ApiKey, ApiKeys
@@ -15,6 +19,7 @@ from export_pipeline.store.operations import Operations
 __all__ = [
     "ApiKey",
     "Collection",
+    "DeleteResult",
     "IngestResult",
     "Namespace",
     "PublishedExport",
@@ -54,3 +59,25 @@ class Store:
             _, found = self.resolve(namespace, collection)
             with guard(self.documents.collection_dir(found), "collection folder"):
                 return self.documents.ingest(found, source, upsert=upsert)
+
+    def delete(
+        self,
+        namespace: str,
+        collection: str,
+        *,
+        ids: pa.Array | list[str] | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> DeleteResult:
+        """M2: delete documents by id, or those a LogicalOperator matches, as one new version
+        (all or nothing); ids not stored count as not found (M3)."""
+        from export_pipeline.recovery import sweep_quietly  # it imports this module
+
+        if (ids is None) == (filter is None):
+            raise InvalidInput("a delete takes document ids or a filter (exactly one)")
+        where = None if filter is None else delete_filter(filter)  # validated before any read
+        targets = None if ids is None else target_ids(ids)
+        sweep_quietly(self.settings, self)
+        with guard(self.settings.home_dir, "home", CHANGED_NOTHING):
+            _, found = self.resolve(namespace, collection)
+            with guard(self.documents.collection_dir(found), "collection folder"):
+                return delete(self.documents, found, ids=targets, where=where)

@@ -41,7 +41,14 @@ CREATE TABLE IF NOT EXISTS collections (
     document_count INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    history_from INTEGER,
     UNIQUE (namespace_id, name));
+CREATE TABLE IF NOT EXISTS history (
+    collection_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    written_at REAL NOT NULL,
+    PRIMARY KEY (collection_id, version));
 CREATE TABLE IF NOT EXISTS retired_segments (path TEXT PRIMARY KEY, retired_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS exports (
     id TEXT PRIMARY KEY,
@@ -79,7 +86,10 @@ CREATE TABLE IF NOT EXISTS api_key_namespaces (
 """
 # Columns added since a table was first created: a home made before gets them on opening
 # (in PostgreSQL, MIGRATIONS adds them).
-_ADDED_COLUMNS = [("operations", "pins", "TEXT NOT NULL DEFAULT '[]'")]
+_ADDED_COLUMNS = [
+    ("operations", "pins", "TEXT NOT NULL DEFAULT '[]'"),
+    ("collections", "history_from", "INTEGER"),
+]
 
 
 def new_id(prefix: str, length: int) -> str:
@@ -131,6 +141,8 @@ class Collection(BaseModel):
     version: int
     segments: list[str]
     document_count: int
+    # M4: the oldest version changed_since may name (history covers every later one)
+    history_from: int = 0
 
 
 class Catalog:
@@ -198,7 +210,7 @@ class Catalog:
             with self.transaction() as db:
                 db.execute(
                     "INSERT INTO collections (id, namespace_id, name, vector_indexes,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    " created_at, updated_at, history_from) VALUES (?, ?, ?, ?, ?, ?, 0)",
                     (collection_id, namespace.id, name, indexes_json, now, now),
                 )
         except INTEGRITY_ERRORS:
@@ -239,6 +251,8 @@ def _collection(row: Any) -> Collection:
         version=row["version"],
         segments=json.loads(row["segments"]),
         document_count=row["document_count"],
+        # None: a collection made before history was kept, covered from its next change
+        history_from=row["version"] if row["history_from"] is None else row["history_from"],
     )
 
 

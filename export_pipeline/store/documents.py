@@ -6,7 +6,6 @@ import fcntl
 import itertools
 import logging
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,13 +15,11 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from export_pipeline import duck
-from export_pipeline.errors import ConflictError
 from export_pipeline.settings import Settings
 from export_pipeline.store import ingest as steps
 from export_pipeline.store import pins
@@ -35,10 +32,12 @@ from export_pipeline.store.batches import (
     read_run,
     rebatch,
 )
-from export_pipeline.store.catalog import Catalog, Collection, utc_now
+from export_pipeline.store.catalog import Catalog, Collection
+from export_pipeline.store.history import UPSERT, write_history
 from export_pipeline.store.operations import Operations
 from export_pipeline.store.segment_files import SegmentFiles, is_remote
 from export_pipeline.store.segments import SHAPE_ID, numbered, shapes_file
+from export_pipeline.store.versions import listed_files, swap
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,10 @@ def _utf8(value: str | bytes) -> bytes:
     """An id bound as bytes: ids are ordered by their UTF-8 bytes (O3)."""
     return value.encode() if isinstance(value, str) else bytes(value)
 
+
+# What a change works with: the collection's current version, its staging folder, its
+# segments kept, added and retired, and its DuckDB connection.
+Changing = tuple[Collection, Path, steps.Change, duckdb.DuckDBPyConnection]
 
 _NO_REPLACED = pa.schema([("document_id", pa.string()), ("created_at", pa.string())])
 
@@ -222,6 +225,14 @@ class DocumentStore:
 
     def ingest(self, collection: Collection, source: Path, *, upsert: bool = False) -> IngestResult:
         """Add (or with `upsert`, replace) the documents of a JSONL file, all or nothing."""
+        with self.changing(collection) as (fresh, work, change, con):
+            return self._ingest(con, fresh, source, work, upsert, change)
+
+    @contextmanager
+    def changing(self, collection: Collection) -> Iterator[Changing]:
+        """One change of the collection (an ingest, a delete) under its lock, over its current
+        version: a staging folder, the change's record, a DuckDB connection; whatever the
+        change created is removed if it fails."""
         with self._locked(collection):
             current = self.catalog.namespace(collection.namespace_id)
             fresh = self.catalog.collection(current, collection.id)
@@ -234,7 +245,7 @@ class DocumentStore:
             try:
                 work.mkdir(parents=True)
                 with self._duckdb(work) as con:
-                    return self._ingest(con, fresh, source, work, upsert, change)
+                    yield fresh, work, change, con
             except BaseException:
                 for path in change.created:  # a failed ingest changes nothing
                     path.unlink(missing_ok=True)
@@ -269,16 +280,61 @@ class DocumentStore:
         if upsert and stored:
             files = dict(zip(collection.segments, stored, strict=True))
             replaced = steps.replace_stored(con, collection, files, folder, staged, change)
+        # every staged id is inserted or replaced (before add_segment may move the file)
+        upserted = f"read_parquet({duck.literal(str(staged.path))})"
+        history = self.write_history(con, collection, work, upserted, UPSERT, change)
         steps.add_segment(con, collection, folder, staged, replaced, change)
         if self.files.remote:
             steps.upload(self.files, collection, folder, change)
         count = collection.document_count - change.replaced + staged.count
-        retired_at = self._swap(collection, change.keep, count, change.retired)
+        self.commit(collection, change, count, history)
+        return IngestResult(staged.count, change.replaced, count, collection.version + 1)
+
+    def write_history(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        collection: Collection,
+        work: Path,
+        ids_sql: str,
+        kind: str,
+        change: steps.Change,
+    ) -> str:
+        """The history file of the version `change` makes (M1), beside the segments."""
+        folder = work / "history" if self.files.remote else self.collection_dir(collection)
+        if not self.files.remote:
+            folder = folder / "history"
+        return write_history(con, self.files, collection, folder, ids_sql, kind, change)
+
+    def commit(
+        self, collection: Collection, change: steps.Change, count: int, history: str
+    ) -> None:
+        """List the change's segments and history file as the collection's next version."""
+        retired_at = self._swap(collection, change, count, history)
         change.uploaded = []  # listed now: nothing after this may remove them
         # Those this change retired carry `retired_at` itself: even with no retention, the
         # next change (or sweep) removes them, not this one.
         self._expire(retired_at)
-        return IngestResult(staged.count, change.replaced, count, collection.version + 1)
+
+    def _swap(
+        self, collection: Collection, change: steps.Change, count: int, history: str
+    ) -> float:
+        """The catalog swap (`versions.swap`): the last step a failure can undo; when the
+        replaced segments were retired."""
+        folder = self.collection_dir(collection) / "segments"
+        return swap(self.catalog, self.settings, folder, collection, change, count, history)
+
+    def _expire(self, now: float) -> None:
+        """Remove retired files past retention that no running export pins (D5); never
+        raises: the change that retired them has succeeded, and the next one tries again."""
+        try:
+            pins.expire_retired(self.catalog, self.files, self.settings, now)
+        except Exception as exc:
+            log.warning("retired segments were not removed: %s", exc)
+
+    def listed_segments(self) -> tuple[set[str], set[str]]:
+        """The segment (and history) files every collection's current version lists, and the
+        replaced ones still kept (retention, pins), as absolute paths (one catalog snapshot)."""
+        return listed_files(self.catalog)
 
     @contextmanager
     def _locked(self, collection: Collection) -> Iterator[None]:
@@ -301,44 +357,3 @@ class DocumentStore:
             yield con
         finally:
             con.close()
-
-    def listed_segments(self) -> tuple[set[str], set[str]]:
-        """The segment files every collection's current version lists, and the replaced ones
-        still kept (retention, pins), as absolute paths (read in one snapshot of the catalog)."""
-        with self.catalog.reading() as db:
-            return pins.listed(db, self.catalog.home), pins.retired(db)
-
-    def _swap(
-        self, collection: Collection, segments: list[str], count: int, retired: list[str]
-    ) -> float:
-        """List the new segments and retire the replaced ones; when they were retired."""
-        folder = self.collection_dir(collection) / "segments"
-        now = time.time()
-        with self.catalog.transaction() as db:
-            changed = db.execute(
-                "UPDATE collections SET version = version + 1, segments = ?,"
-                " document_count = ?, updated_at = ? WHERE id = ? AND version = ?",
-                (
-                    orjson.dumps(segments).decode(),
-                    count,
-                    utc_now(),
-                    collection.id,
-                    collection.version,
-                ),
-            ).rowcount
-            if changed != 1:
-                raise ConflictError(f"collection {collection.name!r} changed during the ingest")
-            db.executemany(
-                "INSERT INTO retired_segments VALUES (?, ?)"
-                " ON CONFLICT (path) DO UPDATE SET retired_at = excluded.retired_at",
-                [(s if is_remote(s) else str(folder / s), now) for s in retired],
-            )
-        return now
-
-    def _expire(self, now: float) -> None:
-        """Remove retired segments past retention that no running export pins (D5); never
-        raises: the ingest that retired them has succeeded, and the next change tries again."""
-        try:
-            pins.expire_retired(self.catalog, self.files, self.settings, now)
-        except Exception as exc:
-            log.warning("retired segments were not removed: %s", exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from export_pipeline import duck
 from export_pipeline.store.batches import ID, read_run
@@ -137,14 +138,16 @@ def replace_stored(
         if not hits:
             kept.append(name)
             continue
+        change.retired.append(name)
+        change.replaced += hits
+        if hits == pq.read_metadata(segment).num_rows:
+            continue  # every document replaced (or deleted): no empty segment is listed
         rewritten = new_segment_name()
         change.will_create(folder / rewritten, shapes_file(folder / rewritten))
         with SegmentWriter(folder / rewritten, segment_schema(collection.vector_indexes), con) as w:
             for batch in read_run(segment, None):
                 w.write(batch.filter(pc.invert(pc.is_in(batch.column(ID), value_set=gone))))
         kept.append(rewritten)
-        change.retired.append(name)
-        change.replaced += hits
     change.keep = kept
     return replaced
 

@@ -81,8 +81,19 @@ CREATE TABLE api_key_namespaces (
     position BIGINT NOT NULL,
     PRIMARY KEY (key_id, namespace_id));
 """,
-    # the segments a running export reads (store/pins.py, docs/contract.md D5)
+    # 2: the segments a running export reads (store/pins.py, docs/contract.md D5)
     "ALTER TABLE operations ADD COLUMN pins TEXT NOT NULL DEFAULT '[]';",
+    # 3: change history (M1-M6): the versions an incremental export may start from, and
+    # each version's history file.
+    f"""
+ALTER TABLE collections ADD COLUMN history_from BIGINT;
+CREATE TABLE history (
+    collection_id {_C} NOT NULL,
+    version BIGINT NOT NULL,
+    path TEXT NOT NULL,
+    written_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (collection_id, version));
+""",
 ]
 
 # Databases (by URL) this process has found or brought up to date: a Catalog is made for

@@ -62,10 +62,13 @@ class SegmentFiles:
         """Whether new segments go to S3."""
         return self.settings.segments is not None
 
-    def uri(self, namespace_id: str, collection_id: str, name: str) -> str:
-        """The URI a new segment of a collection gets in S3."""
+    def uri(
+        self, namespace_id: str, collection_id: str, name: str, folder: str = "segments"
+    ) -> str:
+        """The URI a new segment (or, in `folder` history, history file) of a collection
+        gets in S3."""
         base = (self.settings.segments or "").rstrip("/")
-        return f"{base}/{namespace_id}/{collection_id}/segments/{name}"
+        return f"{base}/{namespace_id}/{collection_id}/{folder}/{name}"
 
     def upload(self, files: list[tuple[Path, str]]) -> None:
         """Put local files at their URIs, in parallel (boto3's transfer manager per file),

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import (
     PEOPLE,
+    RESPONSE_FIELDS,
     SEED_MATCHES,
     SEED_REQUEST,
-    SEED_RESPONSE_FIELDS,
     ids_of,
     local_path,
     quick_first,
@@ -102,7 +102,7 @@ def test_A1_seed_body_verbatim_returns_the_seed_response(world: World, fmt: str)
     response = world.post("people", body, key=world.key_a)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == SEED_RESPONSE_FIELDS
+    assert set(result) == RESPONSE_FIELDS
     assert result["format"] == fmt and result["document_count"] == len(SEED_MATCHES)
     assert ids_of(result["download_url"], fmt) == SEED_MATCHES
     assert local_path(result["s3_path"]).stat().st_size == result["file_size_bytes"]
@@ -215,7 +215,7 @@ def test_max_file_size_bytes_gives_parts_and_fresh_links_for_each(world: World) 
     response = world.post("people", body, key=world.key_a)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == SEED_RESPONSE_FIELDS | {"parts"}
+    assert set(result) == RESPONSE_FIELDS | {"parts"}
     names = [(part["role"], part["name"]) for part in result["parts"]]
     assert names == [("documents", "documents-00000.csv"), ("vectors", "people_vectors-00000.csv")]
     assert result["s3_path"] == result["parts"][0]["s3_path"]
@@ -404,3 +404,19 @@ def test_readiness_names_what_is_unreachable(world: World, tmp_path: Path) -> No
         assert client.get("/healthz").status_code == 200  # up, but not ready
     error = error_of(response, 503, "ServiceUnavailableError")
     assert set(error["details"]) == {"storage"}
+
+
+def test_M5_changed_since_over_http(world: World) -> None:
+    response = world.post("people", {"format": "json", "changed_since": 1}, key=world.key_a)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == RESPONSE_FIELDS | {"deletes_download_url", "deletes_s3_path",
+                                             "deleted_count"}  # fmt: skip
+    assert result["document_count"] == 0 and result["deleted_count"] == 0
+    assert local_path(result["deletes_s3_path"]).name == "deletes.json"
+    elsewhere = world.post("people", {"format": "json"}, key=world.key_b, namespace="team-b")
+    other_id = local_path(elsewhere.json()["s3_path"]).parent.name
+    for watermark in (99, other_id):
+        refused = world.post("people", {"changed_since": watermark}, key=world.key_ab)
+        error = error_of(refused, 422, "ValidationError")
+        assert "run a full export" in error["message"]

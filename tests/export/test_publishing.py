@@ -15,8 +15,8 @@ import pytest
 from exports import FORMATS, export_dirs, run, scratch_leftovers
 from helpers import (
     NUMBERED,
+    RESPONSE_FIELDS,
     SEED_REQUEST,
-    SEED_RESPONSE_FIELDS,
     VECTOR_DOCS,
     export_job,
     local_path,
@@ -61,6 +61,7 @@ def test_W6_export_id_folder_and_manifest(
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest == result.manifest
     assert manifest["export_id"] == export_id
+    assert manifest["version"] == manifest["collection"]["version"] == col.version == 1
     assert manifest["request"] == request
     assert manifest["document_count"] == 3
     assert type(manifest["sample_seed"]) is int
@@ -200,8 +201,9 @@ def test_A1_response_fields(
     result = run(store, ns, col, {"format": fmt, "include_vectors": include_vectors})
     response = result.response
     after = datetime.now(UTC)
-    assert set(response.model_dump()) == SEED_RESPONSE_FIELDS
-    assert set(json.loads(response.model_dump_json())) == SEED_RESPONSE_FIELDS
+    assert set(response.model_dump()) == RESPONSE_FIELDS
+    assert set(json.loads(response.model_dump_json())) == RESPONSE_FIELDS
+    assert response.version == col.version == result.manifest["version"]
     assert response.format == fmt
     assert response.document_count == len(VECTOR_DOCS)
     documents = local_path(response.s3_path)

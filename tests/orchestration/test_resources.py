@@ -30,6 +30,7 @@ CHANGED = {
     "duckdb_threads": 1,
     "max_columns": 7,
     "segment_retention_seconds": 5,
+    "history_retention_seconds": 8,
     "recovery_grace_seconds": 6,
     "recovery_foreign_max_age_seconds": 9,
 }
