@@ -39,9 +39,9 @@ from export_pipeline.errors import (
     validation_details,
 )
 from export_pipeline.jsontext import MAX_REQUEST_DEPTH, too_deep
+from export_pipeline.orchestration.chains import entry_run_request
 from export_pipeline.orchestration.dagster_internals import is_valid_cron_string, is_valid_name
 from export_pipeline.orchestration.job import export_collection
-from export_pipeline.orchestration.chains import entry_run_request
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from export_pipeline.errors import NotFoundError
+from export_pipeline.orchestration.chains import entry_run_request
 from export_pipeline.orchestration.drops import (
     MAX_FILES_PER_TICK,
     DropUnavailable,
@@ -44,7 +45,6 @@ from export_pipeline.orchestration.drops import (
     drop_source,
 )
 from export_pipeline.orchestration.job import JOB_NAME, export_collection
-from export_pipeline.orchestration.chains import entry_run_request
 from export_pipeline.orchestration.resources import step_outputs_of_run
 from export_pipeline.orchestration.schedules import ScheduleEntry
 from export_pipeline.settings import Settings
