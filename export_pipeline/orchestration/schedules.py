@@ -9,6 +9,8 @@ The file is a list of entries::
       collection: articles
       request: {format: parquet}    # the HTTP request body, checked against the contract
       on_change: false              # also export when the collection changes (sensors.py)
+      incremental: false            # each run exports the changes since the entry's last
+                                    # successful export (orchestration/chains.py, M7)
       default_status: stopped       # the schedule's status until someone toggles it in the UI
 
 An entry with a cron becomes a schedule of the export job; an entry with `on_change: true`
@@ -37,9 +39,9 @@ from export_pipeline.errors import (
     validation_details,
 )
 from export_pipeline.jsontext import MAX_REQUEST_DEPTH, too_deep
+from export_pipeline.orchestration.chains import entry_run_request
 from export_pipeline.orchestration.dagster_internals import is_valid_cron_string, is_valid_name
 from export_pipeline.orchestration.job import export_collection
-from export_pipeline.orchestration.launch import prepare
 from export_pipeline.settings import Settings
 from export_pipeline.store import Store
 
@@ -59,6 +61,7 @@ class ScheduleEntry(BaseModel):
     collection: str
     request: dict[str, Any] = {}
     on_change: bool = False
+    incremental: bool = False
     default_status: Literal["running", "stopped"] = "stopped"
 
     @field_validator("name")
@@ -97,6 +100,12 @@ class ScheduleEntry(BaseModel):
                 for d in exc.details or []
             ]
             raise ValueError(problems(located) if located else exc.message) from None
+        return self
+
+    @model_validator(mode="after")
+    def _chained(self) -> Self:
+        if self.incremental and "changed_since" in self.request:
+            raise ValueError("an incremental entry chains from its own exports: no changed_since")
         return self
 
     @model_validator(mode="after")
@@ -197,13 +206,12 @@ def build_schedule(entry: ScheduleEntry, settings: Settings) -> dg.ScheduleDefin
 
     def evaluate(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         try:
-            launch = prepare(
-                Store(settings), entry.namespace, entry.collection, entry.request, "schedule"
+            return entry_run_request(
+                Store(settings), context.instance, entry, "schedule", context.log
             )
         except NotFoundError as exc:
             # The collection may come back; a failed tick would only add noise until then.
             return dg.SkipReason(f"{entry.name}: {exc.message}")
-        return launch.run_request()
 
     status = (
         dg.DefaultScheduleStatus.RUNNING

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from export_pipeline.errors import NotFoundError
+from export_pipeline.orchestration.chains import entry_run_request
 from export_pipeline.orchestration.drops import (
     MAX_FILES_PER_TICK,
     DropUnavailable,
@@ -44,7 +45,6 @@ from export_pipeline.orchestration.drops import (
     drop_source,
 )
 from export_pipeline.orchestration.job import JOB_NAME, export_collection
-from export_pipeline.orchestration.launch import prepare
 from export_pipeline.orchestration.resources import step_outputs_of_run
 from export_pipeline.orchestration.schedules import ScheduleEntry
 from export_pipeline.settings import Settings
@@ -158,7 +158,6 @@ def build_change_sensor(entries: list[ScheduleEntry], settings: Settings) -> dg.
         for entry in watched:
             try:
                 _, found = store.resolve(entry.namespace, entry.collection)
-                launch = prepare(store, entry.namespace, entry.collection, entry.request, "sensor")
             except NotFoundError as exc:
                 context.log.warning(f"{entry.name}: skipped, {exc.message}")
                 if entry.name in seen:  # keep the baseline until the collection is back
@@ -169,7 +168,15 @@ def build_change_sensor(entries: list[ScheduleEntry], settings: Settings) -> dg.
                 context.log.info(f"{entry.name}: baseline version {found.version}")
             elif seen[entry.name] != found.version:
                 run_key = f"{entry.name}:{found.id}:v{found.version}"
-                requests.append(launch.run_request(run_key))
+                try:
+                    requests.append(
+                        entry_run_request(
+                            store, context.instance, entry, "sensor", context.log, run_key
+                        )
+                    )
+                except NotFoundError as exc:  # gone since it was resolved: next tick
+                    context.log.warning(f"{entry.name}: skipped, {exc.message}")
+                    cursor[entry.name] = seen[entry.name]
         # Entries no longer in the file drop out of the cursor.
         new_cursor = json.dumps(cursor, sort_keys=True)
         if not requests:

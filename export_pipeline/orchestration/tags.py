@@ -16,6 +16,7 @@ COLLECTION_ID = f"{PREFIX}/collection_id"  # the per-collection limit keys on it
 EXPORT_ID = f"{PREFIX}/export_id"
 FORMAT = f"{PREFIX}/format"
 TRIGGER = f"{PREFIX}/trigger"
+CHAIN = f"{PREFIX}/chain"  # the schedule entry whose runs chain (orchestration/chains.py)
 KEY_ID = f"{PREFIX}/key_id"  # the API key that asked (its id, never the key)
 # The process running a run in itself (execute_in_process): a run whose process is gone is
 # marked failed by orchestration/dead_runs.py instead of blocking the queue for good.
