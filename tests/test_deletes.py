@@ -9,8 +9,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import export_job, make_collection
-from helpers import files_under, read_json_lines
+from helpers import export_job, files_under, make_collection, read_json_lines
 
 from export_pipeline.export import ExportLifecycle
 from export_pipeline.settings import Settings
@@ -35,7 +34,7 @@ def numbers(store: Store) -> tuple[Namespace, Collection]:
 
 
 def _jsonl(store: Store, docs: list[dict[str, Any]]) -> Path:
-    from conftest import write_jsonl
+    from helpers import write_jsonl
 
     return write_jsonl(store.settings.home_dir.parent / "in", docs)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_collection, write_jsonl
+from helpers import make_collection, write_jsonl
 
 from export_pipeline.settings import Settings
 from export_pipeline.store import Collection, Namespace, Store

@@ -61,18 +61,17 @@ def chained_request(
 
 def entry_run_request(
     store: Store,
-    instance: dg.DagsterInstance,
+    context: dg.ScheduleEvaluationContext | dg.SensorEvaluationContext,
     entry: Any,
     trigger: tags.Trigger,
-    log: Any,
     run_key: str | None = None,
 ) -> dg.RunRequest:
     """The run of a schedule entry (`schedules.ScheduleEntry`), tagged with its chain and,
     where the entry is incremental, exporting the changes since the chain's last export."""
     request = entry.request
-    if entry.incremental:
+    if entry.incremental:  # only then is the instance read
         found = store.resolve(entry.namespace, entry.collection)
-        request = chained_request(store, instance, entry.name, found, request, log)
+        request = chained_request(store, context.instance, entry.name, found, request, context.log)
     launch = prepare(store, entry.namespace, entry.collection, request, trigger)
     return dg.RunRequest(
         run_key=run_key, run_config=launch.run_config, tags={**launch.tags, tags.CHAIN: entry.name}

@@ -206,9 +206,7 @@ def build_schedule(entry: ScheduleEntry, settings: Settings) -> dg.ScheduleDefin
 
     def evaluate(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         try:
-            return entry_run_request(
-                Store(settings), context.instance, entry, "schedule", context.log
-            )
+            return entry_run_request(Store(settings), context, entry, "schedule")
         except NotFoundError as exc:
             # The collection may come back; a failed tick would only add noise until then.
             return dg.SkipReason(f"{entry.name}: {exc.message}")

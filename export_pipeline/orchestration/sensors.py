@@ -169,11 +169,7 @@ def build_change_sensor(entries: list[ScheduleEntry], settings: Settings) -> dg.
             elif seen[entry.name] != found.version:
                 run_key = f"{entry.name}:{found.id}:v{found.version}"
                 try:
-                    requests.append(
-                        entry_run_request(
-                            store, context.instance, entry, "sensor", context.log, run_key
-                        )
-                    )
+                    requests.append(entry_run_request(store, context, entry, "sensor", run_key))
                 except NotFoundError as exc:  # gone since it was resolved: next tick
                     context.log.warning(f"{entry.name}: skipped, {exc.message}")
                     cursor[entry.name] = seen[entry.name]

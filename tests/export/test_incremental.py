@@ -7,8 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import export_job, make_collection, write_jsonl
-from helpers import DENSE, local_path, read_csv, read_json_lines, read_parquet
+from helpers import (
+    DENSE,
+    export_job,
+    local_path,
+    make_collection,
+    read_csv,
+    read_json_lines,
+    read_parquet,
+    write_jsonl,
+)
 
 from export_pipeline.errors import ExportPipelineError
 from export_pipeline.orchestration.launch import ExportRun

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -31,6 +32,13 @@ def entry(**fields: Any) -> ScheduleEntry:
         "incremental": True,
     }
     return ScheduleEntry.model_validate({**base, **fields})
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """An instance with a reference, as the daemon's: a tick reads the chain's runs in it."""
+    with dg.instance_for_test() as found:
+        yield found
 
 
 def tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance) -> dg.RunRequest:
@@ -64,9 +72,10 @@ def ids_in(response: dict[str, Any], key: str) -> list[str]:
     return [row["document_id"] for row in read_json_lines(response[key])]
 
 
-def test_M7_a_schedules_runs_chain_and_a_failed_run_does_not_advance_it(store: Store) -> None:
+def test_M7_a_schedules_runs_chain_and_a_failed_run_does_not_advance_it(
+    store: Store, instance: dg.DagsterInstance
+) -> None:
     make_collection(store, DOCS)
-    instance = dg.DagsterInstance.ephemeral()
     schedule = build_schedule(entry(), store.settings)
 
     first = tick(schedule, instance)
@@ -100,11 +109,10 @@ def test_M7_a_schedules_runs_chain_and_a_failed_run_does_not_advance_it(store: S
 
 
 def test_M7_a_chain_past_the_retained_history_starts_again_with_a_full_export(
-    settings: Settings,
+    settings: Settings, instance: dg.DagsterInstance
 ) -> None:
     store = Store(settings.model_copy(update={"history_retention_seconds": 0}))
     make_collection(store, DOCS)
-    instance = dg.DagsterInstance.ephemeral()
     schedule = build_schedule(entry(), store.settings)
     assert execute(tick(schedule, instance), instance, store.settings).success
     change(store, [{"document_id": "d9"}], [])
@@ -115,9 +123,10 @@ def test_M7_a_chain_past_the_retained_history_starts_again_with_a_full_export(
     assert response["document_count"] == len(DOCS) + 2
 
 
-def test_M7_the_change_sensor_chains_an_incremental_entry(store: Store) -> None:
+def test_M7_the_change_sensor_chains_an_incremental_entry(
+    store: Store, instance: dg.DagsterInstance
+) -> None:
     make_collection(store, DOCS)
-    instance = dg.DagsterInstance.ephemeral()
     sensor = build_change_sensor([entry(cron=None, on_change=True)], store.settings)
 
     def evaluate(cursor: str | None) -> dg.SensorExecutionData:

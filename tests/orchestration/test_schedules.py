@@ -64,10 +64,12 @@ def test_example_file_loads_and_references_the_demo_collection() -> None:
         "nightly_articles",
         "weekly_science_sample",
         "travel_on_change",
+        "hourly_articles_changes",
     ]
     assert {(e.namespace, e.collection) for e in entries} == {("demo", "articles")}
-    assert [e.cron is not None for e in entries] == [True, True, False]
-    assert [e.on_change for e in entries] == [False, True, True]
+    assert [e.cron is not None for e in entries] == [True, True, False, True]
+    assert [e.on_change for e in entries] == [False, True, True, False]
+    assert [e.incremental for e in entries] == [False, False, False, True]
 
 
 def test_entry_defaults_utc_stopped_not_on_change_empty_request(tmp_path: Path) -> None:
@@ -272,6 +274,7 @@ def test_definitions_load_with_the_example_schedules_file_from_the_environment(
     assert {s.name for s in repository.schedule_defs} == {
         "nightly_articles",
         "weekly_science_sample",
+        "hourly_articles_changes",
     }
     assert {s.name for s in repository.sensor_defs} == {
         "export_request_drop",
