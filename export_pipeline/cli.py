@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         }
     if args.command == "delete":
         return delete_documents(args, store)
+    if args.command == "compact":
+        return asdict(store.compact(args.namespace, args.collection))
     if args.command == "export":
         from export_pipeline.orchestration.launch import execute  # Dagster: ~0.9 s to import
 

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--ids", metavar="FILE", help="one document_id a line, or - for stdin")
     chosen.add_argument("--filter", metavar="JSON", help="a LogicalOperator, as in `filters`")
 
+    compact = commands.add_parser(
+        "compact", help="merge a collection's segments into one (exports stay the same)"
+    )
+    compact.add_argument("collection")
+    compact.add_argument("-n", "--namespace", required=True)
+
     export = commands.add_parser("export", help="export a collection")
     export.add_argument("collection")
     export.add_argument("-n", "--namespace", required=True)

@@ -62,7 +62,7 @@ class ExportLifecycle:
         store: Store | None = None,
         storage: Storage | None = None,
     ) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or (store.settings if store is not None else Settings())
         self.store = store or Store(self.settings)
         self._storage = storage
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 from export_pipeline.errors import CHANGED_NOTHING, INGESTED_NOTHING, InvalidInput, guard
 from export_pipeline.settings import Settings
 from export_pipeline.store.catalog import Catalog, Collection, Namespace, VectorIndex
+from export_pipeline.store.compaction import CompactResult, compact, compact_if_due
 from export_pipeline.store.deletes import DeleteResult, delete, delete_filter, target_ids
 from export_pipeline.store.documents import DocumentStore, IngestResult
 from export_pipeline.store.exports import ExportRegistry, PublishedExport
@@ -58,7 +59,9 @@ class Store:
         with guard(self.settings.home_dir, "home", INGESTED_NOTHING):
             _, found = self.resolve(namespace, collection)
             with guard(self.documents.collection_dir(found), "collection folder"):
-                return self.documents.ingest(found, source, upsert=upsert)
+                result = self.documents.ingest(found, source, upsert=upsert)
+        self._compact_if_due(namespace, collection)
+        return result
 
     def delete(
         self,
@@ -80,4 +83,18 @@ class Store:
         with guard(self.settings.home_dir, "home", CHANGED_NOTHING):
             _, found = self.resolve(namespace, collection)
             with guard(self.documents.collection_dir(found), "collection folder"):
-                return delete(self.documents, found, ids=targets, where=where)
+                result = delete(self.documents, found, ids=targets, where=where)
+        self._compact_if_due(namespace, collection)
+        return result
+
+    def compact(self, namespace: str, collection: str) -> CompactResult:
+        """M8: merge the collection's segments into one, in id order, under the same version
+        (what every export returns is unchanged)."""
+        with guard(self.settings.home_dir, "home", CHANGED_NOTHING):
+            _, found = self.resolve(namespace, collection)
+            with guard(self.documents.collection_dir(found), "collection folder"):
+                return compact(self.documents, found)
+
+    def _compact_if_due(self, namespace: str, collection: str) -> None:
+        _, found = self.resolve(namespace, collection)
+        compact_if_due(self.documents, found)

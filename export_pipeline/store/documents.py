@@ -137,7 +137,7 @@ class DocumentStore(SnapshotReader):
         change.uploaded = []  # listed now: nothing after this may remove them
         # Those this change retired carry `retired_at` itself: even with no retention, the
         # next change (or sweep) removes them, not this one.
-        self._expire(retired_at)
+        self.expire(retired_at)
 
     def _swap(
         self, collection: Collection, change: steps.Change, count: int, history: str
@@ -147,7 +147,7 @@ class DocumentStore(SnapshotReader):
         folder = self.collection_dir(collection) / "segments"
         return swap(self.catalog, self.settings, folder, collection, change, count, history)
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
         """Remove retired files past retention that no running export pins (D5); never
         raises: the change that retired them has succeeded, and the next one tries again."""
         try:
